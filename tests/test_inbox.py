@@ -1,0 +1,130 @@
+"""Readiness and pairing on a real inbox folder, with an injected clock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.config import DEFAULT_IGNORE
+from daemon.inbox import InboxScanner, split_name
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def scanner(tmp_path: Path, clock: Clock) -> InboxScanner:
+    return InboxScanner(tmp_path, ignore=DEFAULT_IGNORE, settle_seconds=3, pair_timeout=60, clock=clock)
+
+
+def names(groups) -> list[str]:  # type: ignore[no-untyped-def]
+    return [g.name for g in groups]
+
+
+def test_split_name() -> None:
+    assert split_name("my.cat.PNG") == ("my.cat", ".png")
+    assert split_name("noext") == ("noext", "")
+    assert split_name(".hidden") == (".hidden", "")
+
+
+def test_pair_is_ready_only_after_settling(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    (tmp_path / "cat.png").write_bytes(b"x" * 10)
+    (tmp_path / "cat.txt").write_text("hi")
+    assert scanner.scan() == []
+    clock.t += 2
+    assert scanner.scan() == []
+    clock.t += 1.5
+    assert names(scanner.scan()) == ["cat"]
+
+
+def test_a_growing_file_restarts_the_wait(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    img = tmp_path / "cat.png"
+    img.write_bytes(b"x" * 10)
+    (tmp_path / "cat.txt").write_text("hi")
+    scanner.scan()
+    for _ in range(5):  # a slow copy: a chunk every 2 s, each well inside the settle time
+        clock.t += 2
+        with open(img, "ab") as f:
+            f.write(b"y" * 100)
+        assert scanner.scan() == []
+    clock.t += 3
+    assert names(scanner.scan()) == ["cat"]
+
+
+def test_same_size_rewrite_is_seen_through_mtime(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    img = tmp_path / "cat.png"
+    img.write_bytes(b"\0" * 100)  # created empty-ish by a copy tool, then filled in place
+    (tmp_path / "cat.txt").write_text("hi")
+    scanner.scan()
+    clock.t += 2
+    img.write_bytes(b"\1" * 100)
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert scanner.scan() == []
+    clock.t += 2
+    assert scanner.scan() == []
+
+
+def test_lone_image_waits_for_pair_timeout(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    (tmp_path / "dog.jpg").write_bytes(b"x")
+    scanner.scan()
+    clock.t += 30
+    assert scanner.scan() == [] and scanner.waiting == 1
+    clock.t += 31
+    [g] = scanner.scan()
+    assert g.images and not g.sidecars
+
+
+def test_two_sidecars_are_ready_at_once_to_be_failed(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    for n in ("cat.png", "cat.txt", "cat.json"):
+        (tmp_path / n).write_bytes(b"x")
+    scanner.scan()
+    clock.t += 3
+    [g] = scanner.scan()
+    assert [p.name for p in g.sidecars] == ["cat.json", "cat.txt"]
+
+
+def test_junk_links_and_fifos_are_ignored(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    for junk in (".DS_Store", "Thumbs.db", "desktop.ini", "._cat.png", "~$doc.txt", "a.part", "b.tmp",
+                 "c.crdownload"):
+        (tmp_path / junk).write_bytes(b"x")
+    (tmp_path / "shadow.png").symlink_to("/etc/shadow")
+    (tmp_path / "shadow.txt").write_text("steal")
+    os.mkfifo(tmp_path / "pipe.png")
+    scanner.scan()
+    clock.t += 100
+    [g] = scanner.scan()  # only the lone sidecar, after the pair timeout
+    assert g.name == "shadow" and not g.images
+
+
+def test_subfolders_are_grouped_separately(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.png").write_bytes(b"1")
+        (tmp_path / d / "x.txt").write_text("p")
+    scanner.scan()
+    clock.t += 3
+    assert sorted(str(g.rel_dir) for g in scanner.scan()) == ["a", "b"]
+
+
+def test_memory_follows_the_inbox(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+    files = [tmp_path / f"f{i}.png" for i in range(50)]
+    for f in files:
+        f.write_bytes(b"x")
+    scanner.scan()
+    for f in files:
+        f.unlink()
+    scanner.scan()
+    assert scanner._seen == {}
