@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from . import fsops
@@ -30,7 +30,7 @@ RECORD = "claim.json"
 ERROR_FILE = "error.txt"
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a job's inputs are; each value is the name of that folder."""
 
     INBOX = "inbox"
@@ -247,4 +247,3 @@ def recover(folders: Folders, max_attempts: int) -> tuple[list[Job], list[Job]]:
             fsops.write_json_atomic(job_dir / RECORD, job.record())
             (exhausted if job.attempts > max_attempts else again).append(job)
     return again, exhausted
-

@@ -1,0 +1,277 @@
+"""Loading a job's image as upright RGB, and fitting it to the clip's size.
+
+Rules worth knowing (README material):
+
+- Files over ``limits.max_image_bytes`` are refused before anything is decoded, and so are
+  images whose header announces more than ``limits.max_image_pixels`` pixels (width x height),
+  so a small file claiming huge dimensions (a "decompression bomb") is never decoded.
+- The format is recognised from the content, not the extension (a JPEG named ``.png`` works).
+  Every format Pillow decodes by itself is accepted; EPS/PostScript is refused because Pillow
+  would run the external Ghostscript program on it.
+- Truncated files are refused (the whole image is decoded up front).
+- EXIF orientation is applied; broken EXIF data is ignored (the image is used as stored).
+- Animated images (GIF, APNG, WebP) and multi-page TIFFs use their first frame.
+- Transparency (RGBA, LA, palette with a transparent colour) is composited over **white**.
+- 16-bit images are scaled to 8 bits (65535 -> 255), not clipped; 32-bit float images are taken
+  as 0..1 if all values lie there, else 0..255, else 0..65535. CMYK is converted without colour
+  management (Pillow's plain CMYK -> RGB formula).
+- The clip's size: the shorter side is the resolution (512p -> 512), the longer side follows the
+  image's aspect ratio, both rounded to the model's multiple; aspect ratios beyond ``MAX_ASPECT``
+  (2.5:1) are capped there, and ``fit_to`` centre-crops the image to the clip's aspect ratio
+  before resizing, so nothing is ever stretched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+try:  # HEIC/HEIF support is optional: only with the pillow-heif plugin installed.
+    import pillow_heif  # type: ignore[import-not-found]
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+
+Image.init()
+
+_BASE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+_OPTIONAL_EXTS = {".avif", ".heic", ".heif"}
+# Extensions that name an image; load_image itself decides by content, not by name.
+IMAGE_EXTS = frozenset(_BASE_EXTS | (_OPTIONAL_EXTS & set(Image.registered_extensions())))
+
+# Wider than this (long side : short side) and the clip is cropped to it (panoramas, banners).
+MAX_ASPECT = 2.5
+
+# Formats Pillow must never open: EPS runs the external Ghostscript program.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+# What reading damaged EXIF data can raise.
+_EXIF_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    struct.error,
+    ZeroDivisionError,
+)
+
+_EXTRA_FORMATS = [name for ext, name in ((".avif", "AVIF"), (".heic", "HEIC")) if ext in IMAGE_EXTS]
+_WORKING_FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF" + (
+    f" ({' and '.join(_EXTRA_FORMATS)} {'work' if len(_EXTRA_FORMATS) > 1 else 'works'} too)"
+    if _EXTRA_FORMATS
+    else ""
+)
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int, max_bytes: int) -> Image.Image:
+    """The image at ``path`` as an upright RGB image, fully decoded; ImageError if it cannot be used."""
+    path = Path(path)
+    data = _read_capped(path, max_bytes)
+    formats = [f for f in Image.ID if f not in _REFUSED_FORMATS]  # Pillow's own order
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own global limit; our own check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _raise_global_limit(max_pixels)
+            im = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as e:
+        # Far above even Pillow's own hard limit: its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(
+            _too_many_pixels(path.name, int(found.group(1)) if found else None, max_pixels)
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f'"{path.name}" is not an image this program can read. Use a {_WORKING_FORMATS} image; '
+            "if it opens on your computer, export or save it again as PNG or JPEG."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageError(_damaged(path.name, e)) from None
+
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise ImageError(f'"{path.name}" is an empty image ({width}x{height} pixels).')
+    if width * height > max_pixels:
+        raise ImageError(_too_many_pixels(path.name, (width, height), max_pixels))
+
+    try:
+        im.load()  # decodes everything now, so a truncated file fails here
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except _EXIF_ERRORS:  # broken EXIF data: use the image as stored
+            upright = im
+        return _to_rgb(upright, path.name)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(_too_many_pixels(path.name, None, max_pixels)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
+        raise ImageError(_damaged(path.name, e)) from None
+    except MemoryError:
+        raise ImageError(
+            f'"{path.name}" needs more memory to decode than this machine has free; use a smaller image.'
+        ) from None
+    finally:
+        im.close()
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageError(f'The image "{path.name}" disappeared before it could be read.') from None
+    except IsADirectoryError:
+        raise ImageError(f'"{path.name}" is a folder, not an image.') from None
+    except OSError as e:
+        raise ImageError(
+            f'The image "{path.name}" could not be read ({e.strerror or "read error"}).'
+        ) from None
+    if len(data) > max_bytes:
+        raise ImageError(
+            f'The image "{path.name}" is too large: it is over {_mb(max_bytes)} '
+            f"(the limit is limits.max_image_bytes = {max_bytes:,} bytes). "
+            "Save it as a JPEG or scale it down, then try again."
+        )
+    if not data:
+        raise ImageError(f'The image "{path.name}" is an empty file (0 bytes); copy it again.')
+    return data
+
+
+def _raise_global_limit(max_pixels: int) -> None:
+    # Pillow refuses outright above 2x its global limit while opening; keep that backstop at or
+    # above the configured limit, so a large limit set by the operator is honoured (never lowered).
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _too_many_pixels(name: str, size: tuple[int, int] | int | None, max_pixels: int) -> str:
+    if size is None:
+        what = f"has far more than {max_pixels:,} pixels"
+    elif isinstance(size, int):
+        what = f"has {size:,} pixels"
+    else:
+        w, h = size
+        what = f"is {w:,} x {h:,} = {w * h:,} pixels"
+    return (
+        f'The image "{name}" {what}; at most {max_pixels:,} pixels are allowed '
+        "(limits.max_image_pixels). Scale it down (for example to 4000 pixels on the long side) "
+        "and try again."
+    )
+
+
+def _damaged(name: str, error: BaseException) -> str:
+    text = str(error).lower()
+    if "truncated" in text or "premature" in text or isinstance(error, EOFError):
+        return (
+            f'The image "{name}" is incomplete (the file ends too early): it was probably not '
+            "copied completely. Copy it again."
+        )
+    return (
+        f'The image "{name}" is damaged or uses a variant this program cannot decode. '
+        f"Open it on your computer and save it again as PNG or JPEG. ({_plain(error)})"
+    )
+
+
+def _plain(error: BaseException) -> str:
+    return str(error).strip().rstrip(".") or "decoder error"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB" if n >= 1_000_000 else f"{n:,} bytes"
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im.copy()
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_to_8bit(im), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError:
+        raise ImageError(
+            f'The image "{name}" uses a colour mode ({mode}) this program cannot convert; '
+            "save it again as an RGB PNG or JPEG."
+        ) from None
+
+
+def _to_8bit(im: Image.Image) -> np.ndarray:
+    """A 16-bit or 32-bit single-channel image as 0..255, scaled rather than clipped."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+        full = 1.0 if lo >= 0 and hi <= 1.0 else 255.0 if lo >= 0 and hi <= 255.0 else 65535.0
+    else:  # I;16* hold 0..65535; mode I here comes from 16-bit PNG/TIFF/PGM files
+        arr = arr.astype(np.float64)
+        full = 65535.0
+    return np.clip(np.rint(arr * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
+def clip_size(width: int, height: int, *, short_side: int, multiple: int) -> tuple[int, int]:
+    """The clip's (width, height) for an image of ``width`` x ``height``.
+
+    The shorter side is ``short_side`` and the longer side follows the image's aspect ratio, capped
+    at ``MAX_ASPECT``; both are rounded to the nearest multiple of ``multiple`` (at least
+    ``multiple``). A capped aspect ratio is rounded down, so it never exceeds ``MAX_ASPECT``.
+    """
+    if width < 1 or height < 1 or short_side < 1 or multiple < 1:
+        raise ValueError(f"clip_size needs positive sizes, got {width}x{height}, {short_side}, {multiple}")
+    aspect = max(width, height) / min(width, height)
+    short = _round_to(short_side, multiple)
+    if aspect > MAX_ASPECT:
+        long = max(short, math.floor(short * MAX_ASPECT / multiple) * multiple)
+    else:
+        long = max(short, _round_to(short * aspect, multiple))
+    return (long, short) if width > height else (short, long)
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
+
+
+def fit_to(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` centre-cropped to the aspect ratio of ``width`` x ``height``, then resized to exactly that.
+
+    Nothing is stretched: the crop keeps the centre, and only the excess of the longer side goes.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"fit_to needs a positive size, got {width}x{height}")
+    w, h = image.size
+    target = width / height
+    if w / h > target:  # too wide: trim left and right
+        cw, ch = h * target, float(h)
+    else:  # too tall (or exact): trim top and bottom
+        cw, ch = float(w), w / target
+    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+    return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+
+
+_RESOLUTION_RE = re.compile(r"([1-9][0-9]{1,4})p")
+
+
+def resolution_to_short_side(resolution: str) -> int:
+    """``"512p"`` -> ``512``: the clip's shorter side in pixels."""
+    match = _RESOLUTION_RE.fullmatch(resolution.strip().lower())
+    if not match:
+        raise ValueError(f"resolution must look like '512p', got {resolution!r}")
+    return int(match.group(1))
