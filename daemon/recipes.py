@@ -1,0 +1,432 @@
+"""Recipes: the extra files an operator wants made from each job's frames.
+
+An operator writes recipes in the TOML config under ``[recipes.NAME]`` with no Python::
+
+    [recipes.square]
+    description = "1080x1080 for feeds"
+    ext = "mp4"
+    codec = "libx264"
+    filters = ["scale=1080:1080:force_original_aspect_ratio=decrease", "pad=1080:1080:(ow-iw)/2:(oh-ih)/2"]
+    options = { crf = 20, preset = "fast", pix_fmt = "yuv420p", movflags = "+faststart" }
+
+``filters`` are ffmpeg filtergraph text, joined with ``,`` into one chain whose input is the clip
+and whose output is the recipe's file. One entry may hold a whole sub-graph with ``;`` and
+``[labels]`` (the GIF palette trick); labels are private to the recipe. Placeholders
+``{duration}`` ``{frames}`` ``{fps}`` ``{width}`` ``{height}`` ``{fade_duration}``
+``{fade_out_start}`` are filled with numbers of the clip; nothing else is substituted
+(``%{...}`` drawtext expansions pass through untouched).
+
+This module only describes and renders recipes; ``daemon.encode`` runs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+RECIPE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+_RECIPE_NAME_RE = re.compile(RECIPE_NAME_PATTERN)
+
+#: Use as the key type of the config's ``recipes`` table so a bad name fails at load time.
+RecipeName = Annotated[str, StringConstraints(pattern=RECIPE_NAME_PATTERN)]
+
+OptionValue = bool | int | float | str
+
+PLACEHOLDERS: tuple[str, ...] = (
+    "duration",
+    "frames",
+    "fps",
+    "width",
+    "height",
+    "fade_duration",
+    "fade_out_start",
+)
+
+# ``%{...}`` is drawtext's own expansion syntax, so a brace right after ``%`` is never ours; any
+# other ``{...}`` must be a known placeholder, so a typo fails at load time instead of reaching ffmpeg.
+_PLACEHOLDER_RE = re.compile(r"(?<!%)\{([^{}]*)\}")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+_EXT_RE = re.compile(r"^[A-Za-z0-9]{1,10}$")
+# Encoder names are short identifiers (libx264, h264_nvenc, libvpx-vp9); never an option.
+_CODEC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+# ffmpeg option names as written without the dash: crf, b:v, x264-params, profile:v.
+_OPTION_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*(?:[:-][a-z0-9_]+)*$")
+
+# Options that would rewire the command (extra inputs, other graphs, other outputs) or that
+# i2vd sets itself; each has a proper field or is not something a recipe may change.
+_RESERVED_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(("i", "map", "y", "n", "stdin", "nostdin", "attach", "dump_attachment"), "not allowed"),
+    **dict.fromkeys(
+        (
+            "filter_complex",
+            "lavfi",
+            "filter_complex_script",
+            "filter",
+            "filter:v",
+            "vf",
+            "af",
+            "filter_script",
+        ),
+        "use the `filters` list",
+    ),
+    **dict.fromkeys(("c", "c:v", "codec", "codec:v", "vcodec"), "use the `codec` field"),
+    **dict.fromkeys(("frames", "frames:v", "vframes"), "use the `frames` field"),
+    **dict.fromkeys(
+        ("loglevel", "v", "report", "progress", "stats", "nostats", "hide_banner"), "not allowed"
+    ),
+}
+
+# Muxers that read ``%d`` in the file name as a frame-number pattern; ``update=1`` turns that off
+# so a job name with ``%`` in it is written verbatim, and makes one file per recipe.
+IMAGE2_EXTS: frozenset[str] = frozenset(
+    {
+        "png",
+        "jpg",
+        "jpeg",
+        "bmp",
+        "tif",
+        "tiff",
+        "ppm",
+        "pgm",
+        "pbm",
+        "pam",
+        "tga",
+        "qoi",
+        "jxl",
+        "dpx",
+        "exr",
+    }
+)
+
+# Encoders that pick a non-4:2:0 format for RGB input when left alone, which most players refuse.
+_DEFAULT_YUV420_CODECS = frozenset({"libx264", "libx265"})
+# Chroma-subsampled formats need even width and height.
+_SUBSAMPLED_PREFIXES = ("yuv420", "yuvj420", "yuv422", "yuvj422", "yuva420", "nv12", "nv21", "nv16", "p010")
+_EVEN_CROP = "crop=trunc(iw/2)*2:trunc(ih/2)*2"
+
+
+class RecipeError(ValueError):
+    """A recipe definition that cannot work; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """The trusted numbers of one clip, the only values placeholders may take."""
+
+    frames: int
+    fps: int
+    width: int
+    height: int
+
+    def fade_frames(self) -> int:
+        # About half a second, but at most a third of the clip so the middle stays visible.
+        return max(1, min(round(self.fps * 0.5), (self.frames - 1) // 3))
+
+    def placeholders(self) -> dict[str, str]:
+        fps = Fraction(self.fps)
+        fade = Fraction(self.fade_frames()) / fps
+        # Ends the fade-out exactly on the last frame's timestamp, so the last frame is black.
+        fade_out_start = max(Fraction(0), Fraction(self.frames - 1) / fps - fade)
+        return {
+            "duration": _decimal(Fraction(self.frames) / fps),
+            "frames": str(self.frames),
+            "fps": str(self.fps),
+            "width": str(self.width),
+            "height": str(self.height),
+            "fade_duration": _decimal(fade),
+            "fade_out_start": _decimal(fade_out_start),
+        }
+
+
+def _decimal(value: Fraction) -> str:
+    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+# A stand-in clip to check placeholders and labels at config-load time, before any job exists.
+_SAMPLE_CLIP = ClipInfo(frames=16, fps=8, width=512, height=512)
+
+
+class RecipeConfig(BaseModel):
+    """One ``[recipes.NAME]`` table of the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    enabled: bool = Field(True, description="false removes a built-in recipe of the same name")
+    ext: str = Field("mp4", description="file extension; also picks the container (mp4, webm, gif, png, ...)")
+    codec: str | None = Field(
+        None, description="ffmpeg encoder, e.g. libx264, png, gif; none: the container's default"
+    )
+    filters: list[str] = Field(default_factory=list, description="ffmpeg filters, applied in order")
+    options: dict[str, OptionValue] = Field(
+        default_factory=dict,
+        description="extra ffmpeg output options without the dash: crf, preset, pix_fmt, ...",
+    )
+    fps: int | None = Field(None, ge=1, le=240, description="output frame rate; keeps the clip's duration")
+    frames: int | None = Field(None, ge=1, description="stop after this many frames (1 for a still image)")
+
+    @field_validator("ext")
+    @classmethod
+    def _check_ext(cls, value: str) -> str:
+        if not _EXT_RE.fullmatch(value):
+            raise ValueError(f'ext {value!r} must be 1 to 10 letters or digits, without the dot (e.g. "mp4")')
+        return value.lower()
+
+    @field_validator("codec")
+    @classmethod
+    def _check_codec(cls, value: str | None) -> str | None:
+        if value is not None and not _CODEC_RE.fullmatch(value):
+            raise ValueError(f'codec {value!r} is not an ffmpeg encoder name (e.g. "libx264", "png")')
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if not text.strip():
+                raise ValueError("filters must not contain empty strings")
+            if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in text) or "\x7f" in text:
+                raise ValueError(f"filter {text!r} contains control characters")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, value: dict[str, OptionValue]) -> dict[str, OptionValue]:
+        for key, item in value.items():
+            if not _OPTION_KEY_RE.fullmatch(key):
+                raise ValueError(
+                    f"option name {key!r} is not an ffmpeg option name; write it without the dash (e.g. crf)"
+                )
+            if key in _RESERVED_OPTIONS:
+                raise ValueError(f"option {key!r} cannot be set in a recipe: {_RESERVED_OPTIONS[key]}")
+            if isinstance(item, str) and any(ord(ch) < 32 or ch == "\x7f" for ch in item):
+                raise ValueError(f"option {key!r} has control characters in its value")
+        return value
+
+    @model_validator(mode="after")
+    def _check_whole(self) -> RecipeConfig:
+        if self.fps is not None and "r" in self.options:
+            raise ValueError("set either fps or options.r, not both (fps also keeps the duration exact)")
+        try:
+            self.render_filters(_SAMPLE_CLIP, "chk_")
+        except RecipeError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    # --- rendering -------------------------------------------------------------------------
+
+    def render_filters(self, clip: ClipInfo, label_prefix: str) -> str | None:
+        """The operator's filters as one chain for ``clip``: placeholders filled, labels made private.
+
+        ``label_prefix`` keeps internal ``[labels]`` of several recipes apart when they share one
+        ffmpeg graph. Returns None when the recipe has no filters of its own.
+        """
+        if not self.filters:
+            return None
+        values = clip.placeholders()
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                known = ", ".join("{" + key + "}" for key in PLACEHOLDERS)
+                raise RecipeError(f"unknown placeholder {{{name}}} in filters; known: {known}")
+            return values[name]
+
+        text = ",".join(_PLACEHOLDER_RE.sub(fill, item.strip()) for item in self.filters)
+        return _prefix_labels(text, label_prefix)
+
+    def pix_fmt(self) -> str | None:
+        """The pixel format the output will be encoded in, when it is fixed by the recipe."""
+        value = self.options.get("pix_fmt")
+        if value is not None:
+            return str(value)
+        if self.codec in _DEFAULT_YUV420_CODECS:
+            return "yuv420p"
+        return None
+
+    def render_chain(self, clip: ClipInfo, label_prefix: str) -> str | None:
+        """The full filter chain for this recipe, including what ``fps`` and the pixel format need."""
+        parts = []
+        own = self.render_filters(clip, label_prefix)
+        if own is not None:
+            parts.append(own)
+        # After the operator's filters, so frame-based filters and placeholders see the clip as made.
+        if self.fps is not None:
+            parts.append(f"fps={self.fps}")
+        pix_fmt = self.pix_fmt()
+        if own is not None and pix_fmt is not None and pix_fmt.startswith(_SUBSAMPLED_PREFIXES):
+            # The clip itself is always even-sized, but the operator's filters may make it odd
+            # (scale=720:-1), which x264 refuses in 4:2:0; dropping one edge row beats failing.
+            parts.append(_EVEN_CROP)
+        return ",".join(parts) if parts else None
+
+    def output_options(self) -> dict[str, str]:
+        """ffmpeg output options (name without the dash -> value) for this recipe's file."""
+        out: dict[str, str] = {}
+        if self.codec is not None:
+            out["c:v"] = self.codec
+        for key, value in self.options.items():
+            out[key] = _option_text(value)
+        pix_fmt = self.pix_fmt()
+        if pix_fmt is not None:
+            out["pix_fmt"] = pix_fmt
+        if self.fps is not None:
+            out["r"] = str(self.fps)
+        if self.frames is not None:
+            out["frames:v"] = str(self.frames)
+        if self.ext in IMAGE2_EXTS and "update" not in out:
+            out["update"] = "1"
+        return out
+
+
+def _option_text(value: OptionValue) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _prefix_labels(text: str, prefix: str) -> str:
+    """Rename every ``[label]`` outside quotes to ``[{prefix}label]``, following ffmpeg's own tokenizer.
+
+    ffmpeg ends a filter's arguments at an unquoted ``[``, so every unquoted bracket pair is a
+    link label; backslash escapes one character and single quotes protect everything up to the
+    next quote.
+    """
+    out: list[str] = []
+    i = 0
+    n = len(text)
+    quoted = False
+    first_label_at: int | None = None
+    last_label_end = -1
+    while i < n:
+        ch = text[i]
+        if quoted:
+            out.append(ch)
+            if ch == "'":
+                quoted = False
+            i += 1
+        elif ch == "\\":
+            out.append(text[i : i + 2])
+            i += 2
+        elif ch == "'":
+            quoted = True
+            out.append(ch)
+            i += 1
+        elif ch == "[":
+            end = text.find("]", i + 1)
+            label = text[i + 1 : end] if end != -1 else text[i + 1 :]
+            if end == -1 or not _LABEL_RE.fullmatch(label):
+                raise RecipeError(
+                    f"filter link label [{label}] must be 1 to 32 letters, digits or underscores "
+                    "(the clip comes into the first filter by itself: no [0:v] needed)"
+                )
+            if first_label_at is None:
+                first_label_at = i
+            last_label_end = end
+            out.append(f"[{prefix}{label}]")
+            i = end + 1
+        else:
+            out.append(ch)
+            i += 1
+    if quoted:
+        raise RecipeError("filters have an unclosed ' quote")
+    if first_label_at is not None and not text[:first_label_at].strip():
+        raise RecipeError(
+            "filters must not start with an input [label]: the clip goes into the first filter by itself"
+        )
+    if last_label_end != -1 and not text[last_label_end + 1 :].strip():
+        raise RecipeError(
+            "filters must not end with an output [label]: the last filter's output is the recipe's file"
+        )
+    return "".join(out)
+
+
+def check_recipe_name(name: str) -> str:
+    """Return ``name`` if it is a valid recipe name, else raise RecipeError naming the rule."""
+    if not isinstance(name, str) or not _RECIPE_NAME_RE.fullmatch(name):
+        raise RecipeError(
+            f"recipe name {name!r} must be 1 to 32 lower-case letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+_H264 = {"crf": 23, "preset": "fast", "pix_fmt": "yuv420p", "movflags": "+faststart"}
+
+BUILTIN_RECIPES: dict[str, RecipeConfig] = {
+    "vertical": RecipeConfig(
+        description="1080x1920 H.264 for phones: scaled to fit, padded centred",
+        ext="mp4",
+        codec="libx264",
+        filters=[
+            "scale=1080:1920:force_original_aspect_ratio=decrease:flags=lanczos",
+            "pad=1080:1920:(ow-iw)/2:(oh-ih)/2",
+            "setsar=1",
+        ],
+        options=dict(_H264),
+    ),
+    "h264": RecipeConfig(
+        description="H.264 (CRF 23, preset fast) at the clip's size",
+        ext="mp4",
+        codec="libx264",
+        options=dict(_H264),
+    ),
+    "fps30": RecipeConfig(
+        description="30 frames per second (frames repeated), same duration as the clip",
+        ext="mp4",
+        codec="libx264",
+        fps=30,
+        options=dict(_H264),
+    ),
+    "poster": RecipeConfig(
+        description="the first frame as PNG",
+        ext="png",
+        codec="png",
+        frames=1,
+    ),
+    "fade": RecipeConfig(
+        description="H.264 that fades in from black and out to black",
+        ext="mp4",
+        codec="libx264",
+        filters=[
+            "fade=t=in:st=0:d={fade_duration}",
+            "fade=t=out:st={fade_out_start}:d={fade_duration}",
+        ],
+        options=dict(_H264),
+    ),
+    "gif": RecipeConfig(
+        description="small looping GIF preview (at most 320 pixels a side)",
+        ext="gif",
+        codec="gif",
+        filters=[
+            "scale=w='min(320,iw)':h='min(320,ih)':force_original_aspect_ratio=decrease:flags=lanczos",
+            # One palette for the whole clip looks far better than the fixed 256-colour default.
+            "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=5",
+        ],
+        options={"loop": 0},
+    ),
+}
+
+
+def effective_recipes(
+    builtin: Mapping[str, RecipeConfig],
+    operator_overrides: Mapping[str, RecipeConfig | Mapping[str, Any]] | None,
+) -> dict[str, RecipeConfig]:
+    """The recipes in force: built-ins, then the operator's tables.
+
+    An operator table replaces a built-in of the same name whole (no field-by-field merge, so
+    what the config says is all there is); ``enabled = false`` removes it.
+    """
+    merged: dict[str, RecipeConfig] = {}
+    for name, recipe in builtin.items():
+        merged[check_recipe_name(name)] = recipe
+    for name, recipe in (operator_overrides or {}).items():
+        check_recipe_name(name)
+        merged[name] = recipe if isinstance(recipe, RecipeConfig) else RecipeConfig.model_validate(recipe)
+    return {name: recipe for name, recipe in merged.items() if recipe.enabled}
