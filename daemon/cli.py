@@ -1,0 +1,230 @@
+"""The ``i2vd`` command line.
+
+argparse (standard library) is enough for five sub-commands, and its usage errors
+already exit 2 as the contract asks; a CLI framework would add a dependency for nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from . import __version__, logs
+from .config import ConfigError, Settings, find_config, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the configuration: exit 2 with one line."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = find_config(args.config)
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
+    from .generate import load_generator
+
+    return load_generator(
+        settings.model.id,
+        revision=settings.model.revision,
+        device=settings.model.device,
+        dtype=settings.model.dtype,
+        cache_dir=settings.model_cache_dir,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .service import DaemonLocked, Service
+
+    settings = _settings(args)
+    log = logs.get()
+    log.info("loading model", model=settings.model.id, device=settings.model.device)
+    try:
+        generator = _load_generator(settings)
+    except Exception as e:
+        log.error("model failed to load", model=settings.model.id, error=str(e))
+        return EXIT_FAILED
+    service = Service(settings, generator, max_attempts=settings.limits.max_attempts, watch=not args.once)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Only flags here: the first signal is a warm stop (finish the current job),
+        # the second a cold one (interrupt it; its files go back to the inbox).
+        if service.stop.is_set():
+            service.abort.set()
+        service.stop.set()
+        service.wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        if args.once:
+            results = service.run_once()
+            failed = [r for r in results if not r.ok or r.recipe_errors]
+            log.info("run --once finished", jobs=len(results), failed=len(failed))
+            return EXIT_FAILED if failed else EXIT_OK
+        service.run()
+    except DaemonLocked as e:
+        log.error("cannot start", reason=str(e))
+        return EXIT_FAILED
+    log.info("stopped")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    settings = _settings(args)
+    ok = True
+    for passed, what, detail in run_checks(settings, _load_generator):
+        ok &= passed
+        print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    defaults = set(settings.output.default_recipes)
+    for name, recipe in sorted(settings.recipe_table().items()):
+        mark = "*" if name in defaults else " "
+        print(f"{mark} {name:<12} .{recipe.ext:<5} {recipe.description}")
+    print("(* = made for every job unless its prompt file lists other recipes)")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .service import folders_of
+    from .status import read_status, render
+
+    settings = _settings(args)
+    status = read_status(folders_of(settings).state)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(render(status))
+    return EXIT_OK if status.get("running") else EXIT_FAILED
+
+
+def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
+    import tomllib
+
+    table: dict[str, object] = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--set {pair!r}: write it as KEY=VALUE, for example --set num_frames=16")
+        try:
+            # A TOML value: 16, 9.5, "text", ["poster", "h264"]; anything else is a plain string.
+            table[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            table[key] = raw
+    return table
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import fsops
+    from .errors import JobError
+    from .images import load_image
+    from .sidecar import read_sidecar
+
+    settings = _settings(args)
+    image = Path(args.image)
+    if not image.is_file():
+        raise UsageError(f"{image}: no such file")
+    table = {"prompt": args.prompt, **_parse_set(args.set)}
+    inbox = settings.paths.inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=inbox, prefix=".submit-") as tmp:
+        # Check both files exactly as the daemon will, before anything shows in the inbox.
+        sidecar_tmp = Path(tmp) / "job.json"
+        sidecar_tmp.write_text(json.dumps(table, ensure_ascii=False))
+        image_tmp = Path(tmp) / ("image" + image.suffix.lower())
+        shutil.copyfile(image, image_tmp)
+        try:
+            read_sidecar(sidecar_tmp, settings.generation, settings.limits, set(settings.recipe_table()))
+            load_image(
+                image_tmp,
+                max_pixels=settings.limits.max_image_pixels,
+                max_bytes=settings.limits.max_image_bytes,
+            )
+        except JobError as e:
+            raise UsageError(str(e).replace("\n", " ")) from None
+        stem = args.name or image.stem.lstrip("-.") or "job"
+        n = 1
+        while True:
+            name = stem if n == 1 else f"{stem}-{n}"
+            if not any(inbox.glob(f"{glob_escape(name)}.*")):
+                break
+            n += 1
+        # The image first, then the sidecar: the pair is complete only once both renames are done.
+        fsops.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
+        fsops.move(sidecar_tmp, inbox / f"{name}.json")
+    print(inbox / f"{name}{image.suffix.lower()}")
+    return EXIT_OK
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2vd", description="Image-to-video hot folder daemon.")
+    parser.add_argument("--version", action="version", version=f"i2vd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "--config", help="config file (default: $I2VD_CONFIG, ./config.toml, /etc/i2vd/config.toml)"
+        )
+        p.set_defaults(func=func)
+        return p
+
+    run = add("run", cmd_run, "watch the inbox and make clips until stopped")
+    run.add_argument(
+        "--once", action="store_true", help="process every job ready now, then exit (1 if any failed)"
+    )
+    add("check", cmd_check, "check config, folders, ffmpeg, recipes, device and model")
+    status = add("status", cmd_status, "show the current job, the queue and recent results")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    submit = add("submit", cmd_submit, "place an image and its prompt into the inbox safely")
+    submit.add_argument("image", help="the image file")
+    submit.add_argument("--prompt", required=True, help="what should move, and how")
+    submit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sidecar value, e.g. --set num_frames=16 (repeatable)",
+    )
+    submit.add_argument("--name", help="job name (default: the image's name)")
+    add("recipes", cmd_recipes, "list the recipes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure()
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"i2vd: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Configuration: a TOML file plus ``I2VD_SECTION__KEY`` environment overrides.
+
+Everything is validated at start; an error names the key (``model.device``) and what
+is allowed, so the operator fixes the file instead of reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
+
+# Searched in this order when neither --config nor $I2VD_CONFIG names a file.
+DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
+
+RESOLUTIONS = ("512p", "768p", "1024p")
+
+# What file managers and copy tools leave behind; matched against the file name only.
+DEFAULT_IGNORE = [
+    ".*",
+    "Thumbs.db",
+    "desktop.ini",
+    "~$*",
+    "*.part",
+    "*.tmp",
+    "*.crdownload",
+]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsConfig(_Section):
+    inbox: Path = Path("inbox")
+    outputs: Path = Path("outputs")
+    done: Path = Path("done")
+    failed: Path = Path("failed")
+    # None: ``.i2vd`` beside the inbox.
+    state: Path | None = None
+
+
+class WatchConfig(_Section):
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval: float = Field(1.0, gt=0, le=60)
+    settle_seconds: float = Field(3.0, ge=0, le=3600)
+    pair_timeout: float = Field(120.0, ge=0)
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class ModelConfig(_Section):
+    id: str = "ali-vilab/i2vgen-xl"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
+    cache_dir: Path | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class GenerationConfig(_Section):
+    negative_prompt: str = "blurry, low quality, distorted, watermark, text"
+    resolution: str = "512p"
+    num_frames: int = 16
+    fps: int = 8
+    steps: int = 50
+    guidance_scale: float = 9.0
+    seed: int | None = None
+    # Used for an image that has no prompt file after watch.pair_timeout; None fails it.
+    default_prompt: str | None = None
+
+
+class LimitsConfig(_Section):
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_image_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    max_sidecar_bytes: int = Field(64 * 1024, gt=0)
+    max_prompt_chars: int = Field(2000, gt=0)
+    resolutions: list[str] = Field(default_factory=lambda: list(RESOLUTIONS))
+    min_num_frames: int = Field(2, ge=1)
+    max_num_frames: int = Field(64, ge=1)
+    min_fps: int = Field(1, ge=1)
+    max_fps: int = Field(60, ge=1)
+    min_steps: int = Field(1, ge=1)
+    max_steps: int = Field(150, ge=1)
+    min_guidance_scale: float = Field(0.0, ge=0)
+    max_guidance_scale: float = Field(30.0, ge=0)
+    max_seed: int = Field(2**32 - 1, ge=0)
+    # A job that crashed the daemon this many times goes to failed/ instead of crash-looping.
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in RESOLUTIONS]
+        if bad or not v:
+            raise ValueError(f"each must be one of {', '.join(RESOLUTIONS)}")
+        return v
+
+
+class OutputConfig(_Section):
+    default_recipes: list[str] = Field(default_factory=lambda: ["poster", "h264"])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="I2VD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    # Operator entries, merged over the built-ins by ``recipe_table``.
+    recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init kwargs; the environment must win over them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        table = self.recipe_table()
+        unknown = [r for r in self.output.default_recipes if r not in table]
+        if unknown:
+            raise ValueError(
+                f"output.default_recipes names unknown recipe(s) {', '.join(unknown)}; "
+                f"defined: {', '.join(sorted(table))}"
+            )
+        if self.generation.resolution not in self.limits.resolutions:
+            raise ValueError(
+                f"generation.resolution {self.generation.resolution!r} is not in limits.resolutions"
+            )
+        lim, gen = self.limits, self.generation
+        for key in ("num_frames", "fps", "steps", "guidance_scale"):
+            lo, hi, val = getattr(lim, f"min_{key}"), getattr(lim, f"max_{key}"), getattr(gen, key)
+            if not lo <= val <= hi:
+                raise ValueError(
+                    f"generation.{key} = {val} is outside limits.min_{key}..max_{key} ({lo}..{hi})"
+                )
+        return self
+
+    def recipe_table(self) -> dict[str, RecipeConfig]:
+        """The recipes in force: built-ins, replaced or removed by the operator's entries."""
+        return effective_recipes(BUILTIN_RECIPES, self.recipes)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.paths.state if self.paths.state is not None else self.paths.inbox.parent / ".i2vd"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model.cache_dir if self.model.cache_dir is not None else self.state_dir / "models"
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The config file to use: --config, then $I2VD_CONFIG, then the default places; None if none exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("I2VD_CONFIG")
+    if env:
+        return Path(env)
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read, validate and resolve a config; raise ConfigError with one readable line per problem.
+
+    Relative paths resolve against the config file's folder (the working directory without one).
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        base = path.resolve().parent
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from None
+    _resolve_paths(settings, base)
+    return settings
+
+
+def _resolve_paths(settings: Settings, base: Path) -> None:
+    p = settings.paths
+    for name in ("inbox", "outputs", "done", "failed", "state"):
+        value = getattr(p, name)
+        if value is not None:
+            setattr(p, name, (base / value.expanduser()).absolute())
+    if settings.model.cache_dir is not None:
+        settings.model.cache_dir = (base / settings.model.cache_dir.expanduser()).absolute()
+    folders = {name: getattr(p, name) for name in ("inbox", "outputs", "done", "failed")}
+    seen: dict[Path, str] = {}
+    for name, folder in folders.items():
+        if folder in seen:
+            raise ConfigError(
+                f"paths.{name} and paths.{seen[folder]} are the same folder {folder}; give each its own"
+            )
+        seen[folder] = name
+
+
+def _describe(error: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config.example.toml)"
+        value = f" (got {err['input']!r})" if "input" in err and err["type"] != "extra_forbidden" else ""
+        lines.append(f"{key}: {msg}{value}" if key else f"{msg}")
+    return f"invalid configuration{where}: " + "; ".join(lines)

@@ -1,0 +1,70 @@
+"""``i2vd check``: one line per check, so an operator sees at once what to fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .encode import ffmpeg_exe, validate_recipe
+
+Check = tuple[bool, str, str]
+
+
+def _folder(name: str, path: Path) -> Check:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".i2vd-check-"):
+            pass
+    except OSError as e:
+        return False, f"folder {name}", f"{path} is not writable: {e.strerror}"
+    free = shutil.disk_usage(path).free / 2**30
+    return True, f"folder {name}", f"{path} ({free:.1f} GiB free)"
+
+
+def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) -> Iterator[Check]:
+    yield True, "config", "valid"
+    for name in ("inbox", "outputs", "done", "failed"):
+        yield _folder(name, getattr(settings.paths, name))
+    yield _folder("state", settings.state_dir)
+
+    try:
+        exe = ffmpeg_exe()
+        version = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30).stdout
+        yield True, "ffmpeg", f"{exe} ({version.splitlines()[0] if version else 'unknown version'})"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        yield False, "ffmpeg", f"not usable: {e}"
+        return
+
+    for name, recipe in sorted(settings.recipe_table().items()):
+        error = validate_recipe(name, recipe)
+        yield error is None, f"recipe {name}", "works" if error is None else error
+
+    try:
+        import torch
+
+        want = settings.model.device
+        if want.startswith("cuda") and not torch.cuda.is_available():
+            yield False, "device", f"model.device is {want!r} but no CUDA GPU is visible to torch"
+        elif torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            yield (
+                True,
+                "device",
+                f"{torch.cuda.get_device_name()} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)",
+            )
+        else:
+            yield True, "device", f"cpu ({os.cpu_count()} cores; no CUDA GPU visible)"
+    except Exception as e:
+        yield False, "device", str(e)
+
+    try:
+        gen = load_generator(settings)
+        yield True, "model", f"{gen.model_id} loaded on {gen.device}"
+    except Exception as e:
+        yield False, "model", f"{settings.model.id} cannot be loaded: {e}"

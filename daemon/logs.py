@@ -1,0 +1,95 @@
+"""structlog set-up: one line per event, and each job's own lines copied to its JOB.log.
+
+Readable coloured lines on a terminal, JSON lines otherwise (under systemd journald
+keeps them; ``JOURNAL_STREAM`` tells us it is there). The same events either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+_sinks: dict[str, TextIO] = {}
+_lock = threading.Lock()
+
+
+def _tee_to_job_log(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Copy a line bound to a job into that job's JOB.log, in plain words a user can read."""
+    job = event.get("job")
+    if job is not None:
+        sink = _sinks.get(job)
+        if sink is not None:
+            extra = " ".join(
+                f"{k}={_short(v)}"
+                for k, v in event.items()
+                if k not in ("event", "job", "level", "timestamp")
+            )
+            stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+            line = f"{stamp} {event.get('level', 'info'):<7} {event['event']}" + (
+                f"  {extra}" if extra else ""
+            )
+            with _lock:
+                sink.write(line + "\n")
+                sink.flush()
+    return event
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, level: str = "info") -> None:
+    """Configure structlog for the process; ``json_lines=None`` picks by the output's kind."""
+    out = stream or sys.stderr
+    if json_lines is None:
+        json_lines = "JOURNAL_STREAM" in os.environ or not out.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            _tee_to_job_log,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level.upper()),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "i2vd") -> Any:
+    # A daemon embedded without the CLI (tests, benchmarks) still gets our processors,
+    # so JOB.log files are written either way.
+    if not structlog.is_configured():
+        configure()
+    return structlog.get_logger(name)
+
+
+@contextmanager
+def job_log(job: str, path: Path) -> Iterator[Path]:
+    """While open, every line bound to ``job`` is also appended to ``path``."""
+    sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    with _lock:
+        _sinks[job] = sink
+    try:
+        yield path
+    finally:
+        with _lock:
+            _sinks.pop(job, None)
+        sink.close()

@@ -1,0 +1,61 @@
+"""``STATE/status.json``: what the daemon is doing, rewritten atomically, readable by anyone."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import fsops
+
+STATUS = "status.json"
+LOCK = "daemon.lock"
+# A running daemon rewrites its status at least this often, even when idle.
+STALE_AFTER = 120.0
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()})
+
+
+def _lock_held(state_dir: Path) -> bool:
+    try:
+        with open(state_dir / LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The last status written, with ``running`` false when no daemon holds the lock or it went quiet."""
+    try:
+        status: dict[str, Any] = json.loads((state_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        status = {"state": "unknown"}
+    fresh = time.time() - float(status.get("updated_at", 0)) < STALE_AFTER
+    status["running"] = _lock_held(state_dir) and fresh
+    return status
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [
+        f"daemon   {'running' if status.get('running') else 'NOT running'} ({status.get('state', 'unknown')})"
+    ]
+    cur = status.get("current")
+    if cur:
+        eta = f", about {cur['eta_seconds']:.0f} s left" if cur.get("eta_seconds") is not None else ""
+        lines.append(f"current  {cur['job']}  step {cur.get('step', 0)}/{cur.get('total', '?')}{eta}")
+    else:
+        lines.append("current  -")
+    queue = status.get("queue", [])
+    lines.append(f"queue    {len(queue)} waiting" + (": " + ", ".join(queue[:10]) if queue else ""))
+    for r in status.get("recent", [])[:10]:
+        lines.append(f"  {r['outcome']:<7} {r['job']}" + (f"  ({r['error'][:80]})" if r.get("error") else ""))
+    return "\n".join(lines)
