@@ -48,8 +48,9 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .service import DaemonLocked, Service
+    from .service import DaemonLocked, Service, StartupError
 
+    path = find_config(args.config)
     settings = _settings(args)
     log = logs.get()
     log.info("loading model", model=settings.model.id, device=settings.model.device)
@@ -58,18 +59,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:
         log.error("model failed to load", model=settings.model.id, error=str(e))
         return EXIT_FAILED
-    service = Service(settings, generator, max_attempts=settings.limits.max_attempts, watch=not args.once)
+    service = Service(settings, generator, watch=not args.once, reload=lambda: load_settings(path))
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
         # Only flags here: the first signal is a warm stop (finish the current job),
         # the second a cold one (interrupt it; its files go back to the inbox).
-        if service.stop.is_set():
-            service.abort.set()
-        service.stop.set()
+        service.request_stop()
+
+    def on_hup(signum: int, _frame: FrameType | None) -> None:
+        service.reload_requested.set()
         service.wake.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         if args.once:
             results = service.run_once()
@@ -77,8 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.info("run --once finished", jobs=len(results), failed=len(failed))
             return EXIT_FAILED if failed else EXIT_OK
         service.run()
-    except DaemonLocked as e:
+    except (DaemonLocked, StartupError) as e:
         log.error("cannot start", reason=str(e))
+        print(f"i2vd: cannot start: {e}", file=sys.stderr)
         return EXIT_FAILED
     log.info("stopped")
     return EXIT_OK

@@ -57,6 +57,9 @@ class WatchConfig(_Section):
     settle_seconds: float = Field(3.0, ge=0, le=3600)
     pair_timeout: float = Field(120.0, ge=0)
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    # After a first SIGTERM/SIGINT the current generation may run this long before it is
+    # interrupted and its files returned to the inbox. Keep systemd's TimeoutStopSec above it.
+    stop_grace: float = Field(600.0, ge=0)
 
 
 class ModelConfig(_Section):
@@ -116,6 +119,44 @@ class LimitsConfig(_Section):
 
 class OutputConfig(_Section):
     default_recipes: list[str] = Field(default_factory=lambda: ["poster", "h264"])
+    # Finished generations that may wait for the encoder while it works on another job.
+    # The GPU starts job N+1 while job N encodes; this bounds the frames held in memory
+    # to those of encode_queue + 2 jobs.
+    encode_queue: int = Field(1, ge=1, le=16)
+
+
+class MetricsConfig(_Section):
+    # "HOST:PORT" ("127.0.0.1:9310", "[::1]:9310", ":9310" for every interface); "" is off.
+    address: str = ""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v:
+            from .metrics import parse_address
+
+            parse_address(v)  # raises ValueError naming the expected form
+        return v
+
+
+class WebhooksConfig(_Section):
+    # URLs POSTed the JOB.json of each finished job, and the job, error and folder of each failed one.
+    on_done: list[str] = Field(default_factory=list)
+    on_failed: list[str] = Field(default_factory=list)
+    timeout: float = Field(10.0, gt=0, le=300)
+    max_attempts: int = Field(10, ge=1, le=100)
+    backoff_seconds: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("on_done", "on_failed")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return v
 
 
 class Settings(BaseSettings):
@@ -132,6 +173,8 @@ class Settings(BaseSettings):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
 

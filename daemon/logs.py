@@ -81,15 +81,32 @@ def get(name: str = "i2vd") -> Any:
     return structlog.get_logger(name)
 
 
+def open_job_log(job: str, path: Path) -> None:
+    """From now on every line bound to ``job`` is also appended to ``path``.
+
+    A job's log spans two threads (generation, then encoding), hence open/close rather
+    than only a context manager.
+    """
+    sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close_job_log
+    with _lock:
+        old = _sinks.pop(job, None)
+        _sinks[job] = sink
+    if old is not None:
+        old.close()
+
+
+def close_job_log(job: str) -> None:
+    with _lock:
+        sink = _sinks.pop(job, None)
+    if sink is not None:
+        sink.close()
+
+
 @contextmanager
 def job_log(job: str, path: Path) -> Iterator[Path]:
     """While open, every line bound to ``job`` is also appended to ``path``."""
-    sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
-    with _lock:
-        _sinks[job] = sink
+    open_job_log(job, path)
     try:
         yield path
     finally:
-        with _lock:
-            _sinks.pop(job, None)
-        sink.close()
+        close_job_log(job)

@@ -95,7 +95,18 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_job(
+@dataclass
+class Generated:
+    """A job whose frames exist and now only need encoding and filing (held in memory)."""
+
+    job: Job
+    frames: Any  # numpy uint8 (F, H, W, 3)
+    params: JobParams
+    recipes: list[str]
+    info: dict[str, Any]  # JOB.json so far: inputs, prompt, parameters, model, timings
+
+
+def generate_job(
     job: Job,
     settings: Settings,
     generator: Generator,
@@ -103,15 +114,13 @@ def run_job(
     *,
     queued_at: datetime,
     on_step: StepCallback | None = None,
-) -> Result:
-    """Turn a claimed job into files under ``job.out``; raise JobError for a job-level failure.
+) -> Generated:
+    """Check a claimed job's inputs and make its frames; raise JobError for a job-level failure.
 
     Steps:
     1. pair, sidecar and image checks (no model work yet);
     2. size the clip from ``resolution`` and the image's aspect, centre-crop to it;
-    3. generate the frames (seed recorded, random when the sidecar gives none);
-    4. encode the master clip and every recipe from those frames in one pass;
-    5. write ``JOB.json`` last, so its presence means the rest is there.
+    3. generate the frames (seed recorded, random when the sidecar gives none).
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
@@ -125,9 +134,7 @@ def run_job(
     )
     frame = fit_to(image, width, height)
     seed = params.seed if params.seed is not None else random.randint(0, settings.limits.max_seed)
-    recipe_names = (
-        list(params.recipes) if params.recipes is not None else list(settings.output.default_recipes)
-    )
+    recipes = list(params.recipes) if params.recipes is not None else list(settings.output.default_recipes)
     log.info(
         "job started",
         image=image_path.name,
@@ -156,19 +163,10 @@ def run_job(
         ),
         on_step,
     )
-    generated = datetime.now().astimezone()
     gen_seconds = time.monotonic() - t0
     log.info("frames generated", seconds=round(gen_seconds, 2))
-
-    enc: EncodeResult = encode_job(frames, params.fps, job.out, job.name, {n: table[n] for n in recipe_names})
-    recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}
-    for name, err in recipe_errors.items():
-        log.warning("recipe failed", recipe=name, error=err)
-    log.info("encoded", seconds=round(enc.seconds, 2), recipes=[n for n, r in enc.recipes.items() if r.ok])
-
-    info = {
+    info: dict[str, Any] = {
         "job": job.name,
-        "status": "done" if not recipe_errors else "done_with_recipe_errors",
         "inputs": {"image": image_path.name, "sidecar": sidecar_path.name if sidecar_path else None},
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
@@ -185,22 +183,46 @@ def run_job(
         },
         "source_image": {"width": image.width, "height": image.height},
         "model": {"id": generator.model_id, "revision": generator.revision, "device": generator.device},
-        "master": enc.master.name,
-        "recipes": {
-            name: {"ok": r.ok, "file": r.path.name if r.path else None, "error": r.error}
-            for name, r in enc.recipes.items()
-        },
         "timings": {
             "queued": queued_at.isoformat(timespec="seconds"),
             "started": started.isoformat(timespec="seconds"),
-            "generated": generated.isoformat(timespec="seconds"),
-            "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
             "generate_seconds": round(gen_seconds, 3),
-            "encode_seconds": round(enc.seconds, 3),
         },
         "host": platform.node(),
         "attempts": job.attempts,
         "versions": versions(),
+    }
+    return Generated(job, frames, params, recipes, info)
+
+
+def encode_generated(gen: Generated, settings: Settings, log: Any) -> Result:
+    """Make the master clip and every recipe from the frames, then describe the job.
+
+    Steps:
+    1. encode the master and all recipes from the frames in one ffmpeg pass;
+    2. note any recipe that failed (the job still counts: its clip exists);
+    3. write ``JOB.json`` last, so its presence means the rest is there.
+    """
+    job, table = gen.job, settings.recipe_table()
+    enc: EncodeResult = encode_job(
+        gen.frames, gen.params.fps, job.out, job.name, {n: table[n] for n in gen.recipes}
+    )
+    recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}
+    for name, err in recipe_errors.items():
+        log.warning("recipe failed", recipe=name, error=err)
+    log.info("encoded", seconds=round(enc.seconds, 2), recipes=[n for n, r in enc.recipes.items() if r.ok])
+    info = dict(gen.info)
+    info["status"] = "done" if not recipe_errors else "done_with_recipe_errors"
+    info["master"] = enc.master.name
+    info["recipes"] = {
+        name: {"ok": r.ok, "file": r.path.name if r.path else None, "error": r.error}
+        for name, r in enc.recipes.items()
+    }
+    info["timings"] = {
+        **gen.info["timings"],
+        "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "encode_seconds": round(enc.seconds, 3),
     }
     if recipe_errors:
         lines = [f"{name}: {err}" for name, err in recipe_errors.items()]

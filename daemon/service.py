@@ -1,28 +1,39 @@
 """The daemon's main loop: one small ``step()`` called until a stop is asked for.
 
-Signal handlers only set flags (see ``cli``); the watcher only sets ``wake``; all work
-happens here, in one thread, one job at a time, with the model kept warm between jobs.
+Two threads, each doing one kind of work in order:
+
+- the loop (the caller's thread) scans, claims and generates, one job at a time, with
+  the model kept warm; the GPU is never idle while there is work;
+- the encoder thread turns finished frames into files and files every job (done or
+  failed) in the order the loop finished them, so results keep their order.
+
+Between them a bounded queue: when the encoder falls behind, the loop waits, so the
+frames in memory stay bounded. Signal handlers only set flags (see ``cli``); the
+watcher only sets ``wake``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import IO, Any
 
 from . import logs
 from .config import Settings
+from .encode import validate_recipe
 from .errors import JobError
+from .events import JobFinished, Listener
 from .generate import Generator
 from .inbox import Group, InboxScanner
-from .jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
-from .process import Result, run_job
+from .jobs import ERROR_FILE, Folders, Job, claim, finish_done, finish_failed, recover, release
+from .process import Generated, Result, encode_generated, generate_job
 from .status import write_status
 from .watcher import Watcher
 
@@ -41,9 +52,24 @@ class DaemonLocked(Exception):
     """Another daemon already serves these folders."""
 
 
+class StartupError(Exception):
+    """The daemon cannot work with this configuration (e.g. a recipe ffmpeg rejects)."""
+
+
 def folders_of(settings: Settings) -> Folders:
     p = settings.paths
     return Folders(inbox=p.inbox, outputs=p.outputs, done=p.done, failed=p.failed, state=settings.state_dir)
+
+
+@dataclass
+class _Failed:
+    """A job that failed before encoding; filed by the encoder thread to keep the order."""
+
+    job: Job
+    error: str | None  # None: interrupted, its files go back to the inbox
+
+
+_STOP_ENCODER = object()
 
 
 class Service:
@@ -53,66 +79,105 @@ class Service:
         generator: Generator,
         *,
         clock: Callable[[], float] = time.monotonic,
-        max_attempts: int = 3,
         watch: bool = True,
+        listeners: list[Listener] | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.generator = generator
         self.clock = clock
-        self.max_attempts = max_attempts
         self.folders = folders_of(settings)
-        self.scanner = InboxScanner(
-            self.folders.inbox,
-            ignore=settings.watch.ignore,
-            settle_seconds=settings.watch.settle_seconds,
-            pair_timeout=settings.watch.pair_timeout,
-            clock=clock,
-        )
+        self.scanner = self._make_scanner(settings)
+        self.listeners: list[Listener] = list(listeners or [])
+        self._reload_settings = reload
         self.stop = threading.Event()  # warm stop: finish the current job, claim no more
         self.abort = threading.Event()  # cold stop: interrupt the current job, return it to the inbox
         self.wake = threading.Event()  # set by the watcher when something in the inbox changed
+        self.reload_requested = threading.Event()  # SIGHUP: re-read the config between jobs
         self.log = logs.get()
         self.results: deque[Result] = deque(maxlen=50)
         self._ready: deque[Group] = deque()
         self._resume: deque[Job] = deque()
         self._last_scan = float("-inf")
+        self._stop_at: float | None = None
         self._lock: IO[str] | None = None
         self._current: dict[str, Any] | None = None
         self._status_at = float("-inf")
-        self._watcher = Watcher(self.folders.inbox, self.wake, settings.watch.mode) if watch else None
+        self._status_lock = threading.Lock()
+        self._encode_q: queue.Queue[Any] = queue.Queue(maxsize=settings.output.encode_queue)
+        self._encoding: list[str] = []  # jobs handed to the encoder, oldest first
+        self._encoder: threading.Thread | None = None
+        self._watch = watch
+        self._watcher: Watcher | None = None
+
+    def _make_scanner(self, settings: Settings) -> InboxScanner:
+        return InboxScanner(
+            self.folders.inbox,
+            ignore=settings.watch.ignore,
+            settle_seconds=settings.watch.settle_seconds,
+            pair_timeout=settings.watch.pair_timeout,
+            clock=self.clock,
+        )
 
     # -- set-up and tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the folders, take the lock, finish what a crash left, start watching."""
+        """Check recipes, create the folders, take the lock, finish what a crash left, start."""
+        broken = {
+            name: err
+            for name, recipe in self.settings.recipe_table().items()
+            if (err := validate_recipe(name, recipe)) is not None
+        }
+        if broken:
+            raise StartupError(
+                "; ".join(
+                    f"recipe {name!r} does not work with this ffmpeg: {err}" for name, err in broken.items()
+                )
+            )
         self.folders.ensure()
         self._take_lock()
-        again, exhausted = recover(self.folders, self.max_attempts)
+        self._encoder = threading.Thread(target=self._encode_loop, name="i2vd-encoder", daemon=True)
+        self._encoder.start()
+        again, exhausted = recover(self.folders, self.settings.limits.max_attempts)
         for job in exhausted:
-            finish_failed(
-                self.folders,
-                job,
-                f"Making this clip stopped the video daemon {job.attempts - 1} times in a row, so it was "
-                "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask "
-                "the operator to look at the daemon's log.",
+            crashes = job.attempts - 1
+            self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
+            self._file(
+                _Failed(
+                    job,
+                    f"Making this clip stopped the video daemon {crashes} times in a row, so it was set "
+                    "aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask "
+                    "the operator to look at the daemon's log.",
+                )
             )
-            self.log.error("job failed after repeated crashes", job=job.name, attempts=job.attempts - 1)
         self._resume.extend(again)
         for job in again:
             self.log.warning("resuming job interrupted by a crash", job=job.name, attempt=job.attempts)
-        if self._watcher is not None:
+        if self._watch:
+            self._watcher = Watcher(self.folders.inbox, self.wake, self.settings.watch.mode)
             self._watcher.start()
-        self.log.info("watching", inbox=str(self.folders.inbox), model=self.generator.model_id)
+        mode = self._watcher.mode if self._watcher else "poll"
+        self.log.info("watching", inbox=str(self.folders.inbox), mode=mode, model=self.generator.model_id)
         self.publish_status("idle")
 
     def teardown(self) -> None:
-        if self._lock is not None:
-            self.publish_status("stopped")
+        """Let the encoder file every generated job, then stop watching and release the lock."""
         if self._watcher is not None:
             self._watcher.stop()
+            self._watcher = None
+        if self._encoder is not None:
+            self._encode_q.put(_STOP_ENCODER)
+            self._encoder.join()
+            self._encoder = None
         if self._lock is not None:
+            self.publish_status("stopped")
             self._lock.close()
             self._lock = None
+        for listener in self.listeners:
+            try:
+                listener.close()
+            except Exception:
+                self.log.exception("listener failed to close", listener=type(listener).__name__)
 
     def _take_lock(self) -> None:
         path = self.folders.state / "daemon.lock"
@@ -124,7 +189,7 @@ class Service:
             holder = f.read().strip() or "another process"
             f.close()
             raise DaemonLocked(
-                f"another i2vd ({holder}) already serves these folders (lock {path}); "
+                f"another i2vd ({holder}) is already running on these folders (lock {path}); "
                 "run one daemon per set of folders"
             ) from None
         f.truncate(0)
@@ -134,6 +199,15 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """First call: warm stop (finish the current job within the grace). Second: cold stop."""
+        if self.stop.is_set():
+            self.abort.set()
+        else:
+            self._stop_at = self.clock()
+        self.stop.set()
+        self.wake.set()
+
     def run(self) -> None:
         self.setup()
         try:
@@ -142,36 +216,58 @@ class Service:
         finally:
             self.teardown()
 
-    def step(self) -> Result | None:
-        """Take and process one job if one is ready, otherwise wait a little for news."""
+    def step(self) -> bool:
+        """Generate one job if one is ready and hand it to the encoder; else wait a little.
+
+        Returns whether a job was taken.
+        """
+        if self.reload_requested.is_set():
+            self._reload()
         job = self._next_job()
         if job is None:
             if self.clock() - self._status_at > 30:
                 self.publish_status("idle")  # keeps status.json fresh so `i2vd status` can tell we live
             self.wake.wait(self.settings.watch.poll_interval)
-            return None
-        job, queued_at = job
-        return self.process(job, queued_at)
+            return False
+        self._generate(*job)
+        return True
 
     def run_once(self) -> list[Result]:
         """Process every job that is ready now (waiting for files still settling), then stop."""
         self.setup()
-        results: list[Result] = []
+        first = len(self.results)
         try:
             deadline = self.clock() + self.settings.watch.settle_seconds
             while not self.stop.is_set():
-                result = self.step()
-                if result is not None:
-                    results.append(result)
-                elif (
-                    not self._ready
+                took = self.step()
+                if (
+                    not took
+                    and not self._ready
                     and not self._resume
                     and (self.scanner.waiting == 0 or self.clock() > deadline)
                 ):
                     break
         finally:
             self.teardown()
-        return results
+        return list(self.results)[first:]
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config between jobs; a config that fails keeps the old one."""
+        self.reload_requested.clear()
+        if self._reload_settings is None:
+            return
+        try:
+            new = self._reload_settings()
+        except Exception as e:
+            self.log.error("config reload failed; keeping the running config", error=str(e))
+            return
+        if new.paths != self.settings.paths or new.model != self.settings.model:
+            self.log.warning("paths and model changes need a restart; other changes applied")
+            new = new.model_copy(update={"paths": self.settings.paths, "model": self.settings.model})
+        self.settings = new
+        self.scanner = self._make_scanner(new)
+        self._ready.clear()
+        self.log.info("config reloaded")
 
     def _next_job(self) -> tuple[Job, datetime] | None:
         if self._resume:
@@ -197,33 +293,47 @@ class Service:
                 return job, wall - timedelta(seconds=max(0.0, now - group.since))
         return None
 
-    # -- one job -------------------------------------------------------------------------
+    # -- status --------------------------------------------------------------------------
 
     def publish_status(self, state: str) -> None:
-        self._status_at = self.clock()
-        write_status(
-            self.folders.state,
-            {
+        with self._status_lock:
+            self._status_at = self.clock()
+            status = {
                 "state": state,
                 "pid": os.getpid(),
                 "model": self.generator.model_id,
                 "current": self._current,
-                "queue": [f"{(g.rel_dir / g.name).as_posix()}" for g in list(self._ready)[:200]],
+                "encoding": list(self._encoding),
+                "queue": [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:200]],
                 "queue_length": len(self._ready) + len(self._resume),
                 "recent": [
                     {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
                     for r in reversed(self.results)
                 ][:20],
-            },
-        )
+            }
+            write_status(self.folders.state, status)
+            self._tell(lambda listener: listener.on_status(status))
+
+    def _tell(self, call: Callable[[Listener], None]) -> None:
+        for listener in self.listeners:
+            try:
+                call(listener)
+            except Exception:
+                self.log.exception("listener failed", listener=type(listener).__name__)
+
+    # -- one job: generation (loop thread) -----------------------------------------------
 
     def _on_step(self, job: Job, log: Any) -> Callable[[int, int], None]:
         t0 = self.clock()
 
         def on_step(step: int, total: int) -> None:
+            now = self.clock()
+            grace = self.settings.watch.stop_grace
+            if self._stop_at is not None and now - self._stop_at > grace and not self.abort.is_set():
+                log.warning("stop grace is over; interrupting the job", grace_seconds=grace)
+                self.abort.set()
             if self.abort.is_set():
                 raise Aborted()
-            now = self.clock()
             eta = (now - t0) / step * (total - step) if step else None
             self._current = {"job": job.name, "step": step, "total": total, "eta_seconds": eta}
             log.debug("step", step=step, total=total)
@@ -232,40 +342,86 @@ class Service:
 
         return on_step
 
-    def process(self, job: Job, queued_at: datetime) -> Result:
-        """Run one claimed job and move it to its final folders, whatever happens."""
+    def _generate(self, job: Job, queued_at: datetime) -> None:
+        """Make one claimed job's frames and queue it for the encoder, whatever happens."""
         log = self.log.bind(job=job.name)
-        log_path: Path = job.out / f"{job.name}.log"
+        logs.open_job_log(job.name, job.out / f"{job.name}.log")
         self._current = {"job": job.name, "step": 0, "total": None, "eta_seconds": None}
         self.publish_status("busy")
-        with logs.job_log(job.name, log_path):
-            try:
-                result = run_job(
-                    job,
-                    self.settings,
-                    self.generator,
-                    log,
-                    queued_at=queued_at,
-                    on_step=self._on_step(job, log),
-                )
-            except Aborted:
-                log.warning("job interrupted by shutdown; its files go back to the inbox")
-                result = Result(job, ok=False, error=None)
-            except JobError as e:
-                log.warning("job failed", reason=str(e))
-                result = Result(job, ok=False, error=str(e))
-            except Exception:
-                log.exception("internal error")
-                result = Result(job, ok=False, error=INTERNAL_ERROR)
-            else:
-                log.info("job done", recipe_errors=sorted(result.recipe_errors) or None)
-        if result.ok:
-            finish_done(self.folders, job)
-        elif result.error is None:
-            release(self.folders, job)
-        else:
-            finish_failed(self.folders, job, result.error, log_path)
-        self.results.append(result)
+        item: Generated | _Failed
+        try:
+            item = generate_job(
+                job, self.settings, self.generator, log, queued_at=queued_at, on_step=self._on_step(job, log)
+            )
+        except Aborted:
+            log.warning("job interrupted by shutdown; its files go back to the inbox")
+            item = _Failed(job, None)
+        except JobError as e:
+            log.warning("job failed", reason=str(e))
+            item = _Failed(job, str(e))
+        except Exception:
+            log.exception("internal error")
+            item = _Failed(job, INTERNAL_ERROR)
         self._current = None
-        self.publish_status("idle")
-        return result
+        self._encoding.append(job.name)
+        # Blocks while the encoder is encode_queue jobs behind: bounded memory.
+        self._encode_q.put(item)
+        self.publish_status("busy" if self._ready else "idle")
+
+    # -- one job: encoding and filing (encoder thread) ------------------------------------
+
+    def _encode_loop(self) -> None:
+        while True:
+            item = self._encode_q.get()
+            if item is _STOP_ENCODER:
+                return
+            try:
+                self._file(item)
+            except Exception:
+                # Filing failed (disk full, folder gone): the job stays claimed and is
+                # taken up again by recovery at the next start; nothing is lost.
+                self.log.exception("could not file job; it stays claimed until restart", job=item.job.name)
+                logs.close_job_log(item.job.name)
+            finally:
+                if item.job.name in self._encoding:
+                    self._encoding.remove(item.job.name)
+
+    def _file(self, item: Generated | _Failed) -> None:
+        """Encode if there are frames, then move the job to its final folders and tell listeners."""
+        job = item.job
+        log = self.log.bind(job=job.name)
+        if isinstance(item, Generated):
+            if self.abort.is_set():
+                log.warning("job interrupted by shutdown before encoding; its files go back to the inbox")
+                item = _Failed(job, None)
+            else:
+                try:
+                    result = encode_generated(item, self.settings, log)
+                except JobError as e:
+                    log.warning("job failed", reason=str(e))
+                    item = _Failed(job, str(e))
+                except Exception:
+                    log.exception("internal error")
+                    item = _Failed(job, INTERNAL_ERROR)
+                else:
+                    log.info("job done", recipe_errors=sorted(result.recipe_errors) or None)
+                    logs.close_job_log(job.name)
+                    folder = finish_done(self.folders, job)
+                    self._finished(result, JobFinished(job.name, "done", folder, result.info, None))
+                    return
+        log_path = job.out / f"{job.name}.log"
+        if item.error is None:
+            logs.close_job_log(job.name)
+            release(self.folders, job)
+            return
+        logs.close_job_log(job.name)
+        folder = finish_failed(self.folders, job, item.error, log_path)
+        error_text = (folder / ERROR_FILE).read_text(errors="replace")
+        self._finished(
+            Result(job, ok=False, error=item.error), JobFinished(job.name, "failed", folder, None, error_text)
+        )
+
+    def _finished(self, result: Result, event: JobFinished) -> None:
+        self.results.append(result)
+        self._tell(lambda listener: listener.on_job_finished(event))
+        self.publish_status("busy" if self._current else "idle")

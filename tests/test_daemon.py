@@ -55,7 +55,7 @@ def tiny_generator(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def make_service(settings: Settings, generator) -> Service:  # type: ignore[no-untyped-def]
-    return Service(settings, generator, max_attempts=settings.limits.max_attempts, watch=False)
+    return Service(settings, generator, watch=False)
 
 
 def test_good_job_makes_clip_recipes_metadata_and_keeps_originals(

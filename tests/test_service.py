@@ -1,0 +1,169 @@
+"""The main loop with the stub generator: overlap, order, bounded memory, stops, recipes at start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from daemon.config import Settings, load_settings
+from daemon.events import JobFinished
+from daemon.generate import GenerationRequest, StubGenerator
+from daemon.service import Service, StartupError
+
+
+def config(tmp_path: Path, extra: str = "") -> Settings:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[model]\nid = "stub"\n'
+        "[watch]\nsettle_seconds = 0\npair_timeout = 0\npoll_interval = 0.05\n"
+        "[generation]\nnum_frames = 4\nsteps = 4\nfps = 8\n" + extra
+    )
+    return load_settings(path)
+
+
+def drop(inbox: Path, name: str, prompt: str = "waves") -> dict[str, str]:
+    inbox.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / f"{name}.png")
+    (inbox / f"{name}.txt").write_text(prompt)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.glob(f"{name}.*")}
+
+
+class RecordingStub(StubGenerator):
+    """The package's stub generator, recording which job each call was for."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(seconds)
+        self.calls: list[str] = []
+        self.called = threading.Condition()
+
+    def generate(self, req: GenerationRequest, on_step: Any = None) -> Any:
+        with self.called:
+            self.calls.append(req.prompt)
+            self.called.notify_all()
+        return super().generate(req, on_step)
+
+
+class BlockFirstFiling:
+    """A listener that holds the encoder thread on the first filed job until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.finished: list[str] = []
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        pass
+
+    def on_job_finished(self, event: JobFinished) -> None:
+        self.finished.append(event.job)
+        if len(self.finished) == 1:
+            assert self.release.wait(60), "the loop never generated the next job while this one was filed"
+
+    def close(self) -> None:
+        pass
+
+
+def test_next_job_generates_while_the_last_is_encoded_and_memory_stays_bounded(tmp_path: Path) -> None:
+    settings = config(tmp_path, "[output]\nencode_queue = 1\n")
+    for i in range(6):
+        drop(settings.paths.inbox, f"job{i}", prompt=f"p{i}")
+    gen = RecordingStub()
+    blocker = BlockFirstFiling()
+    service = Service(settings, gen, watch=False, listeners=[blocker])
+
+    def wait_calls(n: int, timeout: float = 60) -> bool:
+        with gen.called:
+            return gen.called.wait_for(lambda: len(gen.calls) >= n, timeout=timeout)
+
+    runner = threading.Thread(target=service.run_once)
+    runner.start()
+    # While job0 is held in filing, the loop goes on generating: job1 (queued for the
+    # encoder) and job2 (waiting to be queued). A sequential daemon would never get here.
+    assert wait_calls(3)
+    # ...and no further: frames of at most encode_queue + 2 jobs are in memory.
+    assert not wait_calls(4, timeout=1.0)
+    assert len(gen.calls) == 3
+    blocker.release.set()
+    runner.join(120)
+    assert not runner.is_alive()
+    assert gen.calls == [f"p{i}" for i in range(6)]
+
+
+def test_results_and_filing_keep_the_order_when_a_job_fails_between(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    inbox = settings.paths.inbox
+    drop(inbox, "a1")
+    drop(inbox, "b2")
+    (inbox / "b2.txt").write_text("")  # empty prompt: fails before generation
+    drop(inbox, "c3")
+    results = Service(settings, StubGenerator(), watch=False).run_once()
+    assert [(r.job.stem, r.ok) for r in results] == [("a1", True), ("b2", False), ("c3", True)]
+
+
+def test_warm_stop_with_no_grace_interrupts_and_returns_the_files_untouched(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    settings.watch.stop_grace = 0
+    settings.generation.steps = 40
+    before = drop(settings.paths.inbox, "slow")
+    gen = RecordingStub(seconds=20)
+    service = Service(settings, gen, watch=False)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    with gen.called:
+        assert gen.called.wait_for(lambda: gen.calls, timeout=60)
+    service.request_stop()
+    runner.join(60)
+    assert not runner.is_alive()
+    back = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.paths.inbox.iterdir()}
+    assert back == before
+    assert not any(settings.paths.outputs.iterdir()) and not any(settings.paths.done.iterdir())
+    assert not any((settings.state_dir / "claimed").iterdir())
+
+
+def test_second_signal_is_a_cold_stop(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    settings.generation.steps = 40
+    before = drop(settings.paths.inbox, "slow")
+    gen = RecordingStub(seconds=20)
+    service = Service(settings, gen, watch=False)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    with gen.called:
+        assert gen.called.wait_for(lambda: gen.calls, timeout=60)
+    service.request_stop()  # warm: default grace is 600 s, the job would go on
+    service.request_stop()  # cold: interrupted at the next step
+    runner.join(60)
+    assert not runner.is_alive()
+    back = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.paths.inbox.iterdir()}
+    assert back == before
+
+
+def test_broken_recipe_is_refused_at_start_naming_it(tmp_path: Path) -> None:
+    settings = config(tmp_path, '[recipes.wobbly]\nfilters = ["nosuchfilter=1"]\n')
+    with pytest.raises(StartupError) as e:
+        Service(settings, StubGenerator(), watch=False).setup()
+    assert "wobbly" in str(e.value) and "nosuchfilter" in str(e.value)
+
+
+def test_recipe_failing_on_a_job_keeps_the_clip_and_other_outputs(tmp_path: Path) -> None:
+    # Passes the start-up check (8 synthetic frames) but drops every frame of a 4-frame job.
+    settings = config(
+        tmp_path,
+        '[recipes.late]\nfilters = ["select=gte(n\\\\,6)"]\n[output]\ndefault_recipes = ["poster", "late"]\n',
+    )
+    before = drop(settings.paths.inbox, "cat")
+    [result] = Service(settings, StubGenerator(), watch=False).run_once()
+    assert result.ok and list(result.recipe_errors) == ["late"]
+    [out] = settings.paths.outputs.iterdir()
+    meta = json.loads((out / f"{out.name}.json").read_text())
+    assert meta["status"] == "done_with_recipe_errors"
+    assert meta["recipes"]["poster"]["ok"] and not meta["recipes"]["late"]["ok"]
+    assert (out / f"{out.name}.mp4").exists() and (out / f"{out.name}.poster.png").exists()
+    assert "late" in (out / f"{out.name}.recipe-errors.txt").read_text()
+    done = settings.paths.done / out.name
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in done.iterdir()} == before
