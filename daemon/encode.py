@@ -32,6 +32,7 @@ import numpy as np
 from ffmpeg.nodes import FilterNode
 
 from daemon.errors import EncodeError
+from daemon.fsops import fsync_dir
 from daemon.recipes import ClipInfo, RecipeConfig, check_recipe_name
 
 MASTER_KEY = "master"
@@ -365,19 +366,6 @@ def _publish(target: _Target) -> None:
     os.replace(target.tmp, target.final)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _run_targets(
     frames: np.ndarray, fps: int, targets: list[_Target], timeout: float
 ) -> tuple[dict[str, str | None], _RunOutcome]:
@@ -464,7 +452,7 @@ def encode_job(
         if results[MASTER_KEY] is None:
             for target in targets[1:]:
                 results.update(_run_targets(frames, fps, [target], timeout)[0])
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
 
     if results[MASTER_KEY] is not None:
         raise EncodeError(_master_error_message(results[MASTER_KEY]))

@@ -25,7 +25,7 @@ from .generate import GenerationRequest, Generator
 from .images import clip_size, fit_to, load_image, resolution_to_short_side
 from .inbox import split_name
 from .jobs import Job
-from .sidecar import SIDECAR_EXTS, JobParams, read_sidecar
+from .sidecar import SIDECAR_EXTS, JobParams, defaults, read_sidecar
 
 StepCallback = Callable[[int, int], None]
 
@@ -72,19 +72,8 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
     if sidecar is not None:
         return read_sidecar(sidecar, settings.generation, settings.limits, recipes)
-    gen = settings.generation
-    assert gen.default_prompt is not None
-    return JobParams(
-        prompt=gen.default_prompt,
-        negative_prompt=gen.negative_prompt,
-        resolution=gen.resolution,
-        num_frames=gen.num_frames,
-        fps=gen.fps,
-        steps=gen.steps,
-        guidance_scale=gen.guidance_scale,
-        seed=gen.seed,
-        recipes=None,
-    )
+    assert settings.generation.default_prompt is not None  # _split_inputs failed the job otherwise
+    return defaults(settings.generation, prompt=settings.generation.default_prompt)
 
 
 def versions() -> dict[str, str]:

@@ -108,7 +108,7 @@ def read_sidecar(
         problems: list[str] = []
         prompt = _check_prompt(text, "prompt", limits, problems, allow_empty=False, txt=True)
         _raise_if(problems, path.name)
-        return _defaults(gen, prompt=prompt)
+        return defaults(gen, prompt=prompt)
 
     data = _parse_toml(text, path.name) if ext == ".toml" else _parse_json(text, path.name)
     return _from_table(data, path.name, ext, gen, limits, known_recipes)
@@ -298,7 +298,8 @@ def _from_table(
     )
 
 
-def _defaults(gen: GenerationConfig, *, prompt: str) -> JobParams:
+def defaults(gen: GenerationConfig, *, prompt: str) -> JobParams:
+    """The configured defaults for every key but the prompt (also used for default_prompt jobs)."""
     return JobParams(
         prompt=prompt,
         negative_prompt=gen.negative_prompt,
