@@ -33,6 +33,7 @@ from .events import JobFinished, Listener
 from .generate import Generator
 from .inbox import Group, InboxScanner
 from .jobs import ERROR_FILE, Folders, Job, claim, finish_done, finish_failed, recover, release
+from .page import SharePage
 from .process import Generated, Result, encode_generated, generate_job
 from .status import write_status
 from .watcher import Watcher
@@ -136,6 +137,8 @@ class Service:
             )
         self.folders.ensure()
         self._take_lock()
+        # The page for the people on the share is part of the product, not an option.
+        self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
         self._encoder = threading.Thread(target=self._encode_loop, name="i2vd-encoder", daemon=True)
         self._encoder.start()
         again, exhausted = recover(self.folders, self.settings.limits.max_attempts)

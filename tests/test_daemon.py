@@ -72,7 +72,8 @@ def test_good_job_makes_clip_recipes_metadata_and_keeps_originals(
     [result] = make_service(settings, tiny_generator).run_once()
     assert result.ok, result.error
 
-    [out] = list(settings.paths.outputs.iterdir())
+    [out] = [p for p in settings.paths.outputs.iterdir() if p.is_dir()]
+    assert (settings.paths.outputs / "index.html").exists()
     job = out.name
     assert job.startswith("cat_") and len(job) == len("cat_20261122_143005")
     files = sorted(p.name for p in out.iterdir())

@@ -121,7 +121,9 @@ def test_warm_stop_with_no_grace_interrupts_and_returns_the_files_untouched(tmp_
     assert not runner.is_alive()
     back = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.paths.inbox.iterdir()}
     assert back == before
-    assert not any(settings.paths.outputs.iterdir()) and not any(settings.paths.done.iterdir())
+    assert not any(p.is_dir() for p in settings.paths.outputs.iterdir()) and not any(
+        settings.paths.done.iterdir()
+    )
     assert not any((settings.state_dir / "claimed").iterdir())
 
 
@@ -159,7 +161,7 @@ def test_recipe_failing_on_a_job_keeps_the_clip_and_other_outputs(tmp_path: Path
     before = drop(settings.paths.inbox, "cat")
     [result] = Service(settings, StubGenerator(), watch=False).run_once()
     assert result.ok and list(result.recipe_errors) == ["late"]
-    [out] = settings.paths.outputs.iterdir()
+    [out] = [p for p in settings.paths.outputs.iterdir() if p.is_dir()]
     meta = json.loads((out / f"{out.name}.json").read_text())
     assert meta["status"] == "done_with_recipe_errors"
     assert meta["recipes"]["poster"]["ok"] and not meta["recipes"]["late"]["ok"]
