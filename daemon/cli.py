@@ -7,6 +7,7 @@ already exit 2 as the contract asks; a CLI framework would add a dependency for 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -48,8 +49,14 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import notify
+    from .events import Listener
+    from .metrics import MetricsListener
     from .service import DaemonLocked, Service, StartupError
+    from .webhooks import WebhookSender
 
+    # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
+    faulthandler.enable()
     path = find_config(args.config)
     settings = _settings(args)
     log = logs.get()
@@ -59,11 +66,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:
         log.error("model failed to load", model=settings.model.id, error=str(e))
         return EXIT_FAILED
-    service = Service(settings, generator, watch=not args.once, reload=lambda: load_settings(path))
+    listeners: list[Listener] = [notify.SystemdListener()]
+    if settings.metrics.address:
+        try:
+            listeners.append(MetricsListener(settings.metrics.address))
+        except OSError as e:
+            log.error("cannot start", reason=f"metrics.address {settings.metrics.address}: {e}")
+            return EXIT_FAILED
+    if (hooks := WebhookSender.from_settings(settings)) is not None:
+        listeners.append(hooks)
+    service = Service(
+        settings, generator, watch=not args.once, reload=lambda: load_settings(path), listeners=listeners
+    )
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
         # Only flags here: the first signal is a warm stop (finish the current job),
         # the second a cold one (interrupt it; its files go back to the inbox).
+        if not service.stop.is_set():
+            notify.stopping("finishing the current job (warm stop)")
         service.request_stop()
 
     def on_hup(signum: int, _frame: FrameType | None) -> None:

@@ -48,11 +48,20 @@ def _short(value: object) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+# syslog priorities, so `journalctl -p warning` finds our warnings (sd-daemon(3) prefixes).
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
+
+
+def _journal_priority(_logger: Any, method: str, line: str) -> str:
+    return f"<{_PRIORITY.get(method, 6)}>{line}"
+
+
 def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog for the process; ``json_lines=None`` picks by the output's kind."""
     out = stream or sys.stderr
+    journal = "JOURNAL_STREAM" in os.environ
     if json_lines is None:
-        json_lines = "JOURNAL_STREAM" in os.environ or not out.isatty()
+        json_lines = journal or not out.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
         if json_lines
@@ -66,6 +75,7 @@ def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, l
             _tee_to_job_log,
             structlog.processors.format_exc_info,
             renderer,
+            *([_journal_priority] if journal else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level.upper()),
         logger_factory=structlog.PrintLoggerFactory(out),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
 
-from . import logs
+from . import logs, notify
 from .config import Settings
 from .encode import validate_recipe
 from .errors import JobError
@@ -162,6 +162,7 @@ class Service:
         mode = self._watcher.mode if self._watcher else "poll"
         self.log.info("watching", inbox=str(self.folders.inbox), mode=mode, model=self.generator.model_id)
         self.publish_status("idle")
+        notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
 
     def teardown(self) -> None:
         """Let the encoder file every generated job, then stop watching and release the lock."""
@@ -259,14 +260,19 @@ class Service:
         self.reload_requested.clear()
         if self._reload_settings is None:
             return
+        notify.reloading()
         try:
             new = self._reload_settings()
         except Exception as e:
             self.log.error("config reload failed; keeping the running config", error=str(e))
             return
-        if new.paths != self.settings.paths or new.model != self.settings.model:
-            self.log.warning("paths and model changes need a restart; other changes applied")
-            new = new.model_copy(update={"paths": self.settings.paths, "model": self.settings.model})
+        finally:
+            notify.ready()
+        # These are built once at start (folders and lock, model, listeners).
+        fixed = ("paths", "model", "metrics", "webhooks")
+        if any(getattr(new, k) != getattr(self.settings, k) for k in fixed):
+            self.log.warning("changes to [paths], [model], [metrics] and [webhooks] need a restart")
+            new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed})
         self.settings = new
         self.scanner = self._make_scanner(new)
         self._ready.clear()

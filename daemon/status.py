@@ -22,7 +22,8 @@ def write_status(state_dir: Path, status: dict[str, Any]) -> None:
 
 def _lock_held(state_dir: Path) -> bool:
     try:
-        with open(state_dir / LOCK, "a+") as f:
+        # Read-only: an operator outside the daemon's group can still ask; flock needs no write.
+        with open(state_dir / LOCK) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

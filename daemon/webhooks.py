@@ -1,0 +1,261 @@
+"""Optional webhooks (``[webhooks]``): POST a JSON notice when a job is done or has failed.
+
+Deliveries are at least once. Each one (one event to one URL) is first written as a file
+under ``STATE/webhooks/``, and that file is removed only when the receiver answered 2xx, or
+after ``max_attempts`` tries (then the log says so as an error). A receiver that is down,
+or a daemon restarted meanwhile, therefore loses nothing: the files are sent again on the
+next start. A receiver that wants exactly once can drop repeats of ``X-I2VD-Delivery``.
+
+The POSTs happen in one background thread with exponential back-off, so a slow or hung
+receiver never holds up the generation loop; memory stays bounded because the queue in
+memory holds only file names, the notices themselves wait on disk.
+"""
+
+from __future__ import annotations
+
+import heapq
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__, fsops, logs
+from .events import JobFinished
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+# However large backoff_seconds * 2**n grows, a receiver that comes back is retried within this.
+MAX_BACKOFF = 3600.0
+# Read at most this much of a receiver's answer (we only need its status).
+_MAX_ANSWER = 64 * 1024
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as a failure: urllib would turn the POST into a GET and drop the body."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class WebhookSender:
+    """Delivers job notices to the configured URLs from its own thread (see ``start``).
+
+    Pending deliveries found in ``spool`` (left by an earlier run) are sent first, to the URL
+    each was made for, even if the configuration no longer lists it: the notice was promised.
+    """
+
+    def __init__(
+        self,
+        spool: Path,
+        *,
+        on_done: Sequence[str] = (),
+        on_failed: Sequence[str] = (),
+        timeout: float = 10.0,
+        max_attempts: int = 10,
+        backoff_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spool = spool
+        self.on_done = list(on_done)
+        self.on_failed = list(on_failed)
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self._clock = clock
+        self._log = logs.get()
+        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, str]] = []  # (due time, spool file name)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="i2vd-webhooks", daemon=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookSender | None:
+        """A sender for ``settings.webhooks``; None when no URL is configured and nothing is spooled."""
+        cfg = settings.webhooks
+        spool = settings.state_dir / "webhooks"
+        if not cfg.on_done and not cfg.on_failed and not any(spool.glob("*.json")):
+            return None
+        return cls(
+            spool,
+            on_done=cfg.on_done,
+            on_failed=cfg.on_failed,
+            timeout=cfg.timeout,
+            max_attempts=cfg.max_attempts,
+            backoff_seconds=cfg.backoff_seconds,
+        )
+
+    def start(self) -> None:
+        """Start sending (what is spooled first); idempotent, and implied by the first event.
+
+        Starting on the first event rather than in the constructor matters: the service
+        sends events only once it holds the folders' lock, so a second daemon started on
+        the same folders (and refused by the lock) never touches the first one's spool.
+        """
+        with self._cond:
+            if self._thread.ident is not None or self._stop:
+                return
+            self.spool.mkdir(parents=True, exist_ok=True)
+            for stale in self.spool.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)  # a write_json_atomic cut short by a crash
+            now = self._clock()
+            # File names begin with the creation time, so sorting resends in the original order.
+            for path in sorted(self.spool.glob("*.json")):
+                heapq.heappush(self._heap, (now, path.name))
+            if self._heap:
+                self._log.info("resending spooled webhooks", count=len(self._heap), spool=str(self.spool))
+            self._thread.start()
+
+    # -- Listener ------------------------------------------------------------------------
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        """Webhooks are about finished jobs only; the first status starts the sender."""
+        self.start()
+
+    def on_job_finished(self, event: JobFinished) -> None:
+        """Spool one delivery per URL and wake the sender thread; never waits for a receiver.
+
+        The spool file is written here, on the thread that filed the job, and not by the
+        sender: once this returns the notice survives a crash. It is one small write, like
+        the JOB.json written just before.
+        """
+        self.start()
+        if event.outcome == "done":
+            urls, payload = self.on_done, event.info or {"job": event.job}
+        else:
+            urls = self.on_failed
+            payload = {"event": "failed", "job": event.job, "error": event.error, "folder": str(event.folder)}
+        for url in urls:
+            record = {
+                "id": uuid.uuid4().hex,
+                "url": url,
+                "event": event.outcome,
+                "job": event.job,
+                "attempts": 0,
+                "created_at": time.time(),
+                "payload": payload,
+            }
+            name = f"{time.time_ns():020d}-{record['id'][:8]}.json"
+            try:
+                fsops.write_json_atomic(self.spool / name, record)
+            except OSError as e:
+                self._log.error("cannot spool webhook; it is not sent", job=event.job, url=url, error=str(e))
+                continue
+            self._schedule(name, 0.0)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread; a POST in flight may take up to ``self.timeout`` to give up.
+
+        Deliveries not yet made stay in the spool and are sent on the next start.
+        """
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.ident is None:
+            return
+        self._thread.join(self.timeout + 2 if timeout is None else timeout)
+        if self._thread.is_alive():
+            self._log.warning(
+                "webhook sender still busy at stop; what it was sending is resent on next start"
+            )
+
+    # -- the sender thread ---------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Spool file names not yet delivered (for status and tests)."""
+        return sorted(p.name for p in self.spool.glob("*.json")) if self.spool.is_dir() else []
+
+    def _schedule(self, name: str, delay: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (self._clock() + delay, name))
+            self._cond.notify()
+
+    def _next(self) -> str | None:
+        with self._cond:
+            while not self._stop:
+                if self._heap:
+                    wait = self._heap[0][0] - self._clock()
+                    if wait <= 0:
+                        return heapq.heappop(self._heap)[1]
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+            return None
+
+    def _run(self) -> None:
+        while (name := self._next()) is not None:
+            try:
+                self._deliver(name)
+            except Exception:  # keep the thread alive whatever one delivery does
+                self._log.exception("webhook delivery crashed", spool_file=name)
+
+    def _deliver(self, name: str) -> None:
+        path = self.spool / name
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            url, event, payload = record["url"], record["event"], record["payload"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # Not ours or damaged beyond use: set aside for a look, never retried in a loop.
+            path.rename(path.with_name(name + ".bad"))
+            self._log.error("unreadable webhook spool file set aside", file=str(path) + ".bad", error=str(e))
+            return
+        error = self._post(url, event, record.get("id", name), payload)
+        job = record.get("job")
+        if error is None:
+            path.unlink(missing_ok=True)
+            self._log.info("webhook delivered", job=job, url=url, webhook_event=event)
+            return
+        attempts = int(record.get("attempts", 0)) + 1
+        if attempts >= self.max_attempts:
+            path.unlink(missing_ok=True)
+            self._log.error(
+                "webhook dropped after repeated failures",
+                job=job,
+                url=url,
+                webhook_event=event,
+                attempts=attempts,
+                error=error,
+            )
+            return
+        record["attempts"] = attempts
+        record["last_error"] = error
+        # The count is kept on disk so that restarts cannot retry a dead receiver forever.
+        fsops.write_json_atomic(path, record)
+        delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF)
+        self._log.warning(
+            "webhook failed; will retry", job=job, url=url, attempts=attempts, retry_in=delay, error=error
+        )
+        self._schedule(name, delay)
+
+    def _post(self, url: str, event: str, delivery: str, payload: Any) -> str | None:
+        """POST ``payload``; None on a 2xx answer, else what went wrong."""
+        body = json.dumps(payload, ensure_ascii=False, default=str).encode()
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": f"i2vd/{__version__}",
+                "X-I2VD-Event": event,
+                "X-I2VD-Delivery": delivery,
+            },
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout) as answer:
+                answer.read(_MAX_ANSWER)
+                status = int(answer.status)
+        except urllib.error.HTTPError as e:
+            return f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            return str(getattr(e, "reason", None) or e)
+        return None if 200 <= status < 300 else f"HTTP {status}"
