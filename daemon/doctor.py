@@ -12,11 +12,12 @@ from typing import Any
 
 from .config import Settings
 from .encode import ffmpeg_exe, validate_recipe
+from .watcher import filesystem_type, watch_mode
 
 Check = tuple[bool, str, str]
 
 
-def _folder(name: str, path: Path) -> Check:
+def _folder(name: str, path: Path, mode: str) -> Check:
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".i2vd-check-"):
@@ -24,14 +25,26 @@ def _folder(name: str, path: Path) -> Check:
     except OSError as e:
         return False, f"folder {name}", f"{path} is not writable: {e.strerror}"
     free = shutil.disk_usage(path).free / 2**30
-    return True, f"folder {name}", f"{path} ({free:.1f} GiB free)"
+    fs = filesystem_type(path)
+    # Only the inbox is watched; for the others the type still tells where moves are renames.
+    watched = f", watched by {watch_mode(path, mode)}" if name == "inbox" else ""
+    return True, f"folder {name}", f"{path} ({fs}{watched}, {free:.1f} GiB free)"
 
 
 def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) -> Iterator[Check]:
     yield True, "config", "valid"
+    mode = settings.watch.mode
     for name in ("inbox", "outputs", "done", "failed"):
-        yield _folder(name, getattr(settings.paths, name))
-    yield _folder("state", settings.state_dir)
+        yield _folder(name, getattr(settings.paths, name), mode)
+    yield _folder("state", settings.state_dir, mode)
+    devices = {os.stat(settings.paths.inbox).st_dev, os.stat(settings.state_dir).st_dev}
+    yield (
+        True,
+        "claims",
+        "single renames (inbox and state on one filesystem)"
+        if len(devices) == 1
+        else "copy + fsync + rename (inbox and state on different filesystems: slower for big files)",
+    )
 
     try:
         exe = ffmpeg_exe()
