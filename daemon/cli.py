@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
-    from .generate import load_generator
+    from .generate import EngineOptions, load_generator
 
     return load_generator(
         settings.model.id,
@@ -45,6 +45,7 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
         device=settings.model.device,
         dtype=settings.model.dtype,
         cache_dir=settings.model_cache_dir,
+        options=EngineOptions.from_config(settings.model),
     )
 
 
@@ -63,6 +64,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("loading model", model=settings.model.id, device=settings.model.device)
     try:
         generator = _load_generator(settings)
+        if settings.model.warmup and not args.once:
+            from .images import resolution_to_short_side
+
+            # One small generation now, so the first user job is not the slow one.
+            seconds = generator.warm_up(
+                short_side=resolution_to_short_side(settings.generation.resolution),
+                num_frames=settings.generation.num_frames,
+            )
+            log.info("model warmed up", seconds=round(seconds, 2))
     except Exception as e:
         log.error("model failed to load", model=settings.model.id, error=str(e))
         return EXIT_FAILED
@@ -117,6 +127,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         ok &= passed
         print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from .fetch import fetch_model
+
+    settings = _settings(args)
+    m = settings.model
+    try:
+        path = fetch_model(
+            m.id, revision=m.revision, cache_dir=settings.model_cache_dir, dtype=m.dtype, device=m.device
+        )
+    except RuntimeError as e:
+        print(f"i2vd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -236,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--name", help="job name (default: the image's name)")
     add("recipes", cmd_recipes, "list the recipes")
+    add("fetch-model", cmd_fetch_model, "download the configured model into the cache ahead of time")
     return parser
 
 

@@ -69,6 +69,25 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
+    # Speed and memory (applied by daemon.generate; config.example.toml explains each). Defaults
+    # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
+    attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager"] = (
+        "auto"
+    )
+    compile: bool = False
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    offload: Literal["none", "model", "sequential"] = "none"
+    channels_last: bool = False
+    decode_chunk_size: int = Field(8, ge=1, le=256)
+    warmup: bool = True
+    # Out of memory: retry smaller, rung by rung (daemon/oom.py), before failing the job.
+    oom_ladder: list[Literal["lower_resolution", "fewer_frames", "cpu_offload"]] = Field(
+        default_factory=lambda: ["lower_resolution", "fewer_frames", "cpu_offload"]
+    )
+    oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
+    oom_min_frames: int = Field(8, ge=1)
 
     @field_validator("device")
     @classmethod
@@ -76,6 +95,21 @@ class ModelConfig(_Section):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("oom_ladder")
+    @classmethod
+    def _oom_ladder(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each step may appear only once")
+        return v
+
+    @field_validator("oom_resolutions")
+    @classmethod
+    def _oom_resolutions(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not (r.endswith("p") and r[:-1].isdigit() and 64 <= int(r[:-1]) <= 4096)]
+        if bad:
+            raise ValueError(f'{", ".join(map(repr, bad))}: write resolutions like "512p" (64p to 4096p)')
+        return v
 
 
 class GenerationConfig(_Section):

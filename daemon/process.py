@@ -136,34 +136,46 @@ def generate_job(
         attempt=job.attempts,
     )
 
+    import structlog
+
     t0 = time.monotonic()
-    frames = generator.generate(
-        GenerationRequest(
-            image=frame,
-            width=width,
-            height=height,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            num_frames=params.num_frames,
-            fps=params.fps,
-            steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            seed=seed,
-        ),
-        on_step,
-    )
+    # The generator logs with the process logger; binding the job here copies its lines (an
+    # out-of-memory retry, for one) into this job's JOB.log too.
+    with structlog.contextvars.bound_contextvars(job=job.name):
+        frames = generator.generate(
+            GenerationRequest(
+                image=frame,
+                width=width,
+                height=height,
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt,
+                num_frames=params.num_frames,
+                fps=params.fps,
+                steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                seed=seed,
+            ),
+            on_step,
+        )
     gen_seconds = time.monotonic() - t0
-    log.info("frames generated", seconds=round(gen_seconds, 2))
+    # What was made can be smaller than asked: running out of memory walks down model.oom_ladder.
+    made_frames, made_height, made_width = (int(n) for n in frames.shape[:3])
+    run = getattr(generator, "last_run", None)
+    log.info("frames generated", seconds=round(gen_seconds, 2), clip_size=f"{made_width}x{made_height}")
     info: dict[str, Any] = {
         "job": job.name,
         "inputs": {"image": image_path.name, "sidecar": sidecar_path.name if sidecar_path else None},
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
         "parameters": {
-            "resolution": params.resolution,
-            "width": width,
-            "height": height,
-            "num_frames": params.num_frames,
+            "resolution": (
+                params.resolution
+                if min(made_width, made_height) == min(width, height)
+                else f"{min(made_width, made_height)}p"
+            ),
+            "width": made_width,
+            "height": made_height,
+            "num_frames": made_frames,
             "fps": params.fps,
             "steps": params.steps,
             "guidance_scale": params.guidance_scale,
@@ -182,6 +194,10 @@ def generate_job(
         "attempts": job.attempts,
         "versions": versions(),
     }
+    if isinstance(run, dict):
+        # Size, frames and offload finally used, what was asked, the engine settings in force and
+        # every out-of-memory attempt (daemon.generate.DiffusersGenerator.last_run).
+        info["generation"] = run
     return Generated(job, frames, params, recipes, info)
 
 

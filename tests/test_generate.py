@@ -1,18 +1,31 @@
-"""The generation backend on the real tiny model: loading, frames, seeds, prompt encoding, steps."""
+"""The generation backend on the real tiny model: loading, frames, seeds, prompt encoding, steps,
+speed and memory options, warm-up and fetching."""
 
 from __future__ import annotations
 
+import runpy
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 import torch
 from diffusers import I2VGenXLPipeline
 from PIL import Image
+from pydantic import ValidationError
 
+from daemon.config import ModelConfig
 from daemon.errors import GenerationError
-from daemon.generate import DiffusersGenerator, GenerationRequest, StubGenerator, load_generator
+from daemon.fetch import fetch_model
+from daemon.generate import (
+    DiffusersGenerator,
+    EngineOptions,
+    GenerationRequest,
+    StubGenerator,
+    load_generator,
+)
+from daemon.oom import Ladder
 from daemon.pipeline import DaemonI2VGenXLPipeline
 from daemon.tiny import MARKER, build_tiny
 
@@ -171,3 +184,132 @@ def test_stub_generator_shape_determinism_and_steps() -> None:
     assert not np.array_equal(a[0], a[1])  # the frames move
     with pytest.raises(GenerationError):
         stub.generate(_request(width=44, height=24))
+
+
+# -- speed and memory options, warm-up, loading variants, fetching ---------------------------------
+
+
+def _tiny_with(tiny_model_dir: Path, **options: object) -> DiffusersGenerator:
+    gen = load_generator(
+        str(tiny_model_dir),
+        revision=None,
+        device="cpu",
+        dtype="auto",
+        cache_dir=tiny_model_dir,
+        options=EngineOptions(**options),  # type: ignore[arg-type]
+    )
+    assert isinstance(gen, DiffusersGenerator)
+    return gen
+
+
+def test_options_come_from_the_model_config_and_bad_values_are_refused() -> None:
+    model = ModelConfig(
+        attention="eager",
+        decode_chunk_size=3,
+        oom_ladder=["fewer_frames", "lower_resolution"],
+        oom_resolutions=["720p", "480p"],
+        oom_min_frames=4,
+    )
+    opts = EngineOptions.from_config(model)
+    assert (opts.attention, opts.decode_chunk_size, opts.offload, opts.compile) == ("eager", 3, "none", False)
+    assert opts.ladder == Ladder(("fewer_frames", "lower_resolution"), (720, 480), 4)
+    assert EngineOptions.from_config(ModelConfig()) == EngineOptions()  # config and code defaults agree
+    for bad in (
+        {"offload": "gpu"},
+        {"attention": "flash"},
+        {"decode_chunk_size": 0},
+        {"oom_ladder": ["fewer_frames", "fewer_frames"]},
+        {"oom_ladder": ["smaller"]},
+        {"oom_resolutions": ["512"]},
+    ):
+        with pytest.raises(ValidationError):
+            ModelConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"model\.offload"):
+        EngineOptions(offload="gpu")
+
+
+def test_cuda_only_options_are_ignored_on_the_cpu_with_a_log_line(tiny_model_dir: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        gen = _tiny_with(tiny_model_dir, compile=True, offload="model", attention="sdpa_cudnn")
+    ignored = {e["option"] for e in logs if e["event"] == "model option ignored"}
+    assert ignored == {"model.compile", "model.offload", "model.attention"}
+    assert (gen.engine["compile"], gen.engine["offload"], gen.engine["attention"]) == (False, "none", "auto")
+    assert not hasattr(gen._pipe.unet, "_hf_hook")  # no offload hooks: all weights stay put
+    frames = gen.generate(_request(64, 64, num_frames=2, steps=1))
+    assert frames.shape == (2, 64, 64, 3)
+    assert gen.last_run is not None and gen.last_run["engine"] == gen.engine
+
+
+def test_speed_options_change_the_engine_not_the_clip(tiny: DiffusersGenerator, tiny_model_dir: Path) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    req = _request(64, 64, num_frames=2, steps=1)
+    base = tiny.generate(req)
+    gen = _tiny_with(
+        tiny_model_dir, attention="eager", channels_last=True, vae_slicing=True, decode_chunk_size=1
+    )
+    assert {type(p) for p in gen._pipe.unet.attn_processors.values()} == {AttnProcessor}
+    convs = [m for m in gen._pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert gen._pipe.vae.use_slicing
+    frames = gen.generate(req)
+    assert gen.last_run is not None and gen.last_run["decode_chunk_size"] == 1
+    # Other kernels, other rounding: the same clip within one grey level.
+    assert frames.shape == base.shape and np.abs(frames.astype(int) - base).max() <= 1
+    tiled = _tiny_with(tiny_model_dir, vae_tiling=True)
+    assert tiled._pipe.vae.use_tiling and tiled.generate(req).shape == base.shape
+
+
+def test_warm_up_runs_one_small_generation_and_leaves_no_job_record(tiny: DiffusersGenerator) -> None:
+    calls: list[tuple[int, ...]] = []
+    hook = tiny._pipe.unet.register_forward_pre_hook(lambda _m, args: calls.append(tuple(args[0].shape)))
+    try:
+        seconds = tiny.warm_up(short_side=40, num_frames=2, steps=1)
+    finally:
+        hook.remove()
+    assert seconds > 0
+    assert calls == [(2, 4, 2, 4, 4)]  # one step, guidance batch of 2, 2 frames, 32x32 (40 rounded to 32) / 8
+    assert tiny.last_run is None
+    assert StubGenerator().warm_up(short_side=512, num_frames=16) == 0.0
+
+
+def test_in_memory_pipeline_is_wrapped_and_half_precision_loads_with_the_plain_files(
+    tiny_model_dir: Path,
+) -> None:
+    pipe = I2VGenXLPipeline.from_pretrained(tiny_model_dir)
+    gen = DiffusersGenerator.from_pipeline(pipe, model_id="in-memory", device="cpu")
+    assert isinstance(gen._pipe, DaemonI2VGenXLPipeline) and gen._pipe.unet is pipe.unet
+    assert gen.generate(_request(64, 64, num_frames=2, steps=1)).shape == (2, 64, 64, 3)
+    # float16 asks for the fp16 files first; the tiny folder has only the plain ones, which then load.
+    half = load_generator(
+        str(tiny_model_dir), revision=None, device="cpu", dtype="float16", cache_dir=tiny_model_dir
+    )
+    assert isinstance(half, DiffusersGenerator) and half._pipe.unet.dtype == torch.float16
+
+
+def test_fetch_model_builds_tiny_checks_folders_and_refuses_when_offline(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    assert fetch_model("tiny", cache_dir=tiny_model_dir.parent) == tiny_model_dir
+    assert fetch_model(str(tiny_model_dir), cache_dir=tmp_path) == tiny_model_dir
+    with pytest.raises(RuntimeError, match=r"model_index\.json"):
+        fetch_model(str(tmp_path), cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):  # conftest sets it: no network in tests
+        fetch_model("ali-vilab/i2vgen-xl", cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="nothing to fetch"):
+        fetch_model("stub:1", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_generation_benchmark_smoke_mode_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    bench = runpy.run_path(str(path), run_name="bench_generate")
+    argv = ["--tiny", "--device", "cpu", "--resolution", "64p", "--frames", "2", "--steps", "1"]
+    assert bench["main"](argv) == 0
+    out = capsys.readouterr().out
+    assert "job       64x64, 2 frames, 1 steps, guidance 9" in out
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines() if line[36:].strip()}
+    assert rows["plain diffusers, default settings"][1:] == ["n/a", "(CPU)"]
+    assert float(rows["i2vd, tuned settings"][0]) > 0
+    assert rows["speed-up (plain / i2vd)"][0].endswith("x")
+    assert rows["reference: RTX 4090 (see below)"] == ["52.00", "13.6"]

@@ -1,0 +1,366 @@
+"""How fast is one job, and how much GPU memory does it take? i2vd's engine against plain diffusers.
+
+Builds a model with the real published I2VGen-XL architecture and random weights (nothing is
+downloaded; the configs are reproduced below), then on the same device, in the same run, times one
+job two ways:
+
+- plain: diffusers' pipeline called with its default settings (decode one frame at a time, the
+  attention diffusers picks, no compile), after one short untimed call so it too is warm;
+- i2vd: ``DiffusersGenerator`` with the ``[model]`` settings (the config defaults unless flags
+  below change them), after its own ``warm_up()``.
+
+It prints seconds per job, peak GPU memory (``torch.cuda.max_memory_allocated``) and the speed-up,
+beside a published reference point. Random weights cost the same arithmetic as trained ones, so
+the timings hold for the real model; the clips are noise.
+
+    python benchmarks/bench_generate.py                          # 512p, 16 frames, 50 steps, GPU
+    python benchmarks/bench_generate.py --compile                # try torch.compile
+    python benchmarks/bench_generate.py --attention sdpa_cudnn   # try another attention kernel
+    python benchmarks/bench_generate.py --tiny --device cpu      # CI smoke test: seconds, on a CPU
+
+Architecture sources (ali-vilab/i2vgen-xl as converted by diffusers'
+scripts/convert_i2vgen_to_diffusers.py): the UNet is ``I2VGenXLUNet(sample_size=32)``, i.e. the
+class defaults listed in ``UNET``; the VAE is Stable Diffusion 2.1's; the text and image encoders
+are OpenCLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K). Values not checked against the
+published config.json files (no network here), marked "unsure" below:
+- text encoder depth: the conversion loads the full ViT-H text tower (24 layers); Stable
+  Diffusion 2.x ships a 23-layer cut. One layer is ~1% of the text encoder and nothing of a step.
+- the tokenizer: the real one's 49,408-token vocabulary is not reproduced (the text encoder keeps
+  its 49,408-row embedding; a prompt's cost does not depend on which ids it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+REFERENCE = "RTX 4090, as published by a popular I2VGen-XL web front end"
+REFERENCE_SECONDS, REFERENCE_GB = 52.0, 13.6
+
+# I2VGen-XL's UNet (diffusers I2VGenXLUNet defaults = the published unet/config.json). Note the
+# class derives the heads from attention_head_dim (64-wide heads: 5, 10, 20 per level) and ignores
+# num_attention_heads, which the published config leaves null.
+UNET = dict(
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    norm_num_groups=32,
+    cross_attention_dim=1024,
+    attention_head_dim=64,
+    num_attention_heads=None,
+)
+# Stable Diffusion 2.1's VAE (the conversion takes it from v2-1_512-ema-pruned.ckpt).
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+# OpenCLIP ViT-H/14 text tower.
+TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,  # unsure: 24 in the laion checkpoint the conversion loads, 23 in SD 2.x
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=1024,
+)
+# OpenCLIP ViT-H/14 image tower.
+VISION = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=1024,
+)
+# The conversion script's scheduler (from i2vgen_xl_train.yaml).
+SCHEDULER = dict(
+    beta_schedule="squaredcos_cap_v2",
+    rescale_betas_zero_snr=True,
+    set_alpha_to_one=True,
+    clip_sample=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="v_prediction",
+)
+
+
+def build_real(device: Any, dtype: Any) -> Any:
+    """The I2VGen-XL architecture with random weights, made directly on ``device`` (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from daemon.pipeline import DaemonI2VGenXLPipeline
+    from daemon.tiny import _write_tokenizer_files
+
+    with tempfile.TemporaryDirectory() as tok_dir:
+        _write_tokenizer_files(Path(tok_dir))  # a small BPE vocabulary laid out like CLIP's
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        parts = dict(
+            unet=I2VGenXLUNet(**UNET),
+            vae=AutoencoderKL(**VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT, **ids)),
+            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)),
+        )
+    for module in parts.values():
+        module.to(dtype=dtype).eval()
+    return DaemonI2VGenXLPipeline(
+        **parts,
+        tokenizer=tokenizer,
+        feature_extractor=CLIPImageProcessor(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+        ),
+        scheduler=DDIMScheduler(**SCHEDULER),
+    )
+
+
+def build_tiny(device: Any, dtype: Any) -> Any:
+    """The built-in tiny model (daemon/tiny.py), in memory."""
+    import torch
+
+    from daemon.pipeline import DaemonI2VGenXLPipeline
+    from daemon.tiny import _build_pipeline
+
+    pipe = DaemonI2VGenXLPipeline(**_build_pipeline().components)
+    return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
+
+
+def picture(size: int) -> Image.Image:
+    img = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(img)
+    for x in range(size):
+        draw.line([(x, 0), (x, size - 1)], fill=(x * 255 // (size - 1), 90, 255 - x * 255 // (size - 1)))
+    draw.ellipse([size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill=(240, 220, 60))
+    return img
+
+
+class Meter:
+    """Seconds and peak GPU memory of one block."""
+
+    def __init__(self, torch: Any, device: Any) -> None:
+        self.torch, self.cuda = torch, device.type == "cuda"
+        self.seconds = 0.0
+        self.peak_gb: float | None = None
+
+    def __enter__(self) -> Meter:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.empty_cache()
+            self.torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.peak_gb = self.torch.cuda.max_memory_allocated() / 1e9
+        self.seconds = time.perf_counter() - self.t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the built-in tiny model (CI smoke test)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), ...")
+    parser.add_argument("--resolution", default=None, help="short side, e.g. 512p (tiny: 256p)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 16; tiny: 8)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; tiny: 2)")
+    parser.add_argument("--guidance", type=float, default=9.0)
+    tuned = parser.add_argument_group("i2vd settings (default: the [model] defaults)")
+    tuned.add_argument("--attention", default=None)
+    tuned.add_argument("--compile", action="store_true", default=None)
+    tuned.add_argument("--compile-mode", default=None)
+    tuned.add_argument("--channels-last", action="store_true", default=None)
+    tuned.add_argument("--vae-slicing", action="store_true", default=None)
+    tuned.add_argument("--vae-tiling", action="store_true", default=None)
+    tuned.add_argument("--offload", default=None)
+    tuned.add_argument("--decode-chunk-size", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import diffusers
+    import torch
+
+    from daemon.config import ModelConfig
+    from daemon.generate import (
+        DiffusersGenerator,
+        EngineOptions,
+        GenerationError,
+        GenerationRequest,
+        _resolve_device,
+        _resolve_dtype,
+    )
+    from daemon.images import resolution_to_short_side
+
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+    short = resolution_to_short_side(args.resolution or ("256p" if args.tiny else "512p"))
+    frames = args.frames or (8 if args.tiny else 16)
+    steps = args.steps or (2 if args.tiny else 50)
+    overrides = {
+        k: v
+        for k, v in {
+            "attention": args.attention,
+            "compile": args.compile,
+            "compile_mode": args.compile_mode,
+            "channels_last": args.channels_last,
+            "vae_slicing": args.vae_slicing,
+            "vae_tiling": args.vae_tiling,
+            "offload": args.offload,
+            "decode_chunk_size": args.decode_chunk_size,
+        }.items()
+        if v is not None
+    }
+    options = EngineOptions.from_config(ModelConfig(**overrides))
+    if device.type == "cpu" and not args.tiny:
+        print("warning: the full-size model on a CPU takes hours per job; use --tiny", file=sys.stderr)
+
+    with Meter(torch, device) as build:
+        pipe = (build_tiny if args.tiny else build_real)(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    size = max(multiple, round(short / multiple) * multiple)
+    image = picture(size)
+    params = sum(
+        p.numel()
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder)
+        for p in m.parameters()
+    )
+    job = dict(
+        prompt="a paper boat drifts on a pond",
+        negative_prompt="blurry, low quality",
+        guidance_scale=args.guidance,
+    )
+
+    # Plain diffusers: the pipeline's own defaults. (DaemonI2VGenXLPipeline only repairs the
+    # prompt encoding that upstream's class cannot run with transformers 5.x; it adds no speed-up.)
+    def plain(n_frames: int, n_steps: int) -> Any:
+        return pipe(
+            image=image,
+            height=size,
+            width=size,
+            num_frames=n_frames,
+            num_inference_steps=n_steps,
+            target_fps=8,
+            generator=torch.Generator(device=device).manual_seed(0),
+            output_type="np",
+            **job,
+        ).frames[0]
+
+    with torch.no_grad(), Meter(torch, device) as plain_first:
+        plain(frames, 2)
+    with torch.no_grad(), Meter(torch, device) as plain_run:
+        plain_frames = plain(frames, steps)
+
+    gen = DiffusersGenerator.from_pipeline(pipe, model_id="bench", device=str(device), options=options)
+    with Meter(torch, device) as warm:
+        gen.warm_up(short_side=size, num_frames=frames, steps=2)
+    req = GenerationRequest(
+        image=image,
+        width=size,
+        height=size,
+        num_frames=frames,
+        fps=8,
+        steps=steps,
+        seed=0,
+        prompt=str(job["prompt"]),
+        negative_prompt=str(job["negative_prompt"]),
+        guidance_scale=float(job["guidance_scale"]),
+    )
+    note = ""
+    with Meter(torch, device) as tuned_run:
+        try:
+            gen.generate(req)
+        except GenerationError as exc:  # random weights can overflow float16; the time still counts
+            note = f"  (i2vd: {str(exc).split('.')[0]})"
+    if not np.isfinite(plain_frames).all():
+        note += "  (plain: output not finite, random weights)"
+
+    def gb(value: float | None) -> str:
+        return f"{value:.1f}" if value is not None else "n/a (CPU)"
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()})"
+    model = "tiny (daemon/tiny.py)" if args.tiny else "I2VGen-XL architecture, random weights"
+    versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
+    settings = " ".join(f"{k}={v}" for k, v in gen.engine.items())
+    rows = [
+        ("plain diffusers, default settings", f"{plain_run.seconds:.2f}", gb(plain_run.peak_gb)),
+        ("i2vd, tuned settings", f"{tuned_run.seconds:.2f}", gb(tuned_run.peak_gb)),
+        ("speed-up (plain / i2vd)", f"{plain_run.seconds / tuned_run.seconds:.2f}x", ""),
+        ("reference: RTX 4090 (see below)", f"{REFERENCE_SECONDS:.2f}", f"{REFERENCE_GB:.1f}"),
+    ]
+    count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
+    print(f"model     {model}: {count} parameters, built in {build.seconds:.1f} s")
+    print(f"device    {name}, {str(dtype).removeprefix('torch.')}, {versions}")
+    print(f"job       {size}x{size}, {frames} frames, {steps} steps, guidance {args.guidance:g}")
+    print(f"i2vd      {settings}")
+    print()
+    print(f"{'':36} {'s/job':>8} {'peak GPU GB':>12}")
+    for label, seconds, peak in rows:
+        print(f"{label:36} {seconds:>8} {peak:>12}")
+    print()
+    print(f"reference: {REFERENCE}; not measured here.")
+    if args.tiny:
+        print("tiny model: these timings test the harness, not the engine; run without --tiny on a GPU.")
+    print(
+        f"not in the table: plain's first 2-step call {plain_first.seconds:.2f} s,"
+        f" i2vd's warm-up {warm.seconds:.2f} s"
+    )
+    if note:
+        print("notes:" + note)
+    return 0
+
+
+if __name__ == "__main__":
+    from diffusers.utils import logging as diffusers_logging
+
+    from daemon import logs
+
+    logs.configure(json_lines=False)
+    diffusers_logging.set_verbosity_error()  # "modules to keep in float32: []" and the deprecation notice
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

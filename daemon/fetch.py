@@ -1,0 +1,80 @@
+"""Getting the model onto the machine before the daemon needs it (``i2vd fetch-model``).
+
+The daemon itself never decides to download: with ``HF_HUB_OFFLINE=1`` (what the systemd unit
+should set) loading a model that is not in the cache fails at once, naming it. This module is the
+deliberate step that fills the cache:
+
+- a Hub id (``ali-vilab/i2vgen-xl``): only the files the pipeline loads, and for half precision
+  only the ``fp16`` weight files (about half the download), into ``model.cache_dir``;
+- ``tiny``: built locally (no network);
+- a local folder: checked to hold a diffusers pipeline (``model_index.json``).
+
+torch and diffusers are imported lazily, as in ``daemon.generate``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .tiny import TINY_VERSION, build_tiny
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fetch_model(
+    model_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: Path,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> Path:
+    """Make ``model_id`` loadable offline; returns the folder it now lives in.
+
+    ``dtype`` and ``device`` are the ``[model]`` settings: they decide whether the float16 files are
+    the ones to fetch ("auto" resolves as the daemon will: float16 when a CUDA GPU is used).
+    Raises RuntimeError with a readable reason (offline, unknown model, no such revision, ...).
+    """
+    from .generate import STUB_ID, TINY_ID
+
+    if model_id == TINY_ID:
+        return build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
+    if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
+        raise RuntimeError(f"model.id {model_id!r} is the stand-in generator: there is nothing to fetch.")
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").is_file():
+            raise RuntimeError(f"{folder} is a folder but holds no diffusers pipeline (no model_index.json).")
+        return folder
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1:
+        raise RuntimeError(f"model.id {model_id!r} is neither a Hugging Face id (owner/name) nor a folder.")
+    if _offline():
+        raise RuntimeError(
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded. Run the command with HF_HUB_OFFLINE=0"
+            " (the daemon itself can keep it set)."
+        )
+
+    import torch
+
+    from .generate import _resolve_dtype, weights_variant
+    from .pipeline import DaemonI2VGenXLPipeline
+
+    # As the daemon will resolve it, without requiring the GPU to be there now (fetching may be
+    # done on another machine, or before the driver is installed).
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    variant = weights_variant(_resolve_dtype(dtype, torch.device("cuda" if cuda else "cpu")))
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    kwargs = {"revision": revision, "cache_dir": str(cache_dir)}
+    try:
+        try:
+            path = DaemonI2VGenXLPipeline.download(model_id, variant=variant, **kwargs)
+        except ValueError as exc:  # the repository has no files of that variant: take the plain ones
+            if variant is None or "variant" not in str(exc):
+                raise
+            path = DaemonI2VGenXLPipeline.download(model_id, **kwargs)
+    except Exception as exc:
+        raise RuntimeError(f"Could not download {model_id!r} (revision {revision or 'main'}): {exc}") from exc
+    return Path(path)

@@ -1,0 +1,275 @@
+"""Out of memory: the ladder, its record in JOB.json, and the advice when nothing fits.
+
+A CUDA out-of-memory error cannot happen on a CPU, so the real tiny pipeline is made to raise a
+genuine ``torch.OutOfMemoryError`` from inside its UNet / VAE decoder by ``daemon.oom.InjectOOM``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from daemon import logs
+from daemon.config import Settings
+from daemon.errors import GenerationError
+from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
+from daemon.images import fit_to
+from daemon.jobs import Job
+from daemon.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
+from daemon.process import generate_job
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> DiffusersGenerator:
+    gen = load_generator(
+        str(tiny_model_dir), revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir
+    )
+    assert isinstance(gen, DiffusersGenerator)
+    return gen
+
+
+@pytest.fixture
+def injected(tiny: DiffusersGenerator) -> Iterator[DiffusersGenerator]:
+    """The module's generator, its injector removed again after each test."""
+    yield tiny
+    tiny.inject_oom = None
+
+
+def _request(width: int, height: int, **changes: object) -> GenerationRequest:
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    fields: dict[str, object] = dict(
+        image=image,
+        width=width,
+        height=height,
+        prompt="waves roll in",
+        negative_prompt="",
+        num_frames=2,
+        fps=8,
+        steps=1,
+        guidance_scale=9.0,
+        seed=11,
+    )
+    fields.update(changes)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+# -- the plan, without a model --------------------------------------------------------------------
+
+
+def test_ladder_goes_down_resolution_then_frames_then_offload() -> None:
+    ladder = Ladder()
+    requested = cur = Setting(1024, 768, 16, "none")
+    seen = []
+    while (step := ladder.next(cur, requested=requested, multiple=64, can_offload=True)) is not None:
+        rung, cur = step
+        seen.append((rung, cur.width, cur.height, cur.num_frames, cur.offload))
+    assert seen == [
+        ("lower_resolution", 832, 640, 16, "none"),  # 4:3 kept, multiples of 64
+        ("lower_resolution", 704, 512, 16, "none"),
+        ("lower_resolution", 512, 384, 16, "none"),
+        ("fewer_frames", 512, 384, 8, "none"),
+        ("cpu_offload", 512, 384, 8, "model"),
+    ]
+    # A 1024p job starts one rung higher; on a CPU there is no offload rung; a custom order is kept.
+    big = Setting(1024, 1024, 16, "none")
+    assert ladder.next(big, requested=big, multiple=64, can_offload=False) == (
+        "lower_resolution",
+        Setting(768, 768, 16, "none"),
+    )
+    small = Setting(384, 384, 8, "none")
+    assert ladder.next(small, requested=small, multiple=64, can_offload=False) is None
+    frames_first = Ladder(rungs=("fewer_frames", "lower_resolution"), min_frames=2)
+    assert frames_first.next(big, requested=big, multiple=64, can_offload=True) == (
+        "fewer_frames",
+        Setting(1024, 1024, 8, "none"),
+    )
+    with pytest.raises(ValueError, match="unknown oom_ladder step"):
+        Ladder(rungs=("smaller",))
+
+
+def test_what_counts_as_out_of_memory() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 bytes"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an allocation failure
+
+
+def test_injector_from_the_environment() -> None:
+    inj = InjectOOM.from_env({ENV_VAR: "above=4000000, decode_above=4"})
+    assert inj is not None and (inj.above, inj.decode_above) == (4_000_000, 4)
+    bare = InjectOOM.from_env({ENV_VAR: "123"})
+    assert bare is not None and (bare.above, bare.decode_above) == (123, None)
+    assert InjectOOM.from_env({ENV_VAR: " "}) is None and InjectOOM.from_env({}) is None
+    with pytest.raises(ValueError, match=ENV_VAR):
+        InjectOOM.from_env({ENV_VAR: "above=lots"})
+
+
+def test_exhausted_advice_names_what_to_lower() -> None:
+    requested = Setting(1024, 768, 16, "none")
+    text = exhausted_message([requested, Setting(512, 384, 8, "model")], on_gpu=True, requested=requested)
+    assert text.startswith("The GPU ran out of memory")
+    assert "1024x768 with 16 frames; 512x384 with 8 frames (model offload)" in text
+    assert 'resolution = "512p"' in text and "num_frames = 4" in text and "model.offload" in text
+    small = Setting(384, 384, 2, "none")
+    cpu = exhausted_message([small], on_gpu=False, requested=small)
+    assert cpu.startswith("The computer") and "resolution" not in cpu and "already as small" in cpu
+
+
+# -- on the real tiny pipeline --------------------------------------------------------------------
+
+
+def _claimed_job(tmp_path: Path, image: Image.Image, sidecar: dict[str, object]) -> Job:
+    name = "harbour_20250101_120000"
+    job = Job(
+        name=name,
+        stem="harbour",
+        rel_dir=Path("."),
+        dir=tmp_path / "claimed" / name,
+        files=["harbour.png", "harbour.json"],
+        claimed_at=datetime.now().astimezone(),
+    )
+    job.inputs.mkdir(parents=True)
+    job.out.mkdir()
+    image.save(job.inputs / "harbour.png")
+    (job.inputs / "harbour.json").write_text(json.dumps(sidecar))
+    return job
+
+
+def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
+    injected: DiffusersGenerator, tmp_path: Path
+) -> None:
+    gen = injected
+    assert gen.size_multiple == 32
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    job = _claimed_job(
+        tmp_path,
+        photo,
+        {"prompt": "boats rock", "resolution": "768p", "num_frames": 2, "steps": 1, "seed": 7},
+    )
+    # 4:3 at 768p is 1024x768, at 640p 864x640, at 512p 672x512: fail above 672*512*2 pixel-frames.
+    gen.inject_oom = InjectOOM(above=672 * 512 * 2)
+    log_path = job.out / f"{job.name}.log"
+    with logs.job_log(job.name, log_path):
+        done = generate_job(
+            job, Settings(), gen, logs.get().bind(job=job.name), queued_at=datetime.now().astimezone()
+        )
+
+    assert gen.inject_oom.raised == 2
+    assert done.frames.shape == (2, 512, 672, 3)
+    record = done.info["generation"]
+    tries = [
+        (a["width"], a["height"], a["num_frames"], a["change"], a["outcome"]) for a in record["attempts"]
+    ]
+    assert tries == [
+        (1024, 768, 2, None, "out_of_memory"),
+        (864, 640, 2, "lower_resolution", "out_of_memory"),
+        (672, 512, 2, "lower_resolution", "ok"),
+    ]
+    assert (record["width"], record["height"], record["num_frames"], record["offload"]) == (
+        672,
+        512,
+        2,
+        "none",
+    )
+    assert record["fallback"] is True and record["requested"] == {
+        "width": 1024,
+        "height": 768,
+        "num_frames": 2,
+    }
+    params = done.info["parameters"]
+    assert (params["resolution"], params["width"], params["height"], params["num_frames"]) == (
+        "512p",
+        672,
+        512,
+        2,
+    )
+    job_log = log_path.read_text()
+    assert job_log.count("out of memory; trying again with smaller settings") == 2
+    assert "clip made with smaller settings" in job_log
+
+    # The 512p try used the 768p frame centre-cropped and resized (fit_to): the very frames that a job
+    # asking for 672x512 with that image gets. Same seed, same device: identical.
+    gen.inject_oom = None
+    frame_768 = fit_to(photo, 1024, 768)
+    direct = gen.generate(
+        _request(
+            672,
+            512,
+            image=fit_to(frame_768, 672, 512),
+            prompt="boats rock",
+            negative_prompt=done.params.negative_prompt,
+            seed=7,
+        )
+    )
+    assert np.array_equal(done.frames, direct)
+
+
+def test_exhausted_ladder_fails_the_job_with_advice_and_the_generator_recovers(
+    injected: DiffusersGenerator,
+) -> None:
+    gen = injected
+    gen.inject_oom = InjectOOM(above=0)  # nothing fits
+    with pytest.raises(GenerationError) as failed:
+        gen.generate(_request(1024, 768, num_frames=4))
+    text = str(failed.value)
+    assert "ran out of memory" in text and 'resolution = "512p"' in text and "num_frames = 2" in text
+    assert (
+        "1024x768 with 4 frames; 864x640 with 4 frames; 672x512 with 4 frames; 512x384 with 4 frames" in text
+    )
+    # 4 frames is already under oom_min_frames (8) and a CPU has no offload rung: 4 tries in all.
+    assert gen.inject_oom.raised == 4
+    assert gen.last_run is not None and gen.last_run["ok"] is False and len(gen.last_run["attempts"]) == 4
+
+    # The injector's hooks are gone with it; the next job runs normally, the callback reset.
+    injector, gen.inject_oom = gen.inject_oom, None
+    assert gen.generate(_request(64, 64)).shape == (2, 64, 64, 3)
+    assert injector.raised == 4 and gen._pipe.step_callback is None
+    assert gen.last_run is not None and gen.last_run["ok"] and not gen.last_run["fallback"]
+
+
+def test_decode_out_of_memory_halves_the_chunk_without_denoising_again(injected: DiffusersGenerator) -> None:
+    gen = injected
+    req = _request(64, 64, num_frames=2, steps=2)
+    normal = gen.generate(req)
+    assert gen.last_run is not None and gen.last_run["decode_chunk_size"] == 2  # min(8, frames)
+    gen.inject_oom = InjectOOM(decode_above=1)
+    steps: list[int] = []
+    frames = gen.generate(req, on_step=lambda i, n: steps.append(i))
+    assert gen.inject_oom.raised == 1
+    assert steps == [1, 2]  # the denoising ran once
+    run = gen.last_run
+    assert run is not None and run["decode_chunk_size"] == 1 and len(run["attempts"]) == 1
+    assert np.abs(frames.astype(int) - normal).max() <= 1  # the same clip, decoded one frame at a time
+
+
+def test_other_errors_are_not_retried(injected: DiffusersGenerator) -> None:
+    calls: list[int] = []
+
+    def broken(i: int, n: int) -> None:
+        calls.append(i)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="mat1"):
+        injected.generate(_request(64, 64), on_step=broken)
+    assert calls == [1]
+
+
+def test_environment_variable_turns_the_injector_on(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_VAR, "above=1")
+    gen = load_generator(
+        str(tiny_model_dir), revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir
+    )
+    assert isinstance(gen, DiffusersGenerator)
+    assert gen.inject_oom is not None and gen.inject_oom.above == 1
+    with pytest.raises(GenerationError, match="ran out of memory"):
+        gen.generate(_request(64, 64))
