@@ -111,9 +111,10 @@ def _check_request(req: GenerationRequest, size_multiple: int) -> None:
 class StubGenerator:
     """A stand-in that does no model work, for tests and benchmarks of everything around the model.
 
-    It sleeps ``seconds`` in total (spread over the steps, so an abort between steps is as prompt as
-    with a real model) and returns frames derived only from the image and seed: the image under a
-    brightness ramp that moves across it from frame to frame.
+    It takes ``seconds`` in total, like a GPU that needs that long (the frames are made first and
+    the rest is slept, spread over the steps so an abort between steps is as prompt as with a real
+    model), and returns frames derived only from the image and seed: the image under a brightness
+    ramp that moves across it from frame to frame.
     """
 
     model_id = STUB_ID
@@ -133,11 +134,7 @@ class StubGenerator:
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
         _check_request(req, self.size_multiple)
-        for done in range(1, req.steps + 1):
-            if self.seconds:
-                time.sleep(self.seconds / req.steps)
-            if on_step is not None:
-                on_step(done, req.steps)
+        deadline = time.monotonic() + self.seconds
         base = np.asarray(req.image.convert("RGB"), dtype=np.float32)
         phase = np.random.default_rng(req.seed).random()  # the seed shifts where the ramp starts
         x = np.arange(req.width, dtype=np.float32) / req.width
@@ -145,6 +142,12 @@ class StubGenerator:
         for f in range(req.num_frames):
             ramp = 0.6 + 0.4 * np.sin(2 * np.pi * (x - f / req.num_frames + phase))  # in [0.2, 1.0]
             frames[f] = np.clip(base * ramp[None, :, None], 0, 255).round().astype(np.uint8)
+        for done in range(1, req.steps + 1):
+            if self.seconds:
+                # What is left of the stand-in GPU time, shared among the remaining steps.
+                time.sleep(max(0.0, deadline - time.monotonic()) / (req.steps - done + 1))
+            if on_step is not None:
+                on_step(done, req.steps)
         self.last_run = {"ok": True, "width": req.width, "height": req.height, "num_frames": req.num_frames}
         return frames
 
