@@ -10,13 +10,49 @@ complete copy exists. Permission bits are never copied, because CIFS mounts refu
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import shutil
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any
+
+# The longest file name (in bytes) ext4, XFS, Btrfs, ZFS and SMB/NFS servers accept.
+NAME_MAX = 255
+_TEMP_SUFFIX_BYTES = len(".12345678.tmp") + 1  # plus the leading dot
+
+
+def name_bytes(name: str) -> int:
+    """Length of a file name on disk; names that are not valid UTF-8 round-trip via surrogateescape."""
+    return len(os.fsencode(name))
+
+
+def truncate_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` on disk, on a character boundary.
+
+    Never splits a UTF-8 sequence, and never leaves a base letter without the combining
+    accents that follow it (an NFD ``é`` is two characters), so the result is still a
+    readable name in the same normalisation form.
+    """
+    if name_bytes(name) <= max_bytes:
+        return name
+    out, used = [], 0
+    for ch in name:
+        size = name_bytes(ch)
+        if used + size > max_bytes:
+            break
+        out.append(ch)
+        used += size
+    cut = len(out)
+    if cut < len(name) and unicodedata.combining(name[cut]):
+        while out and unicodedata.combining(out[-1]):
+            out.pop()
+        if out:
+            out.pop()  # the base letter whose accents did not fit
+    return "".join(out)
 
 
 def fsync_dir(path: Path) -> None:
@@ -34,8 +70,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_prefix(target: Path) -> str:
+    """How every temporary name for ``target`` starts: a dot (hidden, and ignored by the inbox
+    scanner) and as much of the name as fits in NAME_MAX with the random suffix."""
+    return "." + truncate_name(target.name, NAME_MAX - _TEMP_SUFFIX_BYTES) + "."
+
+
 def _temp_beside(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    return target.with_name(f"{temp_prefix(target)}{uuid.uuid4().hex[:8]}.tmp")
+
+
+def remove_temps(target: Path) -> None:
+    """Remove what a crash mid-write or mid-move left beside ``target`` (never ``target`` itself)."""
+    prefix = temp_prefix(target)
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        rest = entry.name[len(prefix) :]
+        if entry.name.startswith(prefix) and len(rest) == 12 and rest.endswith(".tmp"):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -54,7 +112,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode())
+    """Readable UTF-8 JSON; ASCII escapes instead when a value holds a file name that is not valid
+    UTF-8 (an NFS client in a Latin-1 locale), so the file is still valid and round-trips exactly."""
+    try:
+        data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        data = json.dumps(obj, indent=2, ensure_ascii=True, default=str).encode()
+    write_atomic(path, data + b"\n")
 
 
 def _copy_file_synced(src: Path, dst: Path) -> None:
@@ -84,12 +148,33 @@ def move(src: Path, dst: Path) -> None:
     if dst.exists() or dst.is_symlink():
         raise FileExistsError(errno.EEXIST, "target exists", str(dst))
     try:
-        os.rename(src, dst)
+        _rename_noreplace(src, dst)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
         _move_across(src, dst)
     fsync_dir(dst.parent)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+try:
+    _renameat2: Any = ctypes.CDLL(None, use_errno=True).renameat2
+except (OSError, AttributeError):  # not glibc >= 2.28: the exists() check above is all we have
+    _renameat2 = None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails instead of replacing a file that appeared at ``dst`` meanwhile (a user
+    dropping a file of the same name into the inbox while a job is put back)."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+        # This filesystem does not take the flag (some network ones): plain rename.
+    os.rename(src, dst)
 
 
 def _move_across(src: Path, dst: Path) -> None:

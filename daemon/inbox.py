@@ -7,23 +7,49 @@ may be the source's (copies preserve it), so only watching it stop changing is s
 A *group* is every file sharing a folder and a name (``cat.png`` + ``cat.txt``); it is
 ready once all its files are settled and it is complete, or incomplete for longer
 than ``watch.pair_timeout``.
+
+On a local filesystem (where Samba or the NFS server writes) one more check applies,
+made by the claim just before it takes a ready group: no process may hold one of its
+files open for writing. The kernel answers that exactly (a read lease is refused while
+a writer has the file open), so an upload that stalls for longer than the settle time
+while smbd still holds the file is not taken half-written. A writer that keeps a file
+open without changing it for ``busy_limit`` is assumed dead, and the file is taken anyway.
+On network mounts (the daemon is an SMB or NFS *client*) the kernel cannot know about
+writers on other machines, and settling alone decides.
+
+When the inbox itself is gone (a share unmounted, a folder briefly renamed), nothing is
+forgotten and nothing becomes ready: ``missing`` turns true and one line is logged, and
+one more when it is back.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import fnmatch
 import os
+import re
+import signal
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import logs
 from .sidecar import SIDECAR_EXTS
+from .watcher import NETWORK_FS, filesystem_type
+
+Signature = tuple[int, int, int]  # size, mtime in ns, inode
+
+# A file held open for writing, unchanged, for longer than this is taken anyway: its writer
+# is stuck or gone (a crashed SMB client's handle can outlive it by minutes).
+BUSY_LIMIT_MIN = 300.0
+BUSY_LIMIT_SETTLES = 10
 
 
 @dataclass
 class _Seen:
-    sig: tuple[int, int, int]
+    sig: Signature
     since: float  # clock reading when this signature was first observed
 
 
@@ -36,6 +62,12 @@ class Group:
     images: list[Path] = field(default_factory=list)
     sidecars: list[Path] = field(default_factory=list)
     since: float = 0.0  # when the last of its files last changed
+    # What each file looked like when it was judged settled; the claim re-checks it, so a
+    # file rewritten between the scan and the claim is left to settle again.
+    sigs: dict[Path, Signature] = field(default_factory=dict)
+    # Set by the scanner where the kernel can tell: whether someone still has a file open
+    # for writing. The claim asks it just before taking the files.
+    held_open: Callable[[Path], bool] | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -54,6 +86,38 @@ def split_name(filename: str) -> tuple[str, str]:
     return stem, "." + ext.lower()
 
 
+def signature(st: os.stat_result) -> Signature:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class LeasesUnsupported(Exception):
+    """The kernel will not give leases here (not our file and no CAP_LEASE, or a filesystem without)."""
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether another process has ``path`` open for writing; None when this file cannot be opened.
+
+    A read lease is granted only while no one has the file open for writing, and is dropped
+    at once by closing. Raises LeasesUnsupported when leases cannot be had at all.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError:
+        return None  # gone, or unreadable: the job itself will say so
+    try:
+        # Were a writer to open the file in the microseconds we hold the lease, the kernel
+        # would signal us: SIGIO by default, which kills the process. SIGURG is ignored.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return True
+        raise LeasesUnsupported(e.strerror) from None
+    finally:
+        os.close(fd)  # closing drops the lease
+    return False
+
+
 class InboxScanner:
     """Tracks inbox files across scans; memory is one small entry per file present."""
 
@@ -68,67 +132,140 @@ class InboxScanner:
     ) -> None:
         self.inbox = inbox
         self.ignore = tuple(ignore)
+        self._ignore_re = re.compile("|".join(fnmatch.translate(p) for p in self.ignore) or "(?!)")
         self.settle_seconds = settle_seconds
         self.pair_timeout = pair_timeout
         self.clock = clock
-        self._seen: dict[Path, _Seen] = {}
+        self.busy_limit = max(BUSY_LIMIT_MIN, BUSY_LIMIT_SETTLES * settle_seconds)
+        self._seen: dict[tuple[str, str], _Seen] = {}  # (folder relative to the inbox, name)
         self.waiting = 0  # files present but not yet part of a ready group
+        # Seconds until the first waiting group is due, if nothing changes meanwhile (None:
+        # nothing waiting). A loop can sleep exactly that long instead of a whole poll interval.
+        self.next_ready_in: float | None = None
+        self.missing = False  # the inbox folder itself cannot be read (share unmounted?)
+        self.missing_reason = ""
+        self._lease_check: bool | None = None  # decided at the first scan that sees the inbox
+        self.log = logs.get()
 
     def ignored(self, filename: str) -> bool:
-        return any(fnmatch.fnmatchcase(filename, pat) for pat in self.ignore)
+        return self._ignore_re.match(filename) is not None
 
-    def _walk(self, folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    def _walk(self, folder: str, rel: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
+        """(folder, folder relative to the inbox, name, lstat) of every plain file, depth first.
+
+        Plain strings, not Paths: this runs over the whole inbox every poll interval, and a
+        backlog of thousands must not make it slow.
+        """
         try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            # A subfolder removed while we look, or unreadable: its files wait for the next scan.
             return
         for entry in entries:
             if self.ignored(entry.name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                yield from self._walk(Path(entry.path))
+                yield from self._walk(entry.path, entry.name if rel == "." else f"{rel}/{entry.name}")
             elif stat.S_ISREG(st.st_mode):
                 # Symlinks, FIFOs and devices are never jobs: a link could point anywhere
                 # and opening a FIFO blocks.
-                yield Path(entry.path), st
+                yield folder, rel, entry.name, st
+
+    def _check_inbox(self) -> bool:
+        """Whether the inbox folder is there; logs once when it goes and once when it is back."""
+        try:
+            st = os.stat(self.inbox)
+            ok = stat.S_ISDIR(st.st_mode) and os.access(self.inbox, os.R_OK | os.X_OK)
+            reason = "" if ok else "not a readable folder"
+        except OSError as e:
+            ok, reason = False, e.strerror or str(e)
+        if not ok and not self.missing:
+            self.log.warning(
+                "inbox missing; waiting for it to come back (is the share mounted?)",
+                inbox=str(self.inbox),
+                reason=reason,
+            )
+        elif ok and self.missing:
+            self.log.info("inbox is back; carrying on", inbox=str(self.inbox))
+        self.missing, self.missing_reason = not ok, reason
+        return ok
 
     def scan(self) -> list[Group]:
         """Observe the inbox once; return the groups ready now, oldest first."""
         now = self.clock()
-        present: dict[Path, _Seen] = {}
-        for path, st in self._walk(self.inbox):
-            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-            old = self._seen.get(path)
-            present[path] = old if old is not None and old.sig == sig else _Seen(sig, now)
+        if not self._check_inbox():
+            # Remember what was there: a share that comes back unchanged needs no new wait,
+            # and a changed file is seen as changed by its signature.
+            self.waiting = len(self._seen)
+            return []
+        if self._lease_check is None:
+            fs = filesystem_type(self.inbox)
+            self._lease_check = fs not in NETWORK_FS and not fs.startswith("fuse")
+        present: dict[tuple[str, str], _Seen] = {}
+        # (folder relative to the inbox, NAME) -> [(file name, seen)]
+        by_group: dict[tuple[str, str], list[tuple[str, _Seen]]] = {}
+        for _folder, rel, name, st in self._walk(os.fspath(self.inbox), "."):
+            sig = signature(st)
+            old = self._seen.get((rel, name))
+            seen = old if old is not None and old.sig == sig else _Seen(sig, now)
+            present[(rel, name)] = seen
+            by_group.setdefault((rel, split_name(name)[0]), []).append((name, seen))
         # Forget files that left, so a backlog that drains leaves nothing behind.
         self._seen = present
 
-        groups: dict[tuple[Path, str], Group] = {}
-        for path, seen in present.items():
-            stem, ext = split_name(path.name)
-            rel_dir = path.parent.relative_to(self.inbox)
-            g = groups.setdefault((rel_dir, stem), Group(rel_dir, stem))
-            (g.sidecars if ext in SIDECAR_EXTS else g.images).append(path)
-            g.since = max(g.since, seen.since)
-
         ready = []
         self.waiting = 0
-        for g in groups.values():
-            quiet_for = now - g.since
-            if quiet_for >= self.settle_seconds and (g.complete or quiet_for >= self.pair_timeout or self._clash(g)):
-                g.images.sort()
-                g.sidecars.sort()
-                ready.append(g)
+        self.next_ready_in = None
+        for (rel, stem), members in by_group.items():
+            since = max(seen.since for _, seen in members)
+            quiet_for = now - since
+            sidecars = sum(1 for name, _ in members if split_name(name)[1] in SIDECAR_EXTS)
+            images = len(members) - sidecars
+            complete = images == 1 and sidecars == 1
+            # Two sidecars or two images for one name can never become a valid pair by waiting.
+            clash = images > 1 or sidecars > 1
+            if quiet_for >= self.settle_seconds and (complete or clash or quiet_for >= self.pair_timeout):
+                ready.append(self._group(rel, stem, members, since, quiet_for))
             else:
-                self.waiting += len(g.files)
+                self.waiting += len(members)
+                due = (self.settle_seconds if complete or clash else self.pair_timeout) - quiet_for
+                if self.next_ready_in is None or due < self.next_ready_in:
+                    self.next_ready_in = max(0.0, due)
         ready.sort(key=lambda g: (g.since, str(g.rel_dir), g.name))
         return ready
 
-    @staticmethod
-    def _clash(g: Group) -> bool:
-        # Two sidecars or two images for one name can never become a valid pair by waiting.
-        return len(g.sidecars) > 1 or len(g.images) > 1
+    def _group(
+        self, rel: str, stem: str, members: list[tuple[str, _Seen]], since: float, quiet_for: float
+    ) -> Group:
+        folder = self.inbox / rel
+        g = Group(Path(rel), stem, since=since)
+        for name, seen in sorted(members):
+            path = folder / name
+            (g.sidecars if split_name(name)[1] in SIDECAR_EXTS else g.images).append(path)
+            g.sigs[path] = seen.sig
+        if self._lease_check and quiet_for < self.busy_limit:
+            g.held_open = self.held_open
+        return g
+
+    def held_open(self, path: Path) -> bool:
+        """Whether another process has ``path`` open for writing (checked by the claim, just
+        before it moves the file); False when the kernel cannot tell us here."""
+        if not self._lease_check:
+            return False
+        try:
+            return open_for_writing(path) is True
+        except LeasesUnsupported as e:
+            # Settling alone decides from now on, as on a network mount.
+            self._lease_check = False
+            self.log.info(
+                "cannot ask the kernel whether inbox files are still being written; "
+                "relying on settle_seconds alone",
+                inbox=str(self.inbox),
+                reason=str(e),
+            )
+            return False

@@ -97,7 +97,8 @@ def open_job_log(job: str, path: Path) -> None:
     A job's log spans two threads (generation, then encoding), hence open/close rather
     than only a context manager.
     """
-    sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close_job_log
+    # backslashreplace: a file name that is not UTF-8 (from an NFS client) must not fail the job.
+    sink = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_job_log
     with _lock:
         old = _sinks.pop(job, None)
         _sinks[job] = sink

@@ -7,6 +7,7 @@ spirit of diffusers' ``check_inputs``: a bad job costs milliseconds, not a model
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import random
 import time
@@ -76,6 +77,7 @@ def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobP
     return defaults(settings.generation, prompt=settings.generation.default_prompt)
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     found = {"i2vd": __version__, "python": platform.python_version()}
     for dist in ("torch", "diffusers", "transformers"):
@@ -192,7 +194,7 @@ def generate_job(
         },
         "host": platform.node(),
         "attempts": job.attempts,
-        "versions": versions(),
+        "versions": dict(versions()),
     }
     if isinstance(run, dict):
         # Size, frames and offload finally used, what was asked, the engine settings in force and

@@ -109,6 +109,7 @@ class Service:
         self._encoding: list[str] = []  # jobs handed to the encoder, oldest first
         self._encoder: threading.Thread | None = None
         self._watch = watch
+        self._once: list[Result] | None = None  # every result of a run_once, however many
         self._watcher: Watcher | None = None
 
     def _make_scanner(self, settings: Settings) -> InboxScanner:
@@ -231,15 +232,18 @@ class Service:
         if job is None:
             if self.clock() - self._status_at > 30:
                 self.publish_status("idle")  # keeps status.json fresh so `i2vd status` can tell we live
-            self.wake.wait(self.settings.watch.poll_interval)
+            # Wake when the next waiting pair is due to settle, not a whole poll later.
+            due = self.scanner.next_ready_in
+            poll = self.settings.watch.poll_interval
+            self.wake.wait(poll if due is None else max(0.0, min(poll, due)))
             return False
         self._generate(*job)
         return True
 
     def run_once(self) -> list[Result]:
         """Process every job that is ready now (waiting for files still settling), then stop."""
+        self._once = []
         self.setup()
-        first = len(self.results)
         try:
             deadline = self.clock() + self.settings.watch.settle_seconds
             while not self.stop.is_set():
@@ -253,7 +257,8 @@ class Service:
                     break
         finally:
             self.teardown()
-        return list(self.results)[first:]
+        results, self._once = self._once, None
+        return results
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config between jobs; a config that fails keeps the old one."""
@@ -315,6 +320,8 @@ class Service:
                 "encoding": list(self._encoding),
                 "queue": [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:200]],
                 "queue_length": len(self._ready) + len(self._resume),
+                "inbox_missing": self.scanner.missing,
+                "inbox_problem": self.scanner.missing_reason,
                 "recent": [
                     {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
                     for r in reversed(self.results)
@@ -421,7 +428,10 @@ class Service:
         log_path = job.out / f"{job.name}.log"
         if item.error is None:
             logs.close_job_log(job.name)
-            release(self.folders, job)
+            if not release(self.folders, job):
+                log.warning(
+                    "could not put the job back in the inbox; it stays claimed and resumes at next start"
+                )
             return
         logs.close_job_log(job.name)
         folder = finish_failed(self.folders, job, item.error, log_path)
@@ -432,5 +442,7 @@ class Service:
 
     def _finished(self, result: Result, event: JobFinished) -> None:
         self.results.append(result)
+        if self._once is not None:
+            self._once.append(result)
         self._tell(lambda listener: listener.on_job_finished(event))
         self.publish_status("busy" if self._current else "idle")

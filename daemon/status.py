@@ -49,6 +49,10 @@ def render(status: dict[str, Any]) -> str:
     lines = [
         f"daemon   {'running' if status.get('running') else 'NOT running'} ({status.get('state', 'unknown')})"
     ]
+    if status.get("inbox_missing"):
+        lines.append(
+            f"inbox    MISSING, waiting for it ({status.get('inbox_problem') or 'share not mounted?'})"
+        )
     cur = status.get("current")
     if cur:
         eta = f", about {cur['eta_seconds']:.0f} s left" if cur.get("eta_seconds") is not None else ""

@@ -15,6 +15,12 @@ if ! command -v systemd-analyze >/dev/null && [ "$(id -u)" = 0 ] && command -v a
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd \
         >/dev/null; } || echo "systemd could not be installed: the unit file checks will be skipped" >&2
 fi
+# tests/test_samba.py uploads through a private smbd with smbclient; install Debian's samba and
+# smbclient when we are allowed to, otherwise those tests skip themselves.
+if ! command -v smbd >/dev/null && [ ! -x /usr/sbin/smbd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        samba smbclient >/dev/null; } || echo "samba could not be installed: the Samba tests will be skipped" >&2
+fi
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check daemon tests benchmarks
 .venv/bin/python -m pytest "$@"

@@ -87,7 +87,9 @@ def test_lone_image_waits_for_pair_timeout(tmp_path: Path, scanner: InboxScanner
     assert g.images and not g.sidecars
 
 
-def test_two_sidecars_are_ready_at_once_to_be_failed(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
+def test_two_sidecars_are_ready_at_once_to_be_failed(
+    tmp_path: Path, scanner: InboxScanner, clock: Clock
+) -> None:
     for n in ("cat.png", "cat.txt", "cat.json"):
         (tmp_path / n).write_bytes(b"x")
     scanner.scan()
@@ -97,8 +99,16 @@ def test_two_sidecars_are_ready_at_once_to_be_failed(tmp_path: Path, scanner: In
 
 
 def test_junk_links_and_fifos_are_ignored(tmp_path: Path, scanner: InboxScanner, clock: Clock) -> None:
-    for junk in (".DS_Store", "Thumbs.db", "desktop.ini", "._cat.png", "~$doc.txt", "a.part", "b.tmp",
-                 "c.crdownload"):
+    for junk in (
+        ".DS_Store",
+        "Thumbs.db",
+        "desktop.ini",
+        "._cat.png",
+        "~$doc.txt",
+        "a.part",
+        "b.tmp",
+        "c.crdownload",
+    ):
         (tmp_path / junk).write_bytes(b"x")
     (tmp_path / "shadow.png").symlink_to("/etc/shadow")
     (tmp_path / "shadow.txt").write_text("steal")
