@@ -96,29 +96,36 @@ def remove_temps(target: Path) -> None:
                 Path(entry.path).unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
+
+    ``durable=False`` skips the fsyncs: still atomic for readers, but after a power cut the
+    file may be its old version. Right for status files rewritten every second, whose
+    fsyncs were most of the per-job overhead in a backlog.
+    """
     tmp = _temp_beside(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
     """Readable UTF-8 JSON; ASCII escapes instead when a value holds a file name that is not valid
     UTF-8 (an NFS client in a Latin-1 locale), so the file is still valid and round-trips exactly."""
     try:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode()
     except UnicodeEncodeError:
         data = json.dumps(obj, indent=2, ensure_ascii=True, default=str).encode()
-    write_atomic(path, data + b"\n")
+    write_atomic(path, data + b"\n", durable=durable)
 
 
 def _copy_file_synced(src: Path, dst: Path) -> None:

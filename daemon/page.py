@@ -546,7 +546,7 @@ class SharePage:
         self._pending = False
         try:
             page = render(self._status, list(reversed(self._entries)))
-            fsops.write_atomic(self.path, page.encode("utf-8"))
+            fsops.write_atomic(self.path, page.encode("utf-8"), durable=False)
             self.renders += 1
         except Exception as e:
             if self._rendered_at - self._error_logged_at >= ERROR_LOG_INTERVAL:

@@ -17,7 +17,8 @@ STALE_AFTER = 120.0
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()})
+    # Rewritten every second while busy: atomic for readers, not worth an fsync each time.
+    fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()}, durable=False)
 
 
 def _lock_held(state_dir: Path) -> bool:
