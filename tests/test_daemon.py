@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -10,7 +9,9 @@ import sys
 from pathlib import Path
 
 import av
+import helpers
 import pytest
+from helpers import digest
 from PIL import Image
 
 from daemon.config import Settings, load_settings
@@ -21,24 +22,7 @@ FAST = {"num_frames": 4, "steps": 2, "fps": 8}
 
 
 def write_config(tmp_path: Path, model: str, **sections: dict[str, object]) -> Path:
-    table: dict[str, dict[str, object]] = {
-        "model": {"id": model, "device": "cpu"},
-        "watch": {"settle_seconds": 0, "pair_timeout": 0, "poll_interval": 0.1},
-        "generation": dict(FAST),
-    }
-    for name, values in sections.items():
-        table.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in table.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+    return helpers.write_config(tmp_path, model, FAST, **sections)
 
 
 def png(path: Path, size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Path:

@@ -8,8 +8,6 @@ neither crash the daemon nor lose or double a job; a second daemon is refused.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
@@ -22,10 +20,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
+import helpers
 import pytest
 import structlog
-from PIL import Image
+from helpers import digest, png_bytes
 
 from daemon.config import DEFAULT_IGNORE, Settings, load_settings
 from daemon.generate import StubGenerator
@@ -43,38 +41,14 @@ FAST_GENERATION = {"num_frames": 2, "steps": 1, "fps": 8}
 
 
 def write_config(tmp_path: Path, model: str = "stub", **sections: dict[str, object]) -> Path:
-    table: dict[str, dict[str, object]] = {
-        "model": {"id": model, "device": "cpu"},
-        "watch": {"settle_seconds": 0, "pair_timeout": 0, "poll_interval": 0.1},
-        "generation": dict(FAST_GENERATION),
-        "output": {"default_recipes": []},
-    }
-    for name, values in sections.items():
-        table.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in table.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
+    sections.setdefault("output", {"default_recipes": []})
+    path = helpers.write_config(tmp_path, model, FAST_GENERATION, **sections)
     (tmp_path / "inbox").mkdir(exist_ok=True)
     return path
 
 
 def settings_for(tmp_path: Path, **sections: dict[str, object]) -> Settings:
     return load_settings(write_config(tmp_path, **sections))
-
-
-def digest(data: bytes | Path) -> str:
-    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
-    """A real PNG of random noise (so it does not compress away), as bytes."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def drop_pair(inbox: Path, name: str, seed: int = 0, prompt: str = "a calm sea") -> dict[str, str]:
@@ -236,7 +210,7 @@ def test_a_slow_writer_that_pauses_is_not_taken_half_written(tmp_path: Path, mod
         tmp_path, watch={"mode": mode, "settle_seconds": 1.0, "poll_interval": 0.1, "pair_timeout": 60}
     )
     inbox = settings.paths.inbox
-    data = png_bytes((400, 300), seed=1)
+    data = png_bytes(1, (400, 300))
     with Running(settings):
         (inbox / "slow.txt").write_text("waves roll in")  # the pair is complete all along
         slow_write(inbox / "slow.png", data, pieces=4, pause=0.6, hold_open=False)
@@ -258,7 +232,7 @@ def test_a_writer_holding_the_file_open_is_waited_for_beyond_the_settle_time(tmp
         tmp_path, watch={"mode": "inotify", "settle_seconds": 0.5, "poll_interval": 0.1, "pair_timeout": 60}
     )
     inbox = settings.paths.inbox
-    data = png_bytes((400, 300), seed=2)
+    data = png_bytes(2, (400, 300))
     with Running(settings):
         (inbox / "stall.txt").write_text("a slow pan")
         slow_write(inbox / "stall.png", data, pieces=3, pause=1.5, hold_open=True)
@@ -329,7 +303,7 @@ BURST = 300  # the benchmark drops 1,000; this keeps the test within a minute or
 def test_a_burst_of_pairs_ends_with_every_input_in_exactly_one_place(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, watch={"mode": "inotify", "settle_seconds": 0.2, "pair_timeout": 60})
     inbox = settings.paths.inbox
-    image = png_bytes((16, 16), seed=4)
+    image = png_bytes(4, (16, 16))
     expected: dict[str, str] = {}
     with Running(settings):
         # Dropped while the daemon runs, as fast as Python can write them.

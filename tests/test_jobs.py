@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers import digest
 
 from daemon import fsops
 from daemon.inbox import Group
@@ -25,10 +25,6 @@ def folders(tmp_path: Path) -> Folders:
     )
     f.ensure()
     return f
-
-
-def digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:

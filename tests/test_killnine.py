@@ -14,8 +14,6 @@ recovery must finish it.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import random
@@ -27,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
+from helpers import digest, png_bytes
 from PIL import Image
 
 from daemon import fsops
@@ -43,17 +41,6 @@ PAIRS = 40
 KILLS = 15
 NUM_FRAMES = 3
 WHEN = datetime(2026, 11, 22, 14, 30, 5)
-
-
-def digest(data: bytes | Path) -> str:
-    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
-
-
-def png_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_config(root: Path) -> Path:

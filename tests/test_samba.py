@@ -10,7 +10,6 @@ Skipped, saying why, only where smbd or smbclient is missing or smbd cannot star
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import digest
 from PIL import Image
 from sambahelper import SambaServer, SambaUnavailable
 from test_hotfolder import Running, entries, filed, settings_for, wait_for
@@ -35,10 +35,6 @@ def noise_png(width: int, height: int, seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def sha(data: bytes | Path) -> str:
-    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
 
 
 @pytest.fixture
@@ -118,8 +114,8 @@ def test_a_slow_smb_upload_that_stalls_longer_than_settle_is_not_taken_early(
     failed = filed(settings.paths.failed)
     assert not failed, f"taken before the upload finished (sizes seen {seen}): {failed}"
     [job] = filed(settings.paths.done)["big.png"]
-    assert sha(job / "big.png") == sha(data)
-    assert sha(job / "big.txt") == sha(prompt)
+    assert digest(job / "big.png") == digest(data)
+    assert digest(job / "big.txt") == digest(prompt)
     assert (settings.paths.outputs / job.name / f"{job.name}.mp4").is_file()
 
 
@@ -150,7 +146,7 @@ def test_an_smb_upload_with_pauses_shorter_than_settle_is_taken_whole_by_settlin
         assert service.scanner._lease_check is False
     assert not filed(settings.paths.failed), f"taken before the upload finished (sizes seen {seen})"
     [job] = filed(settings.paths.done)["pan.png"]
-    assert sha(job / "pan.png") == sha(data)
+    assert digest(job / "pan.png") == digest(data)
 
 
 def test_upload_as_part_then_rename_over_smb(samba: tuple[SambaServer, Settings], tmp_path: Path) -> None:
@@ -169,5 +165,5 @@ def test_upload_as_part_then_rename_over_smb(samba: tuple[SambaServer, Settings]
         server.run('rename "renamed.png.part" "renamed.png"')
         wait_for(lambda: "renamed.png" in filed(settings.paths.done), 60, "the renamed upload to be done")
     [job] = filed(settings.paths.done)["renamed.png"]
-    assert sha(job / "renamed.png") == sha(data)
+    assert digest(job / "renamed.png") == digest(data)
     assert not os.listdir(settings.paths.inbox)

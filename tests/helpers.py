@@ -1,0 +1,44 @@
+"""Small helpers shared by the test modules (imported as ``helpers``: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def digest(data: bytes | Path) -> str:
+    """SHA-256 of bytes or of a file's content: how tests prove originals stay byte-identical."""
+    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A real PNG of random noise (so it does not compress away), as bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_config(
+    tmp_path: Path, model: str, generation: dict[str, object], **sections: dict[str, object]
+) -> Path:
+    """A config.toml in ``tmp_path`` for a fast daemon (no settling, no pair wait), plus ``sections``."""
+    table: dict[str, dict[str, object]] = {
+        "model": {"id": model, "device": "cpu"},
+        "watch": {"settle_seconds": 0, "pair_timeout": 0, "poll_interval": 0.1},
+        "generation": dict(generation),
+    }
+    for name, values in sections.items():
+        table.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in table.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
