@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from . import __version__, fsops
 from .config import Settings
 from .encode import EncodeResult, encode_job
@@ -137,8 +139,6 @@ def generate_job(
         seed=seed,
         attempt=job.attempts,
     )
-
-    import structlog
 
     t0 = time.monotonic()
     # The generator logs with the process logger; binding the job here copies its lines (an
