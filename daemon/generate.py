@@ -318,13 +318,14 @@ class DiffusersGenerator:
         else:
             source = model_id
             variant = weights_variant(torch_dtype)
-            # Downloading is decided elsewhere (`i2vd fetch-model`, daemon/fetch.py); here we only
-            # honour an offline hub, so a missing model fails fast with "not in the cache".
-            kwargs.update(revision=revision, cache_dir=str(cache_dir), local_files_only=_offline())
+            # The daemon never downloads (a 10 GB fetch inside a service start, under systemd's
+            # start timeout, fails badly); `i2vd fetch-model` (daemon/fetch.py) does that ahead of
+            # time, so a model missing from the cache fails fast with the command to run.
+            kwargs.update(revision=revision, cache_dir=str(cache_dir), local_files_only=True)
         try:
             pipe = _from_pretrained(DaemonI2VGenXLPipeline, source, variant, kwargs)
         except Exception as exc:
-            hint = " Run `i2vd fetch-model` to download it." if _offline() and source == model_id else ""
+            hint = " If it is not downloaded yet, run `i2vd fetch-model`." if source == model_id else ""
             raise RuntimeError(f"Could not load model {model_id!r} (from {source}): {exc}{hint}") from exc
         self._setup(pipe, model_id, revision, torch_device, options)
 
