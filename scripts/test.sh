@@ -3,24 +3,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# tests/test_page.py opens outputs/index.html in a real headless Chromium; install Debian's
-# when we are allowed to (CI runs as root), otherwise that one test skips itself.
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-        || echo "chromium could not be installed: the share page browser test will be skipped" >&2
+
+# Real parts the tests drive, from Debian when we are allowed to install (CI runs as root);
+# without them only the tests that need them skip, each saying why:
+#   chromium        tests/test_page.py opens outputs/index.html headless
+#   systemd         tests/test_systemd.py runs systemd-analyze verify on the units
+#   samba smbclient tests/test_samba.py uploads through a private smbd on loopback
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+{ command -v smbd >/dev/null || [ -x /usr/sbin/smbd ]; } || missing+=(samba)
+command -v smbclient >/dev/null || missing+=(smbclient)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null; } \
+            || echo "could not install ${missing[*]}: the tests that need them will be skipped" >&2
+    else
+        echo "not installed: ${missing[*]}: the tests that need them will be skipped" >&2
+    fi
 fi
-# tests/test_systemd.py checks the units with systemd-analyze verify; install Debian's systemd
-# (which ships it) when we are allowed to, otherwise those tests skip themselves.
-if ! command -v systemd-analyze >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd \
-        >/dev/null; } || echo "systemd could not be installed: the unit file checks will be skipped" >&2
-fi
-# tests/test_samba.py uploads through a private smbd with smbclient; install Debian's samba and
-# smbclient when we are allowed to, otherwise those tests skip themselves.
-if ! command -v smbd >/dev/null && [ ! -x /usr/sbin/smbd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        samba smbclient >/dev/null; } || echo "samba could not be installed: the Samba tests will be skipped" >&2
-fi
+
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check daemon tests benchmarks
 .venv/bin/python -m pytest "$@"
