@@ -17,7 +17,7 @@ command -v smbclient >/dev/null || missing+=(smbclient)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            --no-install-recommends "${missing[@]}" >/dev/null; } \
+            "${missing[@]}" >/dev/null; } \
             || echo "could not install ${missing[*]}: the tests that need them will be skipped" >&2
     else
         echo "not installed: ${missing[*]}: the tests that need them will be skipped" >&2
