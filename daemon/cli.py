@@ -46,6 +46,7 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
         dtype=settings.model.dtype,
         cache_dir=settings.model_cache_dir,
         options=EngineOptions.from_config(settings.model),
+        family=settings.model.family,
     )
 
 

@@ -743,11 +743,14 @@ def load_generator(
     dtype: str,
     cache_dir: Path,
     options: EngineOptions | None = None,
+    family: str = "auto",
 ) -> Generator:
     """``stub`` / ``stub:SECONDS`` -> StubGenerator; anything else (``tiny``, folder, Hub id) -> diffusers.
 
     ``options``: the ``[model]`` speed and memory settings (``EngineOptions.from_config(settings.model)``);
-    None means the defaults.
+    None means the defaults. ``family`` (``[model] family``): "auto" detects the model family from
+    ``model_index.json``; SVD, LTX-Video, Wan and CogVideoX models (and ``tiny-svd``, ...) run through
+    ``daemon.families.FamilyGenerator``, I2VGen-XL through ``DiffusersGenerator``.
     """
     if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
         _, _, seconds = model_id.partition(":")
@@ -757,6 +760,53 @@ def load_generator(
             raise ValueError(
                 f"model.id {model_id!r}: write 'stub' or 'stub:SECONDS' (e.g. stub:2.5)."
             ) from None
+    if model_id != TINY_ID:
+        family_gen = _load_family_generator(
+            model_id, family=family, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir
+        )
+        if family_gen is not None:
+            return family_gen
     return DiffusersGenerator(
         model_id, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, options=options
     )
+
+
+def _load_family_generator(
+    model_id: str, *, family: str, revision: str | None, device: str, dtype: str, cache_dir: Path
+) -> Generator | None:
+    """A ``FamilyGenerator`` for a non-I2VGen-XL model (see daemon/families.py); None for I2VGen-XL."""
+    from . import families, tiny_families
+
+    load_kwargs: dict[str, Any] = {}
+    if model_id in tiny_families.BUILDERS:
+        detected = tiny_families.BUILDERS[model_id][0]
+        if family not in ("auto", detected):
+            raise ValueError(f"model.family is {family!r} but {model_id!r} is a {detected} model.")
+        source: str | Path = tiny_families.build(
+            model_id, Path(cache_dir) / tiny_families.folder_name(model_id)
+        )
+        revision = f"v{tiny_families.TINY_FAMILIES_VERSION}"
+    else:
+        detected = families.detect_family(model_id, family=family, cache_dir=cache_dir, revision=revision)
+        if detected == families.I2VGENXL:
+            return None
+        if Path(model_id).expanduser().is_dir():
+            source, revision = Path(model_id).expanduser(), None
+        else:
+            source = model_id
+            load_kwargs.update(revision=revision, cache_dir=str(cache_dir), local_files_only=True)
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
+    try:
+        return families.FamilyGenerator(
+            detected,
+            source,
+            model_id=model_id,
+            revision=revision,
+            device=torch_device,
+            dtype=torch_dtype,
+            load_kwargs=load_kwargs,
+        )
+    except Exception as exc:
+        hint = " If it is not downloaded yet, run `i2vd fetch-model`." if source == model_id else ""
+        raise RuntimeError(f"Could not load model {model_id!r} (from {source}): {exc}{hint}") from exc

@@ -1,0 +1,190 @@
+"""Model families besides I2VGen-XL (daemon/families.py) on their tiny random-weight builds
+(daemon/tiny_families.py): detection, the per-family checks, frames, seeds, SVD's missing prompt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+from PIL import Image
+
+from daemon.config import ModelConfig
+from daemon.errors import GenerationError
+from daemon.families import FamilyGenerator, detect_family, family_from_index
+from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
+from daemon.tiny_families import BUILDERS, MARKER, build, folder_name
+
+# model id -> (family, width, height, frames that suit it, multiple)
+CASES = {
+    "tiny-svd": ("svd", 48, 32, 4, 16),
+    "tiny-ltx": ("ltx", 64, 32, 9, 32),
+    "tiny-wan": ("wan", 32, 16, 5, 16),
+    "tiny-cogvideox": ("cogvideox", 32, 16, 9, 16),
+}
+
+
+def _request(width: int, height: int, num_frames: int, **changes: object) -> GenerationRequest:
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    fields: dict[str, object] = dict(
+        image=image,
+        width=width,
+        height=height,
+        prompt="a paper boat drifts",
+        negative_prompt="blurry",
+        num_frames=num_frames,
+        fps=8,
+        steps=2,
+        guidance_scale=3.0,
+        seed=1234,
+    )
+    fields.update(changes)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("family-models")
+
+
+@pytest.fixture(scope="module")
+def generators(cache: Path) -> dict[str, FamilyGenerator]:
+    gens = {}
+    for model_id in CASES:
+        gen = load_generator(model_id, revision=None, device="cpu", dtype="auto", cache_dir=cache)
+        assert isinstance(gen, FamilyGenerator)
+        gens[model_id] = gen
+    return gens
+
+
+@pytest.mark.parametrize("model_id", list(CASES))
+def test_tiny_family_makes_frames_of_the_exact_shape_and_is_seeded(
+    generators: dict[str, FamilyGenerator], model_id: str
+) -> None:
+    family, width, height, frames, multiple = CASES[model_id]
+    gen = generators[model_id]
+    assert (gen.family.name, gen.size_multiple, gen.device, gen.revision) == (family, multiple, "cpu", "v1")
+    steps: list[tuple[int, int]] = []
+    req = _request(width, height, frames)
+    first = gen.generate(req, on_step=lambda done, total: steps.append((done, total)))
+    assert first.dtype == np.uint8
+    assert first.shape == (frames, height, width, 3)
+    assert first.std() > 0
+    assert steps == [(1, 2), (2, 2)]
+    assert gen.last_run is not None and gen.last_run["ok"] and gen.last_run["family"] == family
+    assert np.array_equal(gen.generate(req), first)  # same seed, same frames
+    assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)), first)
+
+
+def test_svd_says_it_takes_no_prompt(generators: dict[str, FamilyGenerator]) -> None:
+    gen = generators["tiny-svd"]
+    _, width, height, frames, _ = CASES["tiny-svd"]
+    with structlog.testing.capture_logs() as logs:
+        gen.generate(_request(width, height, frames))
+    assert gen.last_run is not None and gen.last_run["prompt_used"] is False
+    assert any("takes no prompt" in entry["event"] for entry in logs)
+    assert generators["tiny-ltx"].family.takes_prompt
+
+
+@pytest.mark.parametrize(
+    ("model_id", "changes", "key", "hint"),
+    [
+        ("tiny-ltx", {"num_frames": 16}, "num_frames", "8k+1"),
+        ("tiny-wan", {"num_frames": 8}, "num_frames", "4k+1"),
+        ("tiny-cogvideox", {"num_frames": 13}, "num_frames", "8k+1"),
+        ("tiny-ltx", {"width": 48}, "width", "multiples of 32"),
+        ("tiny-wan", {"height": 24}, "height", "multiples of 16"),
+        ("tiny-svd", {"steps": 0}, "steps", "1 or more"),
+        ("tiny-cogvideox", {"guidance_scale": -1.0}, "guidance_scale", "0 or more"),
+    ],
+)
+def test_bad_values_are_rejected_before_model_work(
+    generators: dict[str, FamilyGenerator],
+    monkeypatch: pytest.MonkeyPatch,
+    model_id: str,
+    changes: dict[str, object],
+    key: str,
+    hint: str,
+) -> None:
+    gen = generators[model_id]
+    _, width, height, frames, _ = CASES[model_id]
+    fields: dict[str, object] = {"width": width, "height": height, "num_frames": frames, **changes}
+
+    def no_model_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(gen, "_pipe", no_model_work)
+    w, h, n = fields.pop("width"), fields.pop("height"), fields.pop("num_frames")
+    req = _request(width, height, n, **fields)  # type: ignore[arg-type]
+    if (w, h) != (width, height):  # the image always matches the clip size, as the daemon makes it
+        req = _request(w, h, n, **fields)  # type: ignore[arg-type]
+    with pytest.raises(GenerationError) as info:
+        gen.generate(req)
+    assert key in str(info.value) and hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "family"),
+    [
+        ("StableVideoDiffusionPipeline", "svd"),
+        ("LTXImageToVideoPipeline", "ltx"),
+        ("WanImageToVideoPipeline", "wan"),
+        ("CogVideoXImageToVideoPipeline", "cogvideox"),
+        ("I2VGenXLPipeline", "i2vgenxl"),
+    ],
+)
+def test_family_is_detected_from_model_index(tmp_path: Path, class_name: str, family: str) -> None:
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}), encoding="utf-8")
+    assert detect_family(str(tmp_path)) == family
+    assert detect_family(str(tmp_path), family="wan") == "wan"  # [model] family overrides
+
+
+def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+    for model_id, (family, *_) in CASES.items():  # the builds carry the real pipeline class names
+        assert detect_family(str(cache / folder_name(model_id))) == family
+        assert (cache / folder_name(model_id) / MARKER).is_file()
+    assert detect_family(str(tmp_path)) == "i2vgenxl"  # no model_index.json: the default model
+    with pytest.raises(ValueError, match="cannot run"):
+        family_from_index({"_class_name": "StableDiffusionPipeline"})
+    with pytest.raises(ValueError, match=r"model\.family"):
+        detect_family(str(tmp_path), family="sora")
+    assert set(BUILDERS) == set(CASES)
+
+
+def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+    # A local folder of a non-I2VGen-XL model is detected and run by its family.
+    gen = load_generator(
+        str(cache / folder_name("tiny-svd")), revision=None, device="cpu", dtype="auto", cache_dir=cache
+    )
+    assert isinstance(gen, FamilyGenerator) and gen.family.name == "svd" and gen.revision is None
+    with pytest.raises(ValueError, match="is a svd model"):
+        load_generator("tiny-svd", revision=None, device="cpu", dtype="auto", cache_dir=cache, family="ltx")
+
+
+def test_tiny_still_is_i2vgenxl(tiny_model_dir: Path) -> None:
+    gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
+    assert isinstance(gen, DiffusersGenerator)
+
+
+def test_build_is_reused(cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+    dest = cache / folder_name("tiny-svd")
+    before = (dest / MARKER).stat().st_mtime_ns
+    assert build("tiny-svd", dest) == dest
+    assert (dest / MARKER).stat().st_mtime_ns == before
+
+
+def test_config_family_key() -> None:
+    assert ModelConfig().family == "auto"
+    assert ModelConfig(family="ltx").family == "ltx"
+
+
+@pytest.mark.parametrize("model_id", ["tiny-ltx", "tiny-wan", "tiny-cogvideox"])
+def test_wide_clips_fit_the_position_tables(generators: dict[str, FamilyGenerator], model_id: str) -> None:
+    # 1024 wide (a 1024p-class long side) but one row of patches high: cheap, and it catches a
+    # transformer whose position tables only cover small clips.
+    _, _, _, frames, multiple = CASES[model_id]
+    req = _request(1024, multiple, frames, steps=1)
+    assert generators[model_id].generate(req).shape == (frames, multiple, 1024, 3)
