@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Bump whenever the recipe below changes: the cache folder name and the marker carry it, so an
 # old build on disk is rebuilt instead of silently reused.
@@ -161,24 +163,57 @@ def _build_pipeline():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers 
     )
 
 
-def is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds a finished build of this recipe version."""
+def is_complete(folder: Path, version: int = TINY_VERSION) -> bool:
+    """True when ``folder`` holds a finished build of this recipe ``version``."""
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(marker, dict) and marker.get("version") == TINY_VERSION
+    return isinstance(marker, dict) and marker.get("version") == version
+
+
+def build_once(dest: Path, make: Callable[[], Any], marker: dict[str, Any]) -> Path:
+    """Save the pipeline ``make()`` returns into ``dest`` atomically, unless a complete build is there.
+
+    ``marker`` (with its ``version``) is written last, so its presence means a finished build. Safe
+    to call from several processes at once: each builds into its own temporary sibling and the
+    first rename wins. Shared by every tiny model (daemon/tiny_families.py too).
+    """
+    dest = Path(dest)
+    version = int(marker["version"])
+    if is_complete(dest, version):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling on the same file system, so the final rename is atomic.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is not secret and other users may load it
+    try:
+        make().save_pretrained(tmp, safe_serialization=True)
+        (tmp / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+        if dest.exists() and not is_complete(dest, version):
+            # A half-written or outdated build (older recipe, or a copy interrupted by hand): replace it.
+            # Renamed aside first so no reader ever sees a folder that is being deleted.
+            stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
+            with contextlib.suppress(FileNotFoundError):  # someone else removed it meanwhile
+                os.rename(dest, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            # Another process finished first (dest is now a non-empty folder): use its build.
+            if not is_complete(dest, version):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def build_tiny(dest: Path) -> Path:
     """Build the tiny model into ``dest`` (atomically) unless a complete build is already there.
 
-    Returns ``dest``, loadable with ``I2VGenXLPipeline.from_pretrained(dest)``. Safe to call from
-    several processes at once: each builds into its own temporary sibling and the first rename wins.
+    Returns ``dest``, loadable with ``I2VGenXLPipeline.from_pretrained(dest)``.
     """
-    dest = Path(dest)
-    if is_complete(dest):
-        return dest
+    return build_once(dest, _build_pipeline, {"version": TINY_VERSION, "seed": _SEED})
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A sibling on the same file system, so the final rename is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))

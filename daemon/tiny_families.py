@@ -7,17 +7,15 @@ with ``save_pretrained`` into ``cache_dir/<name>-v<VERSION>`` atomically and loa
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import tiny
+
+MARKER = tiny.MARKER  # one marker file name for every tiny build
+
 TINY_FAMILIES_VERSION = 1
-MARKER = "i2vd-tiny.json"
 _SEED = 20240102
 
 
@@ -325,38 +323,12 @@ def folder_name(model_id: str) -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("version") == TINY_FAMILIES_VERSION
+    return tiny.is_complete(folder, TINY_FAMILIES_VERSION)
 
 
 def build(model_id: str, dest: Path) -> Path:
     """Build tiny ``model_id`` into ``dest`` atomically unless a complete build is there; returns ``dest``."""
     if model_id not in BUILDERS:
         raise ValueError(f"no tiny build {model_id!r}; known: {', '.join(BUILDERS)}")
-    dest = Path(dest)
-    if is_complete(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    tmp.chmod(0o755)
-    try:
-        pipe = BUILDERS[model_id][1]()
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        marker = {"version": TINY_FAMILIES_VERSION, "seed": _SEED, "model": model_id}
-        (tmp / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-        if dest.exists() and not is_complete(dest):
-            stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(dest, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not is_complete(dest):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    marker = {"version": TINY_FAMILIES_VERSION, "seed": _SEED, "model": model_id}
+    return tiny.build_once(dest, BUILDERS[model_id][1], marker)
