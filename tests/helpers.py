@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,27 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def request(width: int = 64, height: int = 96, **changes: object) -> Any:
+    """A small GenerationRequest on a noise image (fixed seed), with ``changes`` applied."""
+    from daemon.generate import GenerationRequest
+
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    fields: dict[str, object] = dict(
+        image=image,
+        width=width,
+        height=height,
+        prompt="a paper boat drifts",
+        negative_prompt="blurry",
+        num_frames=4,
+        fps=8,
+        steps=2,
+        guidance_scale=9.0,
+        seed=1234,
+    )
+    fields.update(changes)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
 
 
 def write_config(

@@ -7,12 +7,12 @@ import runpy
 import shutil
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import structlog
 import torch
 from diffusers import I2VGenXLPipeline
-from PIL import Image
 from pydantic import ValidationError
 
 from daemon.config import ModelConfig
@@ -31,22 +31,7 @@ from daemon.tiny import MARKER, build_tiny
 
 
 def _request(width: int = 64, height: int = 96, **changes: object) -> GenerationRequest:
-    rng = np.random.default_rng(7)
-    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-    fields: dict[str, object] = dict(
-        image=image,
-        width=width,
-        height=height,
-        prompt="a paper boat drifts",
-        negative_prompt="blurry",
-        num_frames=4,
-        fps=8,
-        steps=2,
-        guidance_scale=9.0,
-        seed=1234,
-    )
-    fields.update(changes)
-    return GenerationRequest(**fields)  # type: ignore[arg-type]
+    return helpers.request(width, height, **changes)  # type: ignore[no-any-return]
 
 
 class _Abort(Exception):

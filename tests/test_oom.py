@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -43,21 +44,8 @@ def injected(tiny: DiffusersGenerator) -> Iterator[DiffusersGenerator]:
 
 
 def _request(width: int, height: int, **changes: object) -> GenerationRequest:
-    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8))
-    fields: dict[str, object] = dict(
-        image=image,
-        width=width,
-        height=height,
-        prompt="waves roll in",
-        negative_prompt="",
-        num_frames=2,
-        fps=8,
-        steps=1,
-        guidance_scale=9.0,
-        seed=11,
-    )
-    fields.update(changes)
-    return GenerationRequest(**fields)  # type: ignore[arg-type]
+    # One denoising step and two frames: the ladder, not the model, is what is tested here.
+    return helpers.request(width, height, **{"num_frames": 2, "steps": 1, **changes})  # type: ignore[no-any-return]
 
 
 # -- the plan, without a model --------------------------------------------------------------------
