@@ -132,11 +132,16 @@ if [ "$FOLDERS" != /srv/i2vd ]; then
             >"$UNIT_DIR/$unit.d/folders.conf"
     done
 fi
+echo "== model weights (the service itself never downloads)"
+install -d -m 0755 -o i2vd -g i2vd /var/cache/i2vd
+# As the service user, so the cache is its own; a no-op when the weights are already there.
+runuser -u i2vd -- "$PREFIX/.venv/bin/i2vd" fetch-model --config "$CONFIG_DIR/config.toml"
+
 systemctl daemon-reload
 systemctl enable i2vd.service
 if [ "$START" = 1 ]; then
     # restart, not start: an upgrade must replace a daemon already running the old code.
-    # This waits for READY=1, i.e. until the model is loaded (a first download takes a while).
+    # This waits for READY=1, i.e. until the model is loaded and warmed up.
     systemctl restart i2vd.service
     systemctl --no-pager status i2vd.service || true
 fi
