@@ -17,6 +17,8 @@ the timings hold for the real model; the clips are noise.
     python benchmarks/bench_generate.py --compile                # try torch.compile
     python benchmarks/bench_generate.py --attention sdpa_cudnn   # try another attention kernel
     python benchmarks/bench_generate.py --tiny --device cpu      # CI smoke test: seconds, on a CPU
+    python benchmarks/bench_generate.py --model tiny-wan --device cpu --cache first_block
+                                                                 # another family's engine path, tiny
 
 Architecture sources (ali-vilab/i2vgen-xl as converted by diffusers'
 scripts/convert_i2vgen_to_diffusers.py): the UNet is ``I2VGenXLUNet(sample_size=32)``, i.e. the
@@ -156,14 +158,18 @@ def build_real(device: Any, dtype: Any) -> Any:
     )
 
 
-def build_tiny(device: Any, dtype: Any) -> Any:
-    """The built-in tiny model (daemon/tiny.py), in memory."""
+def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
+    """A built-in tiny model (daemon/tiny.py, daemon/tiny_families.py), in memory."""
     import torch
 
+    from daemon import tiny_families
     from daemon.pipeline import DaemonI2VGenXLPipeline
     from daemon.tiny import _build_pipeline
 
-    pipe = DaemonI2VGenXLPipeline(**_build_pipeline().components)
+    if model == "tiny":
+        pipe = DaemonI2VGenXLPipeline(**_build_pipeline().components)
+    else:
+        pipe = tiny_families.BUILDERS[model][1]()
     return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
 
 
@@ -202,6 +208,12 @@ class Meter:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny model (CI smoke test)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=["tiny", "tiny-svd", "tiny-ltx", "tiny-wan", "tiny-cogvideox"],
+        help="a tiny build of another family (implies --tiny)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), ...")
     parser.add_argument("--resolution", default=None, help="short side, e.g. 512p (tiny: 256p)")
@@ -212,31 +224,40 @@ def main(argv: list[str] | None = None) -> int:
     tuned.add_argument("--attention", default=None)
     tuned.add_argument("--compile", action="store_true", default=None)
     tuned.add_argument("--compile-mode", default=None)
+    tuned.add_argument("--compile-scope", default=None, help="regional or full")
+    tuned.add_argument("--cache", default=None, help="first_block, pyramid or taylorseer (transformers)")
+    tuned.add_argument("--cache-threshold", type=float, default=None)
+    tuned.add_argument("--cache-interval", type=int, default=None)
     tuned.add_argument("--channels-last", action="store_true", default=None)
     tuned.add_argument("--vae-slicing", action="store_true", default=None)
     tuned.add_argument("--vae-tiling", action="store_true", default=None)
     tuned.add_argument("--offload", default=None)
     tuned.add_argument("--decode-chunk-size", type=int, default=None)
     args = parser.parse_args(argv)
+    args.tiny = args.tiny or args.model is not None
+    model_name = args.model or "tiny"
 
     import diffusers
     import torch
 
     from daemon.config import ModelConfig
+    from daemon.engine import EngineOptions
+    from daemon.families import I2VGENXL, get_family, pipeline_multiple
     from daemon.generate import (
         DiffusersGenerator,
-        EngineOptions,
         GenerationError,
         GenerationRequest,
         _resolve_device,
         _resolve_dtype,
     )
     from daemon.images import resolution_to_short_side
+    from daemon.tiny_families import BUILDERS
 
+    family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
     device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
+    dtype = _resolve_dtype(args.dtype, device, family)
     short = resolution_to_short_side(args.resolution or ("256p" if args.tiny else "512p"))
-    frames = args.frames or (8 if args.tiny else 16)
+    frames = family.fit_frames(args.frames or (8 if args.tiny else 16))
     steps = args.steps or (2 if args.tiny else 50)
     overrides = {
         k: v
@@ -244,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             "attention": args.attention,
             "compile": args.compile,
             "compile_mode": args.compile_mode,
+            "compile_scope": args.compile_scope,
+            "cache": args.cache,
+            "cache_threshold": args.cache_threshold,
+            "cache_interval": args.cache_interval,
             "channels_last": args.channels_last,
             "vae_slicing": args.vae_slicing,
             "vae_tiling": args.vae_tiling,
@@ -257,15 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the full-size model on a CPU takes hours per job; use --tiny", file=sys.stderr)
 
     with Meter(torch, device) as build:
-        pipe = (build_tiny if args.tiny else build_real)(device, dtype)
+        pipe = build_tiny(device, dtype, model_name) if args.tiny else build_real(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    multiple = pipeline_multiple(family, pipe)
     size = max(multiple, round(short / multiple) * multiple)
     image = picture(size)
     params = sum(
-        p.numel()
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder)
-        for p in m.parameters()
+        p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()
     )
     job = dict(
         prompt="a paper boat drifts on a pond",
@@ -276,17 +299,30 @@ def main(argv: list[str] | None = None) -> int:
     # Plain diffusers: the pipeline's own defaults. (DaemonI2VGenXLPipeline only repairs the
     # prompt encoding that upstream's class cannot run with transformers 5.x; it adds no speed-up.)
     def plain(n_frames: int, n_steps: int) -> Any:
-        return pipe(
+        request = GenerationRequest(
             image=image,
-            height=size,
             width=size,
+            height=size,
             num_frames=n_frames,
-            num_inference_steps=n_steps,
-            target_fps=8,
+            fps=8,
+            steps=n_steps,
+            seed=0,
+            prompt=str(job["prompt"]),
+            negative_prompt=str(job["negative_prompt"]),
+            guidance_scale=float(job["guidance_scale"]),
+        )
+        kwargs = family.call_kwargs(
+            request,
+            image=image,
+            width=size,
+            height=size,
+            num_frames=n_frames,
             generator=torch.Generator(device=device).manual_seed(0),
-            output_type="np",
-            **job,
-        ).frames[0]
+            decode_chunk_size=1,
+            on_step=None,
+        )
+        kwargs.pop("decode_chunk_size", None)  # the pipeline's own default
+        return pipe(**kwargs).frames[0]
 
     with torch.no_grad(), Meter(torch, device) as plain_first:
         plain(frames, 2)
@@ -324,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({platform.processor() or platform.machine()})"
-    model = "tiny (daemon/tiny.py)" if args.tiny else "I2VGen-XL architecture, random weights"
+    model = f"{model_name} (built in code)" if args.tiny else "I2VGen-XL architecture, random weights"
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
     settings = " ".join(f"{k}={v}" for k, v in gen.engine.items())
     rows = [

@@ -53,6 +53,7 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
 def cmd_run(args: argparse.Namespace) -> int:
     from . import notify
     from .events import Listener
+    from .families import defaults_problem
     from .metrics import MetricsListener
     from .service import DaemonLocked, Service, StartupError
     from .webhooks import WebhookSender
@@ -65,6 +66,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("loading model", model=settings.model.id, device=settings.model.device)
     try:
         generator = _load_generator(settings)
+        problem = defaults_problem(getattr(generator, "family", None), settings.generation.num_frames)
+        if problem is not None:
+            log.error("cannot start", reason=problem)
+            return EXIT_FAILED
         if settings.model.warmup and not args.once:
             from .images import resolution_to_short_side
 

@@ -78,9 +78,14 @@ class ModelConfig(_Section):
     )
     compile: bool = False
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    compile_scope: Literal["regional", "full"] = "regional"
+    # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
+    cache: Literal["none", "first_block", "pyramid", "taylorseer"] = "none"
+    cache_threshold: float = Field(0.05, gt=0, le=1)
+    cache_interval: int = Field(2, ge=2, le=10)
     vae_slicing: bool = False
     vae_tiling: bool = False
-    offload: Literal["none", "model", "sequential"] = "none"
+    offload: Literal["none", "model", "sequential", "group"] = "none"
     channels_last: bool = False
     decode_chunk_size: int = Field(8, ge=1, le=256)
     warmup: bool = True

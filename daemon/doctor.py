@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import Settings
 from .encode import ffmpeg_exe, validate_recipe
+from .families import defaults_problem
 from .watcher import filesystem_type, watch_mode
 
 Check = tuple[bool, str, str]
@@ -78,6 +79,11 @@ def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) ->
 
     try:
         gen = load_generator(settings)
-        yield True, "model", f"{gen.model_id} loaded on {gen.device}"
     except Exception as e:
         yield False, "model", f"{settings.model.id} cannot be loaded: {e}"
+        return
+    family = getattr(gen, "family", None)
+    kind = f", {family.label}" if family is not None else ""
+    yield True, "model", f"{gen.model_id} loaded on {gen.device}{kind}"
+    problem = defaults_problem(family, settings.generation.num_frames)
+    yield problem is None, "defaults", problem or "[generation] defaults suit the model"

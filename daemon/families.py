@@ -1,26 +1,29 @@
-"""Model families besides I2VGen-XL: Stable Video Diffusion, LTX-Video, Wan and CogVideoX (image-to-video).
+"""Model families: I2VGen-XL, Stable Video Diffusion, LTX-Video, Wan and CogVideoX (image-to-video).
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
-overrides it). Each family knows its diffusers pipeline class, the clip sizes and frame counts it can
-take (``check``, called before any model work, raises ``GenerationError`` naming the key and the values
-that work), its ``size_multiple``, and how a ``GenerationRequest`` maps onto its pipeline call.
+overrides it). Each ``Family`` knows what differs between them, and nothing else:
 
-``FamilyGenerator`` runs such a pipeline behind the daemon's ``Generator`` protocol. torch and
-diffusers are imported lazily.
+- its diffusers pipeline class and the name of its denoiser (``unet`` or ``transformer``);
+- the clip sizes and frame counts it can take: ``check`` runs before any model work and raises a
+  ``GenerationError`` naming the key and the values that work; ``fit_frames`` gives the nearest
+  frame count it can take (for the warm-up and the out-of-memory ladder);
+- how a ``GenerationRequest`` maps onto its pipeline call (``call_kwargs``), progress included;
+- the precision it is published in, which ``[model] dtype = "auto"`` picks on a GPU.
+
+The engine that runs any of them is ``daemon.generate.DiffusersGenerator``. torch and diffusers are
+imported lazily.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import logs
 from .errors import GenerationError
 
 # Names accepted by ``[model] family``.
@@ -39,6 +42,8 @@ CLASS_NAMES = {
     "CogVideoXImageToVideoPipeline": COGVIDEOX,
     "CogVideoXPipeline": COGVIDEOX,
 }
+
+StepCallback = Callable[[int, int], None]
 
 
 def family_from_index(index: dict[str, Any]) -> str:
@@ -93,10 +98,10 @@ def detect_family(
     return family_from_index(json.loads(index_path.read_text(encoding="utf-8")))
 
 
-def _frames_message(label: str, key: str, value: int, step: int, example: int) -> str:
+def _frames_message(label: str, value: int, step: int, example: int) -> str:
     ok = ", ".join(str(step * k + 1) for k in range(1, 5))
     return (
-        f"{key} = {value} does not suit {label}: it makes clips of {step}k+1 frames"
+        f"num_frames = {value} does not suit {label}: it makes clips of {step}k+1 frames"
         f" ({ok}, ..., e.g. {example}). Pick one of those."
     )
 
@@ -106,12 +111,34 @@ class Family:
     """What differs between model families (see the module docstring)."""
 
     name: str
-    pipeline_class: str  # in diffusers
+    pipeline_class: str  # in diffusers (I2VGen-XL: our subclass in daemon.pipeline)
     label: str
+    denoiser: str = "transformer"  # the pipeline attribute that runs every step
     takes_prompt: bool = True
-    size_multiple: int = 8  # least: the pipeline's own multiple may be larger (see FamilyGenerator)
+    size_multiple: int = 8  # least: the loaded pipeline's own multiple may be larger
     frame_step: int = 1  # num_frames must be frame_step*k + 1 (1: any count)
     typical_frames: int = 16
+    # The precision the weights are published in, taken on a GPU when model.dtype = "auto". Float16
+    # overflows in the big transformers trained in bfloat16 (NaN frames); the UNets were made in float16.
+    gpu_dtype: str = "bfloat16"
+    chunked_decode: bool = False  # the pipeline takes decode_chunk_size (frames decoded at once)
+    float32_parts: tuple[str, ...] = ()  # components kept in float32 on a GPU with model.dtype "auto"
+
+    @property
+    def uses_unet(self) -> bool:
+        return self.denoiser == "unet"
+
+    def frames_ok(self, n: int) -> bool:
+        return n >= 1 and (self.frame_step == 1 or (n - 1) % self.frame_step == 0)
+
+    def fit_frames(self, n: int, *, at_least: int = 1) -> int:
+        """The largest frame count this family takes that is <= ``n``; if that is under ``at_least``,
+        the smallest one >= ``at_least`` instead (which may exceed ``n``)."""
+        step = self.frame_step
+        below = ((max(n, 1) - 1) // step) * step + 1
+        if below >= at_least:
+            return below
+        return ((max(at_least, 1) - 1 + step - 1) // step) * step + 1
 
     def check(self, req: Any, size_multiple: int | None = None) -> None:
         """Reject what this family cannot take, before any model work (GenerationError)."""
@@ -123,11 +150,9 @@ class Family:
                     f" multiples of {mult} (pick another resolution, or an image whose aspect ratio gives"
                     " such sizes)."
                 )
-        if req.num_frames < 1 or (self.frame_step > 1 and (req.num_frames - 1) % self.frame_step):
+        if not self.frames_ok(req.num_frames):
             if self.frame_step > 1:
-                msg = _frames_message(
-                    self.label, "num_frames", req.num_frames, self.frame_step, self.typical_frames
-                )
+                msg = _frames_message(self.label, req.num_frames, self.frame_step, self.typical_frames)
             else:
                 msg = f"num_frames = {req.num_frames} does not suit {self.label}: use 1 or more."
             raise GenerationError(msg)
@@ -140,53 +165,102 @@ class Family:
                 f"guidance_scale = {req.guidance_scale} does not suit {self.label}:"
                 " use a number of 0 or more."
             )
-        if not 0 <= req.seed < 2**64:
+        if not 0 <= req.seed < 2**64:  # what torch's generators accept
             raise GenerationError(
                 f"seed = {req.seed} is out of range: use a whole number from 0 to {2**64 - 1}."
             )
 
-    def call_kwargs(self, req: Any, generator: Any) -> dict[str, Any]:
-        """The pipeline call for ``req`` (frames come back as numpy floats in [0, 1])."""
-        common: dict[str, Any] = dict(
-            image=req.image.convert("RGB"),
-            height=req.height,
-            width=req.width,
-            num_frames=req.num_frames,
+    def call_kwargs(
+        self,
+        req: Any,
+        *,
+        image: Any,
+        width: int,
+        height: int,
+        num_frames: int,
+        generator: Any,
+        decode_chunk_size: int,
+        on_step: StepCallback | None,
+    ) -> dict[str, Any]:
+        """The pipeline call for ``req`` at this size (frames come back as numpy floats in [0, 1]).
+
+        Progress: every pipeline but I2VGen-XL's takes ``callback_on_step_end``; I2VGen-XL reports
+        through ``DaemonI2VGenXLPipeline.step_callback``, which the engine sets.
+        """
+        kwargs: dict[str, Any] = dict(
+            image=image,
+            height=height,
+            width=width,
+            num_frames=num_frames,
             num_inference_steps=req.steps,
             generator=generator,
             output_type="np",
         )
+        if self.chunked_decode:
+            kwargs["decode_chunk_size"] = max(1, min(decode_chunk_size, num_frames))
+        if self.name != I2VGENXL and on_step is not None:
+            total = req.steps
+
+            def callback(_pipe: Any, step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
+                on_step(step + 1, total)
+                return {}
+
+            kwargs["callback_on_step_end"] = callback
         if self.name == SVD:
             # No text: SVD is conditioned on the image only. Guidance ramps from 1 to guidance_scale
             # over the frames; fps is a conditioning input (the pipeline subtracts 1 itself).
-            return {
-                **common,
-                "min_guidance_scale": min(1.0, req.guidance_scale),
-                "max_guidance_scale": req.guidance_scale,
-                "fps": req.fps,
-                "decode_chunk_size": min(8, req.num_frames),
-            }
-        common.update(prompt=req.prompt, negative_prompt=req.negative_prompt or None)
-        common["guidance_scale"] = req.guidance_scale
-        if self.name == LTX:
-            common["frame_rate"] = req.fps
-        return common
+            kwargs.update(
+                min_guidance_scale=min(1.0, req.guidance_scale),
+                max_guidance_scale=req.guidance_scale,
+                fps=req.fps,
+            )
+            return kwargs
+        kwargs.update(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt or None,
+            guidance_scale=req.guidance_scale,
+        )
+        if self.name == I2VGENXL:
+            kwargs["target_fps"] = req.fps
+        elif self.name == LTX:
+            kwargs["frame_rate"] = req.fps
+        return kwargs
 
 
 FAMILIES: dict[str, Family] = {
+    I2VGENXL: Family(
+        I2VGENXL,
+        "DaemonI2VGenXLPipeline",
+        "I2VGen-XL",
+        denoiser="unet",
+        size_multiple=8,
+        typical_frames=16,
+        gpu_dtype="float16",
+        chunked_decode=True,
+    ),
     SVD: Family(
         SVD,
         "StableVideoDiffusionPipeline",
         "Stable Video Diffusion",
+        denoiser="unet",
         takes_prompt=False,
         size_multiple=8,
-        frame_step=1,
         typical_frames=14,
+        gpu_dtype="float16",
+        chunked_decode=True,
     ),
     LTX: Family(
         LTX, "LTXImageToVideoPipeline", "LTX-Video", size_multiple=32, frame_step=8, typical_frames=97
     ),
-    WAN: Family(WAN, "WanImageToVideoPipeline", "Wan", size_multiple=16, frame_step=4, typical_frames=81),
+    WAN: Family(
+        WAN,
+        "WanImageToVideoPipeline",
+        "Wan",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=81,
+        float32_parts=("vae", "image_encoder"),
+    ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
     COGVIDEOX: Family(
@@ -200,125 +274,79 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def defaults_problem(family: Family | None, num_frames: int) -> str | None:
+    """Why ``[generation] num_frames`` cannot be the default for this model, or None when it can.
+
+    Checked at start: a default the model cannot take would fail every job that does not set it.
+    """
+    if family is None or family.frames_ok(num_frames):
+        return None
+    return (
+        f"[generation] num_frames = {num_frames} does not suit {family.label}, which makes clips of"
+        f" {family.frame_step}k+1 frames: set it to one of those, e.g. {family.typical_frames} (and"
+        " [limits] max_num_frames at least as high)."
+    )
+
+
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"no such model family {name!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[name]
 
 
-class FamilyGenerator:
-    """A non-I2VGen-XL diffusers pipeline, loaded once and kept warm; one ``generate`` at a time.
-
-    ``last_run`` describes each run (size, frames, family, whether the prompt was used).
-    """
-
-    def __init__(
-        self,
-        family: str,
-        source: str | Path,
-        *,
-        model_id: str,
-        revision: str | None,
-        device: Any,
-        dtype: Any,
-        load_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        import diffusers
-        import torch
-
-        self.family = get_family(family)
-        cls = getattr(diffusers, self.family.pipeline_class)
-        _ftfy_fallback(cls)
-        pipe = cls.from_pretrained(source, dtype=dtype, **(load_kwargs or {}))
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        self._pipe = pipe
-        self._torch = torch
-        self._torch_device = device
-        self.device = str(device)
-        self.model_id = model_id
-        self.revision = revision
-        self.size_multiple = max(self.family.size_multiple, _pipeline_multiple(self.family.name, pipe))
-        self.last_run: dict[str, Any] | None = None
-        self._lock = threading.Lock()
-        self._log = logs.get()
-
-    def check(self, req: Any) -> None:
-        self.family.check(req, self.size_multiple)
-        if req.image.size != (req.width, req.height):
-            raise GenerationError(
-                f"The image was prepared at {req.image.size[0]}x{req.image.size[1]} but the clip is"
-                f" {req.width}x{req.height}; this is a bug in i2vd, please report it."
-            )
-
-    def warm_up(self, **_: object) -> float:
-        return 0.0
-
-    def generate(self, req: Any, on_step: Any = None) -> np.ndarray:
-        self.check(req)  # before any model work
-        torch, device = self._torch, self._torch_device
-        if not self.family.takes_prompt:
-            self._log.info(
-                f"{self.family.label} takes no prompt: the clip is made from the image alone;"
-                " the prompt and negative prompt are not used",
-                family=self.family.name,
-            )
-        total = req.steps
-
-        def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, total)
-            return {}
-
-        t0 = time.monotonic()
-        with self._lock:
-            self.last_run = None
-            cuda = [device.index or 0] if getattr(device, "type", "cpu") == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(req.seed)  # anything sampled from the global RNG is seeded too
-                generator = torch.Generator(device=device).manual_seed(req.seed)
-                out = self._pipe(**self.family.call_kwargs(req, generator), callback_on_step_end=callback)
-        video = np.asarray(out.frames[0], dtype=np.float32)
-        expected = (req.num_frames, req.height, req.width, 3)
-        if video.shape != expected:
-            raise GenerationError(
-                f"The model returned frames shaped {video.shape}, expected {expected}; this is a bug in"
-                " i2vd, please report it."
-            )
-        if not np.isfinite(video).all():
-            raise GenerationError(
-                "The model produced invalid pixels (not-a-number): ask the operator to set model.dtype to"
-                " bfloat16 or float32."
-            )
-        self.last_run = {
-            "ok": True,
-            "family": self.family.name,
-            "width": req.width,
-            "height": req.height,
-            "num_frames": req.num_frames,
-            "prompt_used": self.family.takes_prompt,
-            "seconds": round(time.monotonic() - t0, 3),
-        }
-        return (video * 255).round().clip(0, 255).astype(np.uint8)
+def family_of_pipeline(pipe: Any) -> Family:
+    """The family of a pipeline built in memory (benchmarks, tests), from its class."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in CLASS_NAMES:
+            return FAMILIES[CLASS_NAMES[cls.__name__]]
+    raise ValueError(f"i2vd cannot run a {type(pipe).__name__}")
 
 
-def _pipeline_multiple(family: str, pipe: Any) -> int:
+def pipeline_class(family: Family) -> Any:
+    if family.name == I2VGENXL:
+        from .pipeline import DaemonI2VGenXLPipeline
+
+        return DaemonI2VGenXLPipeline
+    import diffusers
+
+    return getattr(diffusers, family.pipeline_class)
+
+
+def pipeline_multiple(family: Family, pipe: Any) -> int:
     """Width/height multiple the loaded pipeline needs (VAE downsampling x UNet levels or patches)."""
-    if family == SVD:
-        return int(pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1))
-    if family == LTX:
-        return int(pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size)
-    if family == WAN:
-        return int(pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1])
-    if family == COGVIDEOX:
-        return int(pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size)
-    return 8
+    if family.uses_unet:
+        multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    elif family.name == LTX:
+        multiple = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
+    elif family.name == WAN:
+        multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+    elif family.name == COGVIDEOX:
+        multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
+    else:
+        multiple = 8
+    return max(family.size_multiple, int(multiple))
 
 
-def _ftfy_fallback(cls: Any) -> None:
+def fixed_size(family: Family, pipe: Any) -> tuple[int, int] | None:
+    """(width, height) for a model that can only make one clip size, else None.
+
+    CogVideoX 1.0 (CogVideoX-5b-I2V) has learned position embeddings for its training size, 720x480,
+    and nothing else fits them; CogVideoX 1.5 uses rotary positions and takes any size.
+    """
+    if family.name != COGVIDEOX:
+        return None
+    config = pipe.transformer.config
+    if not getattr(config, "use_learned_positional_embeddings", False):
+        return None
+    scale = pipe.vae_scale_factor_spatial
+    return int(config.sample_width * scale), int(config.sample_height * scale)
+
+
+def ftfy_fallback(cls: Any) -> None:
     """Wan's prompt cleaning calls ``ftfy.fix_text`` but diffusers imports ftfy only if installed.
 
-    Without it every Wan job would fail with NameError; the prompt is used as written instead.
+    ftfy is a dependency, but a hand-made environment may lack it; without it every Wan job would
+    fail with NameError, so the prompt is then used as written instead.
     """
     import sys
 

@@ -6,7 +6,7 @@ deliberate step that fills the cache:
 
 - a Hub id (``ali-vilab/i2vgen-xl``): only the files the pipeline loads, and for half precision
   only the ``fp16`` weight files (about half the download), into ``model.cache_dir``;
-- ``tiny``: built locally (no network);
+- ``tiny`` and the other tiny builds (``tiny-wan``, ...): built locally (no network);
 - a local folder: checked to hold a diffusers pipeline (``model_index.json``).
 
 torch and diffusers are imported lazily, as in ``daemon.generate``.
@@ -38,10 +38,13 @@ def fetch_model(
     the ones to fetch ("auto" resolves as the daemon will: float16 when a CUDA GPU is used).
     Raises RuntimeError with a readable reason (offline, unknown model, no such revision, ...).
     """
+    from . import tiny_families
     from .generate import STUB_ID, TINY_ID
 
     if model_id == TINY_ID:
         return build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
+    if model_id in tiny_families.BUILDERS:
+        return tiny_families.build(model_id, Path(cache_dir) / tiny_families.folder_name(model_id))
     if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
         raise RuntimeError(f"model.id {model_id!r} is the stand-in generator: there is nothing to fetch.")
     folder = Path(model_id).expanduser()
@@ -58,9 +61,9 @@ def fetch_model(
         )
 
     import torch
+    from diffusers import DiffusionPipeline
 
     from .generate import _resolve_dtype, weights_variant
-    from .pipeline import DaemonI2VGenXLPipeline
 
     # As the daemon will resolve it, without requiring the GPU to be there now (fetching may be
     # done on another machine, or before the driver is installed).
@@ -70,11 +73,11 @@ def fetch_model(
     kwargs = {"revision": revision, "cache_dir": str(cache_dir)}
     try:
         try:
-            path = DaemonI2VGenXLPipeline.download(model_id, variant=variant, **kwargs)
+            path = DiffusionPipeline.download(model_id, variant=variant, **kwargs)
         except ValueError as exc:  # the repository has no files of that variant: take the plain ones
             if variant is None or "variant" not in str(exc):
                 raise
-            path = DaemonI2VGenXLPipeline.download(model_id, **kwargs)
+            path = DiffusionPipeline.download(model_id, **kwargs)
     except Exception as exc:
         raise RuntimeError(f"Could not download {model_id!r} (revision {revision or 'main'}): {exc}") from exc
     return Path(path)

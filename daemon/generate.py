@@ -4,10 +4,11 @@ The daemon sees only ``Generator`` and ``GenerationRequest``. torch and diffuser
 lazily, inside ``DiffusersGenerator``, so commands that never generate (``status``, ``submit``,
 ``recipes``) and the ``stub`` generator start in milliseconds.
 
-``DiffusersGenerator`` applies the ``[model]`` speed and memory options once at load
-(``EngineOptions``; CUDA-only ones are ignored with a log line on a CPU), rescues a job that runs
-out of memory by walking down the ladder of ``daemon.oom``, and describes what it really ran in
-``last_run``. ``warm_up()`` runs one small generation so the first job is not the slow one.
+``DiffusersGenerator`` runs any model family of ``daemon.families`` (I2VGen-XL, Stable Video
+Diffusion, LTX-Video, Wan, CogVideoX): it applies the ``[model]`` speed and memory options once at
+load (``daemon.engine``; CUDA-only ones are ignored with a log line on a CPU), rescues a job that
+runs out of memory by walking down the ladder of ``daemon.oom``, and describes what it really ran
+in ``last_run``. ``warm_up()`` runs one small generation so the first job is not the slow one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -27,22 +28,36 @@ import numpy as np
 from PIL import Image
 
 from . import logs
+from .engine import EngineOptions, Placement, apply_options, reset_cache
 from .errors import GenerationError
+from .families import (
+    I2VGENXL,
+    Family,
+    detect_family,
+    family_of_pipeline,
+    fixed_size,
+    ftfy_fallback,
+    get_family,
+    pipeline_class,
+    pipeline_multiple,
+)
 from .images import fit_to
 from .oom import ENV_VAR as OOM_ENV_VAR
 from .oom import (
+    LOWER_RESOLUTION,
     InjectOOM,
-    Ladder,
     Setting,
     exhausted_message,
     free_memory,
     is_out_of_memory,
-    parse_short_sides,
+    rescued_decode,
 )
 from .tiny import TINY_VERSION, build_tiny
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = ["DiffusersGenerator", "EngineOptions", "GenerationRequest", "Generator", "StubGenerator"]
 
 StepCallback = Callable[[int, int], None]
 
@@ -191,17 +206,37 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def _resolve_dtype(dtype: str, device: torch.device, family: Family | None = None) -> torch.dtype:
+    """``model.dtype`` as a torch dtype; "auto" is float32 on a CPU and the family's own on a GPU."""
     import torch
 
     name = dtype.strip().lower()
     if name == "auto":
-        # float16 halves GPU memory and is what I2VGen-XL is published in; CPUs are slow or
-        # inexact at float16, so float32 there.
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            # CPUs are slow or inexact at half precision.
+            return torch.float32
+        # What the weights are published in: float16 for the UNets (halves the memory), bfloat16 for
+        # the transformers, where float16 overflows; bfloat16 needs an Ampere or newer GPU.
+        wanted = family.gpu_dtype if family is not None else "float16"
+        if wanted == "bfloat16" and not torch.cuda.is_bf16_supported():
+            wanted = "float16"
+        return getattr(torch, wanted)
     if name not in _DTYPE_NAMES:
         raise ValueError(f"model.dtype must be 'auto', 'float16', 'bfloat16' or 'float32', not {dtype!r}.")
     return getattr(torch, _DTYPE_NAMES[name])
+
+
+def _component_dtypes(family: Family, dtype: torch.dtype, asked: str, device: torch.device) -> Any:
+    """The ``dtype`` argument of ``from_pretrained``: one dtype, or per component for "auto" on a GPU.
+
+    Wan's VAE and image encoder are published to run in float32 (its own examples load them so):
+    small, and the decode is where half precision shows as colour banding.
+    """
+    import torch
+
+    if asked.strip().lower() != "auto" or device.type != "cuda" or not family.float32_parts:
+        return dtype
+    return {"default": dtype, **dict.fromkeys(family.float32_parts, torch.float32)}
 
 
 def _offline() -> bool:
@@ -219,68 +254,15 @@ def weights_variant(dtype: torch.dtype) -> str | None:
     return "fp16" if dtype in (torch.float16, torch.bfloat16) else None
 
 
-# -- speed and memory options ---------------------------------------------------------------------
-
-ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager")
-OFFLOAD_CHOICES = ("none", "model", "sequential")
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-# torch.compile keeps one compiled graph per clip shape (dynamic=False); its default limit of 8 would
-# silently fall back to eager for the ninth aspect ratio. Clip sizes are bucketed (short side fixed
-# by the resolution, long side rounded to the model's multiple), so a daemon sees a bounded set.
-_RECOMPILE_LIMIT = 64
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The ``[model]`` speed and memory settings, as the generator applies them (see config.example.toml)."""
-
-    attention: str = "auto"
-    compile: bool = False
-    compile_mode: str = "default"
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    offload: str = "none"
-    channels_last: bool = False
-    decode_chunk_size: int = 8
-    ladder: Ladder = field(default_factory=Ladder)
-
-    def __post_init__(self) -> None:
-        for name, value, choices in (
-            ("attention", self.attention, ATTENTION_CHOICES),
-            ("offload", self.offload, OFFLOAD_CHOICES),
-            ("compile_mode", self.compile_mode, COMPILE_MODES),
-        ):
-            if value not in choices:
-                raise ValueError(f"model.{name} must be one of {', '.join(choices)}, not {value!r}")
-        if self.decode_chunk_size < 1:
-            raise ValueError(f"model.decode_chunk_size must be at least 1, not {self.decode_chunk_size}")
-
-    @classmethod
-    def from_config(cls, model: Any) -> EngineOptions:
-        """From a validated ``ModelConfig`` (``settings.model``)."""
-        return cls(
-            attention=model.attention,
-            compile=model.compile,
-            compile_mode=model.compile_mode,
-            vae_slicing=model.vae_slicing,
-            vae_tiling=model.vae_tiling,
-            offload=model.offload,
-            channels_last=model.channels_last,
-            decode_chunk_size=model.decode_chunk_size,
-            ladder=Ladder(
-                rungs=tuple(model.oom_ladder),
-                short_sides=parse_short_sides(model.oom_resolutions),
-                min_frames=model.oom_min_frames,
-            ),
-        )
-
-
 class DiffusersGenerator:
-    """An I2VGen-XL pipeline loaded once and kept warm; one ``generate`` at a time.
+    """An image-to-video pipeline of any family, loaded once and kept warm; one ``generate`` at a time.
 
-    After each ``generate`` (successful or not), ``last_run`` describes what was really run: the
-    clip size, frames and offload finally used, the engine settings in force and every attempt the
-    out-of-memory ladder made (``daemon.oom``). ``inject_oom`` holds the test-only fault injector.
+    Every family (``daemon.families``) gets the same engine: the ``[model]`` speed and memory
+    options (``daemon.engine``), the out-of-memory ladder and decode rescue (``daemon.oom``), the
+    warm-up, per-step progress and seeding. After each ``generate`` (successful or not),
+    ``last_run`` describes what was really run: the clip size, frames and offload finally used, the
+    engine settings in force, whether the prompt was used and every attempt the ladder made.
+    ``inject_oom`` holds the test-only fault injector.
     """
 
     def __init__(
@@ -292,42 +274,28 @@ class DiffusersGenerator:
         dtype: str = "auto",
         cache_dir: Path,
         options: EngineOptions | None = None,
+        family: str = "auto",
     ) -> None:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        from .pipeline import DaemonI2VGenXLPipeline
-
         torch_device = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, torch_device)
+        source, revision, family_name, kwargs = _locate(model_id, family, revision, Path(cache_dir))
+        fam = get_family(family_name)
+        torch_dtype = _resolve_dtype(dtype, torch_device, fam)
         # A service logs to journald: loading progress bars are just noise there.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-
-        kwargs: dict[str, Any] = {"dtype": torch_dtype}
-        variant = None
-        if model_id == TINY_ID:
-            source: str | Path = build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
-            revision = f"v{TINY_VERSION}"  # the recipe, recorded in each job's metadata
-        elif Path(model_id).expanduser().is_dir():
-            source = Path(model_id).expanduser()
-            revision = None  # a local folder has no revision
-            variant = weights_variant(torch_dtype)
-        elif model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:  # a Hub id is "owner/name"
-            raise FileNotFoundError(f"model.id {model_id!r} looks like a folder, but no such folder exists.")
-        else:
-            source = model_id
-            variant = weights_variant(torch_dtype)
-            # The daemon never downloads (a 10 GB fetch inside a service start, under systemd's
-            # start timeout, fails badly); `i2vd fetch-model` (daemon/fetch.py) does that ahead of
-            # time, so a model missing from the cache fails fast with the command to run.
-            kwargs.update(revision=revision, cache_dir=str(cache_dir), local_files_only=True)
+        cls = pipeline_class(fam)
+        ftfy_fallback(cls)
+        variant = None if isinstance(source, Path) and _is_tiny(model_id) else weights_variant(torch_dtype)
+        kwargs["dtype"] = _component_dtypes(fam, torch_dtype, dtype, torch_device)
         try:
-            pipe = _from_pretrained(DaemonI2VGenXLPipeline, source, variant, kwargs)
+            pipe = _from_pretrained(cls, source, variant, kwargs)
         except Exception as exc:
             hint = " If it is not downloaded yet, run `i2vd fetch-model`." if source == model_id else ""
             raise RuntimeError(f"Could not load model {model_id!r} (from {source}): {exc}{hint}") from exc
-        self._setup(pipe, model_id, revision, torch_device, options)
+        self._setup(pipe, fam, model_id, revision, torch_device, options)
 
     @classmethod
     def from_pipeline(
@@ -339,18 +307,20 @@ class DiffusersGenerator:
         device: str = "auto",
         options: EngineOptions | None = None,
     ) -> DiffusersGenerator:
-        """Wrap an I2VGen-XL pipeline built in memory (benchmarks); it shares ``pipe``'s modules."""
+        """Wrap a pipeline built in memory (benchmarks); it shares ``pipe``'s modules."""
         from .pipeline import DaemonI2VGenXLPipeline
 
-        if not isinstance(pipe, DaemonI2VGenXLPipeline):
+        fam = family_of_pipeline(pipe)
+        if fam.name == I2VGENXL and not isinstance(pipe, DaemonI2VGenXLPipeline):
             pipe = DaemonI2VGenXLPipeline(**pipe.components)
         self = cls.__new__(cls)
-        self._setup(pipe, model_id, revision, _resolve_device(device), options)
+        self._setup(pipe, fam, model_id, revision, _resolve_device(device), options)
         return self
 
     def _setup(
         self,
         pipe: Any,
+        family: Family,
         model_id: str,
         revision: str | None,
         device: torch.device,
@@ -359,15 +329,19 @@ class DiffusersGenerator:
         import torch
 
         self._torch = torch
+        self.family = family
         self.model_id = model_id
         self.revision = revision
         self._torch_device = device
         self.device = str(device)
         self.options = options or EngineOptions()
         self._log = logs.get()
+        pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         self._lock = threading.Lock()
-        self.size_multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+        self.size_multiple = pipeline_multiple(family, pipe)
+        # A model that makes one clip size only (CogVideoX 1.0): the daemon sizes every job to it.
+        self.fixed_size = fixed_size(family, pipe)
         self.last_run: dict[str, Any] | None = None
         self.inject_oom: InjectOOM | None = InjectOOM.from_env()
         if self.inject_oom is not None:
@@ -376,118 +350,42 @@ class DiffusersGenerator:
                 injector=repr(self.inject_oom),
                 variable=OOM_ENV_VAR,
             )
-        self._placed: str | None = None  # where the weights are now: an offload mode, None before placing
-        self._sdpa: list[Any] | None = None  # SDPA kernels in priority order, None: torch's own choice
-        self.engine = self._apply_options()
-        self._place(self.engine["offload"])
-
-    # -- options ----------------------------------------------------------------------------------
-
-    def _ignored(self, option: str, value: object, reason: str) -> None:
-        self._log.info("model option ignored", option=f"model.{option}", value=value, reason=reason)
-
-    def _apply_options(self) -> dict[str, Any]:
-        """Apply the speed and memory options once, at load; what is in force goes into each job's record."""
-        torch, pipe, opts = self._torch, self._pipe, self.options
-        cuda = self._torch_device.type == "cuda"
-        on_cpu = "this needs a CUDA GPU; the model runs on the CPU"
-        engine: dict[str, Any] = {}
-
-        attention = opts.attention
-        if attention in ("sdpa_cudnn", "sdpa_efficient", "xformers") and not cuda:
-            self._ignored("attention", attention, on_cpu)
-            attention = "auto"
-        if attention in ("sdpa", "eager"):
-            from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-            processor = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
-            pipe.unet.set_attn_processor(processor())
-            pipe.vae.set_attn_processor(processor())
-        elif attention == "xformers":
-            try:
-                pipe.enable_xformers_memory_efficient_attention()
-            except Exception as exc:  # not installed, or built for another torch/CUDA
-                raise RuntimeError(
-                    f"model.attention = 'xformers' cannot be used here ({exc}). Install a matching xformers"
-                    " package or set model.attention = 'auto'."
-                ) from exc
-        elif attention.startswith("sdpa_"):
-            from torch.nn.attention import SDPBackend
-
-            # Preferred kernel first; the others stay allowed, for the calls it cannot serve (this
-            # UNet's image-latent encoder has 4-wide heads, which cuDNN and FlashAttention refuse).
-            first = {
-                "sdpa_cudnn": [SDPBackend.CUDNN_ATTENTION],
-                "sdpa_efficient": [SDPBackend.EFFICIENT_ATTENTION],
-                "sdpa_math": [SDPBackend.MATH],
-            }[attention]
-            rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-            self._sdpa = first + ([] if attention == "sdpa_math" else [b for b in rest if b not in first])
-        engine["attention"] = attention
-
-        if opts.channels_last:
-            # 4-D conv weights only: Module.to(memory_format=...) refuses the 5-D temporal convs.
-            for module in pipe.unet.modules():
-                if isinstance(module, torch.nn.Conv2d):
-                    module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
-        engine["channels_last"] = opts.channels_last
-
-        if opts.vae_slicing:
-            pipe.vae.enable_slicing()
-        if opts.vae_tiling:
-            pipe.vae.enable_tiling()
-        engine["vae_slicing"], engine["vae_tiling"] = opts.vae_slicing, opts.vae_tiling
-        engine["decode_chunk_size"] = opts.decode_chunk_size
-
-        offload = opts.offload
-        if offload != "none" and not cuda:
-            self._ignored("offload", offload, on_cpu)
-            offload = "none"
-        engine["offload"] = offload
-
-        compiled: str | bool = False
-        if opts.compile and not cuda:
-            self._ignored("compile", True, "compiling for the CPU takes minutes per clip shape")
-        elif opts.compile:
-            import torch._dynamo.config as dynamo_config
-
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
-            mode = None if opts.compile_mode == "default" else opts.compile_mode
-            # dynamic=False: one graph per clip shape, each compiled the first time it is seen (the
-            # warm-up compiles the default one). Sizes are bucketed, so shapes repeat.
-            pipe.unet.compile(mode=mode, dynamic=False)
-            compiled = opts.compile_mode
-        engine["compile"] = compiled
-        return engine
-
-    def _place(self, offload: str) -> None:
-        """Put the weights where ``offload`` says: all on the device, or moved in as they run."""
-        if offload == self._placed:
-            return
-        pipe, device = self._pipe, self._torch_device
-        if self._placed != "none":  # offload hooks, or an unknown state: remove any (a no-op if none)
-            pipe.remove_all_hooks()
-        if offload == "none":
-            pipe.to(device)
-        elif offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.enable_sequential_cpu_offload(device=device)
-        self._placed = offload
-
-    def _restore_placement(self, offload: str) -> None:
-        """Back to the configured placement after a job that fell back to offload; never raises."""
-        try:
-            self._place(offload)
-        except Exception as exc:  # e.g. out of memory moving the weights back onto the GPU
-            self._placed = None  # unknown: the next try places the weights afresh (inside the ladder)
-            self._log.error("could not move the model back onto the device", error=_first_line(exc))
+        applied = apply_options(pipe, family, self.options, device, self._log)
+        self.engine = applied.engine
+        self._sdpa = applied.sdpa
+        self._placement = Placement(pipe, device, self._log)
+        self._placement.place(self.engine["offload"])
+        ladder = self.options.ladder
+        if self.fixed_size is not None:  # no smaller size to fall back to
+            ladder = replace(ladder, rungs=tuple(r for r in ladder.rungs if r != LOWER_RESOLUTION))
+        self._ladder = ladder
 
     # -- generation -------------------------------------------------------------------------------
 
+    def check(self, req: GenerationRequest) -> None:
+        """Everything this model cannot take, as a GenerationError, before any model work."""
+        if self.fixed_size is not None and (req.width, req.height) != self.fixed_size:
+            w, h = self.fixed_size
+            raise GenerationError(
+                f"The clip size {req.width}x{req.height} does not suit this {self.family.label} model: it"
+                f" makes {w}x{h} clips only."
+            )
+        self.family.check(req, self.size_multiple)
+        if req.image.size != (req.width, req.height):
+            raise GenerationError(
+                f"The image was prepared at {req.image.size[0]}x{req.image.size[1]} but the clip is"
+                f" {req.width}x{req.height}; this is a bug in i2vd, please report it."
+            )
+
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
-        _check_request(req, self.size_multiple)
+        self.check(req)  # before any model work
         torch, device = self._torch, self._torch_device
+        if not self.family.takes_prompt:
+            self._log.info(
+                f"{self.family.label} takes no prompt: the clip is made from the image alone;"
+                " the prompt and negative prompt are not used",
+                family=self.family.name,
+            )
         configured = self.engine["offload"]
         requested = Setting(req.width, req.height, req.num_frames, configured)
         setting, change = requested, None
@@ -513,11 +411,12 @@ class DiffusersGenerator:
                         break
                     attempts.append({**record, "outcome": "out_of_memory", "error": oom})
                     free_memory(device)
-                    step = self.options.ladder.next(
+                    step = self._ladder.next(
                         setting,
                         requested=requested,
                         multiple=self.size_multiple,
                         can_offload=device.type == "cuda",
+                        fit_frames=self.family.fit_frames,
                     )
                     if step is None:
                         self.last_run = self._run_record(requested, setting, attempts, ok=False)
@@ -526,7 +425,12 @@ class DiffusersGenerator:
                             Setting(a["width"], a["height"], a["num_frames"], a["offload"]) for a in attempts
                         ]
                         raise GenerationError(
-                            exhausted_message(tried, on_gpu=device.type == "cuda", requested=requested)
+                            exhausted_message(
+                                tried,
+                                on_gpu=device.type == "cuda",
+                                requested=requested,
+                                fit_frames=self.family.fit_frames,
+                            )
                         )
                     failed, (change, setting) = setting, step
                     self._log.warning(
@@ -537,8 +441,9 @@ class DiffusersGenerator:
                         error=oom,
                     )
             finally:
-                self._pipe.step_callback = None
-                self._restore_placement(configured)
+                if self.family.name == I2VGENXL:
+                    self._pipe.step_callback = None
+                self._placement.restore(configured)
         self.last_run = self._run_record(requested, setting, attempts, ok=True)
         if len(attempts) > 1:
             self._log.warning(
@@ -560,14 +465,17 @@ class DiffusersGenerator:
         first: bool,
     ) -> np.ndarray:
         """One try at ``setting``: frames as floats in [0, 1]; out-of-memory errors propagate."""
-        torch, device, pipe = self._torch, self._torch_device, self._pipe
+        torch, device, pipe, family = self._torch, self._torch_device, self._pipe, self.family
         size = (setting.width, setting.height)
         # A smaller rung: the same picture, centre-cropped to the new aspect ratio and resized
         # (never stretched).
         image = req.image if size == (req.width, req.height) else fit_to(req.image, *size)
-        self._place(setting.offload)
-        detach = self.inject_oom.attach(pipe) if self.inject_oom is not None else None
-        pipe.step_callback = on_step
+        self._placement.place(setting.offload)
+        pixels = setting.width * setting.height * setting.num_frames
+        detach = self.inject_oom.attach(pipe, family.denoiser, pixels) if self.inject_oom else None
+        if family.name == I2VGENXL:
+            pipe.step_callback = on_step  # DaemonI2VGenXLPipeline reports steps through its progress bar
+        reset_cache(pipe, family)
         try:
             with contextlib.ExitStack() as stack:
                 if self._sdpa is not None:
@@ -577,34 +485,42 @@ class DiffusersGenerator:
                 if self.engine["compile"] and not first:
                     # A smaller rung is a new shape: run it eagerly rather than compile it for one job.
                     stack.enter_context(torch.compiler.set_stance("eager_on_recompile"))
-                # The pipeline samples the image latent (vae.encode(...).latent_dist.sample()) from the
-                # global RNG, not from `generator`: seed that too, inside fork_rng so the caller's global
-                # state is left as it was. Together: the same request gives the same frames.
-                cuda_devices = [device.index] if device.type == "cuda" else []
+                # Pipelines sample some noise (I2VGen-XL's image latent, for one) from the global RNG,
+                # not from `generator`: seed that too, inside fork_rng so the caller's global state is
+                # left as it was. Together: the same request gives the same frames.
+                cuda_devices = [device.index or 0] if device.type == "cuda" else []
                 stack.enter_context(torch.random.fork_rng(devices=cuda_devices))
                 torch.manual_seed(req.seed)
                 generator = torch.Generator(device=device).manual_seed(req.seed)
                 record["stage"] = "denoise"
-                latents = pipe(
-                    prompt=req.prompt,
-                    image=image.convert("RGB"),
-                    height=setting.height,
-                    width=setting.width,
-                    target_fps=req.fps,
-                    num_frames=setting.num_frames,
-                    num_inference_steps=req.steps,
-                    guidance_scale=req.guidance_scale,
-                    negative_prompt=req.negative_prompt or None,
-                    generator=generator,
-                    output_type="latent",
-                ).frames
-                pipe.step_callback = None
-                record["stage"] = "decode"
-                video = self._decode(latents, record)
+                rescue = stack.enter_context(
+                    rescued_decode(
+                        pipe.vae, device=device, log=self._log, on_first=lambda: record.update(stage="decode")
+                    )
+                )
+                chunk = self.options.decode_chunk_size
+                out = pipe(
+                    **family.call_kwargs(
+                        req,
+                        image=image.convert("RGB"),
+                        width=setting.width,
+                        height=setting.height,
+                        num_frames=setting.num_frames,
+                        generator=generator,
+                        decode_chunk_size=chunk,
+                        on_step=on_step,
+                    )
+                )
+                if family.chunked_decode:
+                    chunk = min(chunk, setting.num_frames, rescue.limit or chunk)
+                    record["decode_chunk_size"] = chunk
+                record["vae_tiling"] = bool(getattr(pipe.vae, "use_tiling", False))
         finally:
-            pipe.step_callback = None
+            if family.name == I2VGENXL:
+                pipe.step_callback = None
             if detach is not None:
                 detach()
+        video = np.asarray(out.frames[0], dtype=np.float32)
         if not np.isfinite(video).all():
             raise GenerationError(
                 "The model produced invalid pixels (not-a-number). This usually means float16 overflowed:"
@@ -618,49 +534,14 @@ class DiffusersGenerator:
             )
         return video
 
-    def _decode(self, latents: Any, record: dict[str, Any]) -> np.ndarray:
-        """Decode in chunks of ``decode_chunk_size`` frames; on out-of-memory halve the chunk, then tile.
-
-        Only when one frame at a time, tiled, still does not fit does the error go to the ladder.
-        The denoised latents are kept meanwhile: no denoising step is repeated.
-        """
-        vae = self._pipe.vae
-        chunk = max(1, min(self.options.decode_chunk_size, int(latents.shape[2])))
-        tiling_was = bool(getattr(vae, "use_tiling", False))
-        try:
-            while True:
-                error: str | None = None
-                try:
-                    video = self._pipe.decode_video(latents, chunk)
-                except (self._torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    error = _first_line(exc)
-                if error is None:
-                    record.update(decode_chunk_size=chunk, vae_tiling=bool(vae.use_tiling))
-                    return video
-                free_memory(self._torch_device)
-                if chunk > 1:
-                    chunk = max(1, chunk // 2)
-                elif not vae.use_tiling:
-                    vae.enable_tiling()
-                else:
-                    raise self._torch.OutOfMemoryError(f"out of memory decoding one frame, tiled: {error}")
-                self._log.warning(
-                    "out of memory decoding the frames; decoding in smaller pieces",
-                    decode_chunk_size=chunk,
-                    vae_tiling=bool(vae.use_tiling),
-                )
-        finally:
-            if bool(vae.use_tiling) != tiling_was:
-                vae.disable_tiling()
-
     def _run_record(
         self, requested: Setting, final: Setting, attempts: list[dict[str, Any]], *, ok: bool
     ) -> dict[str, Any]:
         last = attempts[-1]
         return {
             "ok": ok,
+            "family": self.family.name,
+            "prompt_used": self.family.takes_prompt,
             "width": final.width,
             "height": final.height,
             "num_frames": final.num_frames,
@@ -681,24 +562,30 @@ class DiffusersGenerator:
         """One small generation now, so the first real job does not pay for the start-up work.
 
         The first run on a GPU initialises CUDA, cuBLAS and cuDNN and loads kernels; with
-        ``model.compile`` it also compiles the UNet for the default clip shape (a square of
-        ``short_side``, ``num_frames`` frames: pass the [generation] defaults). Returns the seconds it
-        took. Running out of memory is logged, not raised (jobs will walk down the ladder); any other
-        failure raises, since every job would fail the same way.
+        ``model.compile`` it also compiles the denoiser for the default clip shape (a square of
+        ``short_side``, ``num_frames`` frames rounded to what the family takes: pass the
+        [generation] defaults). Returns the seconds it took. Running out of memory is logged, not
+        raised (jobs will walk down the ladder); any other failure raises, since every job would fail
+        the same way.
         """
-        size = max(self.size_multiple, round(short_side / self.size_multiple) * self.size_multiple)
-        ramp = np.linspace(0, 255, size, dtype=np.uint8)[:, None, None]
-        image = Image.fromarray(np.tile(ramp, (1, size, 3)))
+        if self.fixed_size is not None:
+            width, height = self.fixed_size
+        else:
+            multiple = self.size_multiple
+            width = height = max(multiple, round(short_side / multiple) * multiple)
+        frames = self.family.fit_frames(num_frames)
+        ramp = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+        image = Image.fromarray(np.tile(ramp, (height, 1, 3)))
         req = GenerationRequest(
             image=image,
-            width=size,
-            height=size,
+            width=width,
+            height=height,
             prompt="warm-up",
             negative_prompt="",
-            num_frames=num_frames,
+            num_frames=frames,
             fps=8,
             steps=steps,
-            guidance_scale=9.0,
+            guidance_scale=5.0,
             seed=0,
         )
         t0 = time.monotonic()
@@ -712,8 +599,8 @@ class DiffusersGenerator:
         self._log.info(
             "model warmed up",
             seconds=round(seconds, 2),
-            size=f"{size}x{size}",
-            frames=num_frames,
+            size=f"{width}x{height}",
+            frames=frames,
             steps=steps,
         )
         return seconds
@@ -735,6 +622,46 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+def _is_tiny(model_id: str) -> bool:
+    from . import tiny_families
+
+    return model_id == TINY_ID or model_id in tiny_families.BUILDERS
+
+
+def _locate(
+    model_id: str, family: str, revision: str | None, cache_dir: Path
+) -> tuple[str | Path, str | None, str, dict[str, Any]]:
+    """Where to load ``model_id`` from: (source, revision to record, family, from_pretrained kwargs).
+
+    ``tiny`` and ``tiny-*`` are built into ``cache_dir`` (no network); a folder is loaded as it is;
+    a Hub id only from the cache (``local_files_only``): the daemon never downloads (a 10 GB fetch
+    inside a service start, under systemd's start timeout, fails badly), ``i2vd fetch-model``
+    (daemon/fetch.py) does that ahead of time, so a missing model fails fast with the command to run.
+    """
+    from . import tiny_families
+
+    if _is_tiny(model_id):
+        if model_id == TINY_ID:
+            detected = I2VGENXL
+            source = build_tiny(cache_dir / f"tiny-i2vgenxl-v{TINY_VERSION}")
+            recorded = f"v{TINY_VERSION}"  # the recipe, recorded in each job's metadata
+        else:
+            detected = tiny_families.BUILDERS[model_id][0]
+            source = tiny_families.build(model_id, cache_dir / tiny_families.folder_name(model_id))
+            recorded = f"v{tiny_families.TINY_FAMILIES_VERSION}"
+        if family not in ("auto", detected):
+            raise ValueError(f"model.family is {family!r} but {model_id!r} is a {detected} model.")
+        return source, recorded, detected, {}
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        return folder, None, detect_family(str(folder), family=family), {}  # a folder has no revision
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:  # a Hub id is "owner/name"
+        raise FileNotFoundError(f"model.id {model_id!r} looks like a folder, but no such folder exists.")
+    detected = detect_family(model_id, family=family, cache_dir=cache_dir, revision=revision)
+    kwargs = {"revision": revision, "cache_dir": str(cache_dir), "local_files_only": True}
+    return model_id, revision, detected, kwargs
+
+
 def load_generator(
     model_id: str,
     *,
@@ -745,12 +672,12 @@ def load_generator(
     options: EngineOptions | None = None,
     family: str = "auto",
 ) -> Generator:
-    """``stub`` / ``stub:SECONDS`` -> StubGenerator; anything else (``tiny``, folder, Hub id) -> diffusers.
+    """``stub`` / ``stub:SECONDS`` -> StubGenerator; anything else (``tiny``, ``tiny-wan``, a folder, a
+    Hub id) -> ``DiffusersGenerator``.
 
     ``options``: the ``[model]`` speed and memory settings (``EngineOptions.from_config(settings.model)``);
     None means the defaults. ``family`` (``[model] family``): "auto" detects the model family from
-    ``model_index.json``; SVD, LTX-Video, Wan and CogVideoX models (and ``tiny-svd``, ...) run through
-    ``daemon.families.FamilyGenerator``, I2VGen-XL through ``DiffusersGenerator``.
+    ``model_index.json``.
     """
     if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
         _, _, seconds = model_id.partition(":")
@@ -760,53 +687,12 @@ def load_generator(
             raise ValueError(
                 f"model.id {model_id!r}: write 'stub' or 'stub:SECONDS' (e.g. stub:2.5)."
             ) from None
-    if model_id != TINY_ID:
-        family_gen = _load_family_generator(
-            model_id, family=family, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir
-        )
-        if family_gen is not None:
-            return family_gen
     return DiffusersGenerator(
-        model_id, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, options=options
+        model_id,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        options=options,
+        family=family,
     )
-
-
-def _load_family_generator(
-    model_id: str, *, family: str, revision: str | None, device: str, dtype: str, cache_dir: Path
-) -> Generator | None:
-    """A ``FamilyGenerator`` for a non-I2VGen-XL model (see daemon/families.py); None for I2VGen-XL."""
-    from . import families, tiny_families
-
-    load_kwargs: dict[str, Any] = {}
-    if model_id in tiny_families.BUILDERS:
-        detected = tiny_families.BUILDERS[model_id][0]
-        if family not in ("auto", detected):
-            raise ValueError(f"model.family is {family!r} but {model_id!r} is a {detected} model.")
-        source: str | Path = tiny_families.build(
-            model_id, Path(cache_dir) / tiny_families.folder_name(model_id)
-        )
-        revision = f"v{tiny_families.TINY_FAMILIES_VERSION}"
-    else:
-        detected = families.detect_family(model_id, family=family, cache_dir=cache_dir, revision=revision)
-        if detected == families.I2VGENXL:
-            return None
-        if Path(model_id).expanduser().is_dir():
-            source, revision = Path(model_id).expanduser(), None
-        else:
-            source = model_id
-            load_kwargs.update(revision=revision, cache_dir=str(cache_dir), local_files_only=True)
-    torch_device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, torch_device)
-    try:
-        return families.FamilyGenerator(
-            detected,
-            source,
-            model_id=model_id,
-            revision=revision,
-            device=torch_device,
-            dtype=torch_dtype,
-            load_kwargs=load_kwargs,
-        )
-    except Exception as exc:
-        hint = " If it is not downloaded yet, run `i2vd fetch-model`." if source == model_id else ""
-        raise RuntimeError(f"Could not load model {model_id!r} (from {source}): {exc}{hint}") from exc

@@ -1,13 +1,14 @@
 """Out of memory: recognise it, free what can be freed, and plan the next, smaller try.
 
 When the GPU runs out of memory in the middle of a job, ``DiffusersGenerator.generate`` does not
-fail the job at once. It frees memory and walks down the configured ladder
-(``model.oom_ladder``), one rung at a time, each rung as often as it still applies:
+fail the job at once, whatever the model family. It frees memory and walks down the configured
+ladder (``model.oom_ladder``), one rung at a time, each rung as often as it still applies:
 
 - ``lower_resolution``: the next smaller short side of ``model.oom_resolutions`` (by default
   1024 -> 768 -> 640 -> 512 -> 384); the long side keeps the clip's aspect ratio and the model's
   size multiple, and the image is centre-cropped to the new size again (never stretched);
-- ``fewer_frames``: half the frames, down to ``model.oom_min_frames``;
+- ``fewer_frames``: half the frames, down to ``model.oom_min_frames``, rounded to a count the model
+  family takes (Wan 81 -> 37 -> 17 -> 9: 4k+1);
 - ``cpu_offload``: keep only the running part of the model on the GPU (``model`` offload; CUDA
   only, slower, and a no-op rung when offload is already on).
 
@@ -15,23 +16,27 @@ Only when no rung applies any more does the job fail, with an ``error.txt`` that
 settings to lower. Whatever finally worked is recorded in the job's JOB.json (``generation``).
 
 Out-of-memory in the VAE decode (after all denoising steps) is cheaper to rescue and is handled
-before this ladder: the decode is repeated in smaller chunks (see ``DiffusersGenerator``).
+before this ladder, inside the pipeline's own call: ``rescued_decode`` repeats the failed decode
+in halves (the UNet families decode frames in batches), then tiled, keeping the denoised latents.
 
 A GPU's out-of-memory error cannot be provoked on a CPU-only machine, so this module also ships
 the fault injector the tests use: ``InjectOOM`` (or the ``I2VD_INJECT_OOM`` environment variable)
-raises a genuine ``torch.OutOfMemoryError`` from inside the real pipeline when a clip is larger than a
-threshold. It is never active unless a test (or an operator rehearsing failures) turns it on.
+raises a genuine ``torch.OutOfMemoryError`` from inside the real pipeline (its denoiser or its VAE
+decoder) when the work is larger than a threshold. It is never active unless a test (or an
+operator rehearsing failures) turns it on.
 
 torch is imported lazily here, like everywhere outside ``DiffusersGenerator``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .images import clip_size
 
@@ -76,6 +81,12 @@ def free_memory(device: Any) -> None:
             torch.cuda.empty_cache()
 
 
+class FitFrames(Protocol):
+    """``fit_frames(n, at_least=m)``: the frame count nearest below ``n`` that the model takes."""
+
+    def __call__(self, n: int, *, at_least: int = 1) -> int: ...
+
+
 @dataclass(frozen=True)
 class Setting:
     """What one try generates: the clip's size and length, and where the model's weights live."""
@@ -110,20 +121,36 @@ class Ladder:
             raise ValueError("oom short sides and min_frames must be at least 1")
 
     def next(
-        self, current: Setting, *, requested: Setting, multiple: int, can_offload: bool
+        self,
+        current: Setting,
+        *,
+        requested: Setting,
+        multiple: int,
+        can_offload: bool,
+        fit_frames: FitFrames | None = None,
     ) -> tuple[str, Setting] | None:
         """The first rung that still makes ``current`` smaller, and the setting it gives; None at the bottom.
 
-        Smaller sizes keep the aspect ratio of the ``requested`` clip and are multiples of ``multiple``.
+        Smaller sizes keep the aspect ratio of the ``requested`` clip and are multiples of ``multiple``;
+        fewer frames are a count ``fit_frames`` (``Family.fit_frames``) accepts.
         """
         for rung in self.rungs:
-            nxt = self._apply(rung, current, requested, multiple=multiple, can_offload=can_offload)
+            nxt = self._apply(
+                rung, current, requested, multiple=multiple, can_offload=can_offload, fit_frames=fit_frames
+            )
             if nxt is not None:
                 return rung, nxt
         return None
 
     def _apply(
-        self, rung: str, cur: Setting, req: Setting, *, multiple: int, can_offload: bool
+        self,
+        rung: str,
+        cur: Setting,
+        req: Setting,
+        *,
+        multiple: int,
+        can_offload: bool,
+        fit_frames: FitFrames | None,
     ) -> Setting | None:
         if rung == LOWER_RESOLUTION:
             for short in sorted(self.short_sides, reverse=True):
@@ -133,22 +160,32 @@ class Ladder:
             return None
         if rung == FEWER_FRAMES:
             frames = max(self.min_frames, cur.num_frames // 2)
+            if fit_frames is not None:
+                frames = fit_frames(frames, at_least=self.min_frames)
             return replace(cur, num_frames=frames) if frames < cur.num_frames else None
         if rung == CPU_OFFLOAD:
             return replace(cur, offload="model") if can_offload and cur.offload == "none" else None
         raise AssertionError(rung)  # __post_init__ rejects unknown rungs
 
 
-def exhausted_message(tried: Sequence[Setting], *, on_gpu: bool, requested: Setting) -> str:
-    """error.txt for a job that ran out of memory at every rung: what was tried and what to lower."""
+def exhausted_message(
+    tried: Sequence[Setting], *, on_gpu: bool, requested: Setting, fit_frames: FitFrames | None = None
+) -> str:
+    """error.txt for a job that ran out of memory at every rung: what was tried and what to lower.
+
+    ``fit_frames`` (``Family.fit_frames``) keeps the suggested frame count one the model takes.
+    """
     where = "The GPU" if on_gpu else "The computer"
     sizes = "; ".join(s.describe() for s in tried)
     smallest = tried[-1] if tried else requested
     advice = []
     if requested.short_side > 512:
         advice.append('a lower resolution (resolution = "512p" in the prompt file)')
-    if requested.num_frames > 2:
-        advice.append(f"fewer frames (for example num_frames = {max(2, smallest.num_frames // 2)})")
+    fewer = max(2, smallest.num_frames // 2)
+    if fit_frames is not None:
+        fewer = fit_frames(fewer)
+    if fewer < smallest.num_frames:
+        advice.append(f"fewer frames (for example num_frames = {fewer})")
     fix = (
         f"Ask for {' and '.join(advice)}, then put the image and its prompt file in the inbox again."
         if advice
@@ -169,16 +206,16 @@ def exhausted_message(tried: Sequence[Setting], *, on_gpu: bool, requested: Sett
 class InjectOOM:
     """Fault injector for tests: raise a real ``torch.OutOfMemoryError`` from inside the pipeline.
 
-    - ``above``: the UNet raises when the clip it is given has more than this many
-      ``width * height * frames`` (measured from the latents it receives, so it sees exactly what
-      the pipeline runs, rung by rung);
-    - ``decode_above``: the VAE decoder raises when asked to decode more than this many frames in one
-      call (to rehearse the chunked decode rescue).
+    - ``above``: the denoiser (UNet or transformer) raises when the try's clip has more than this many
+      ``width * height * frames`` (so the ladder has to go down far enough, rung by rung);
+    - ``decode_above``: the VAE decoder raises when one call is given more than this many latent
+      pixels (``frames * height * width`` of the latents it receives), to rehearse the decode rescue:
+      halving the frames decoded at once and tiling both make the calls smaller.
 
-    ``attach(pipe)`` installs it on a pipeline and returns a function that removes it. Set it on a
-    generator as ``generator.inject_oom = InjectOOM(above=...)``, or for a whole daemon process with
-    the environment variable ``I2VD_INJECT_OOM="above=N,decode_above=M"`` (either part optional).
-    Never set it in production: it makes jobs that would fit behave as if they did not.
+    ``attach(pipe, denoiser, pixels)`` installs it on a pipeline and returns a function that removes
+    it. Set it on a generator as ``generator.inject_oom = InjectOOM(above=...)``, or for a whole
+    daemon process with the environment variable ``I2VD_INJECT_OOM="above=N,decode_above=M"``
+    (either part optional). Never set it in production: jobs that would fit behave as if they did not.
     """
 
     def __init__(self, above: int | None = None, decode_above: int | None = None) -> None:
@@ -205,30 +242,29 @@ class InjectOOM:
             if key not in ("above", "decode_above") or not number.strip().isdigit():
                 raise ValueError(
                     f"{ENV_VAR}={raw!r}: write it as 'above=PIXELS_TIMES_FRAMES' and/or"
-                    " 'decode_above=FRAMES', for example 'above=4000000,decode_above=4'"
+                    " 'decode_above=LATENT_PIXELS', for example 'above=4000000,decode_above=4096'"
                 )
             values[key] = int(number)
         return cls(**values)
 
-    def attach(self, pipe: Any) -> Callable[[], None]:
-        """Install on ``pipe`` (its UNet and VAE decoder); returns the function that removes it again."""
+    def attach(self, pipe: Any, denoiser: str, pixels: int) -> Callable[[], None]:
+        """Install on ``pipe`` for one try of ``pixels`` = width * height * frames; returns the remover."""
         import torch
 
-        scale = int(pipe.vae_scale_factor)
         handles = []
 
-        def unet_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            sample = args[0] if args else kwargs["sample"]
-            _, _, frames, h, w = sample.shape
-            if self.above is not None and frames * h * scale * w * scale > self.above:
-                self._raise(torch, f"{w * scale}x{h * scale}, {frames} frames")
+        def denoiser_hook(_module: Any, _args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
+            if self.above is not None and pixels > self.above:
+                self._raise(torch, f"{pixels} pixel-frames")
 
         def decode_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            z = args[0] if args else kwargs["z"]
-            if self.decode_above is not None and z.shape[0] > self.decode_above:
-                self._raise(torch, f"decoding {z.shape[0]} frames at once")
+            z = args[0] if args else next(iter(kwargs.values()))
+            # (N, C, h, w) for the 2-D decoders, (B, C, F, h, w) for the video ones: all but channels.
+            size = math.prod(z.shape) // z.shape[1]
+            if self.decode_above is not None and size > self.decode_above:
+                self._raise(torch, f"decoding {size} latent pixels at once")
 
-        handles.append(pipe.unet.register_forward_pre_hook(unet_hook, with_kwargs=True))
+        handles.append(getattr(pipe, denoiser).register_forward_pre_hook(denoiser_hook, with_kwargs=True))
         handles.append(pipe.vae.decoder.register_forward_pre_hook(decode_hook, with_kwargs=True))
 
         def detach() -> None:
@@ -242,6 +278,91 @@ class InjectOOM:
         raise torch.OutOfMemoryError(
             f"CUDA out of memory. Tried to allocate 2.00 GiB ({what}; simulated by i2vd's InjectOOM)"
         )
+
+
+@dataclass
+class DecodeRescue:
+    """What ``rescued_decode`` had to do: the most frames decoded at once, whether it tiled."""
+
+    limit: int | None = None  # None: never had to split a decode
+    tiled: bool = False
+    calls: int = 0
+
+
+@contextlib.contextmanager
+def rescued_decode(
+    vae: Any, *, device: Any, log: Any, on_first: Callable[[], None]
+) -> Iterator[DecodeRescue]:
+    """Inside this block ``vae.decode`` survives running out of memory; the denoised latents are kept.
+
+    A decode that fails is repeated in halves (the 2-D decoders get frames as a batch: I2VGen-XL,
+    SVD), down to one frame, each later call taking no more than what worked; then with the VAE's
+    tiling on, where it has tiling; only then does the error go on to the ladder. ``on_first`` is
+    called at the first decode (the engine notes the stage). Wraps the pipeline's own decode, so
+    whatever the pipeline does around it (unscaling, timestep conditioning, post-processing) stays
+    diffusers' code, for every family.
+    """
+    import torch
+
+    state = DecodeRescue()
+    original = vae.decode
+    tiling_was = getattr(vae, "use_tiling", None)
+
+    def decode(z: Any, *args: Any, **kwargs: Any) -> Any:
+        state.calls += 1
+        if state.calls == 1:
+            on_first()
+        splittable = z.dim() == 4
+        n = int(z.shape[0]) if splittable else 1
+        outs: list[Any] = []
+        i = 0
+        while i < n:
+            size = min(n - i, state.limit or n) if splittable else 1
+            piece = z[i : i + size] if splittable else z
+            kw = {**kwargs, "num_frames": size} if splittable and "num_frames" in kwargs else kwargs
+            error: str | None = None
+            try:
+                out = original(piece, *args, **kw)
+            except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            if error is None:
+                outs.append(out)
+                i += size
+                continue
+            # Out of the except block: the failed call's tensors are gone with its traceback.
+            free_memory(device)
+            if size > 1:
+                state.limit = (size + 1) // 2
+            elif tiling_was is not None and not vae.use_tiling:
+                vae.enable_tiling()
+                state.tiled = True
+            else:
+                raise torch.OutOfMemoryError(f"out of memory decoding one frame, tiled: {error}")
+            log.warning(
+                "out of memory decoding the frames; decoding in smaller pieces",
+                decode_chunk_size=state.limit,
+                vae_tiling=bool(getattr(vae, "use_tiling", False)),
+            )
+        return outs[0] if len(outs) == 1 else _concat(outs)
+
+    vae.decode = decode
+    try:
+        yield state
+    finally:
+        del vae.decode  # the class's method again
+        if tiling_was is not None and vae.use_tiling != tiling_was:
+            vae.disable_tiling()
+
+
+def _concat(outs: list[Any]) -> Any:
+    """Join decoder outputs of consecutive pieces: ``(sample,)`` tuples or ``DecoderOutput``s."""
+    import torch
+
+    if isinstance(outs[0], tuple):
+        return (torch.cat([o[0] for o in outs]),)
+    return type(outs[0])(sample=torch.cat([o.sample for o in outs]))
 
 
 def parse_short_sides(values: Iterable[str | int]) -> tuple[int, ...]:

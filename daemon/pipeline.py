@@ -3,9 +3,6 @@
 1. ``encode_prompt`` works with transformers 5.x (see the method's comment).
 2. Per-step progress reporting: the pipeline has no ``callback_on_step_end``, but its denoising loop
    calls ``progress_bar(total=steps).update()`` after every step, so that is where we hook in.
-3. ``decode_video``: the VAE decode as a step of its own. The daemon asks ``__call__`` for latents
-   and decodes them itself, so a decode that runs out of memory is repeated in smaller chunks
-   instead of throwing away all the denoising steps before it.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import I2VGenXLPipeline
 
@@ -54,19 +50,6 @@ class DaemonI2VGenXLPipeline(I2VGenXLPipeline):
         if iterable is not None or total is None:
             return super().progress_bar(iterable=iterable, total=total)
         return _StepReporter(total, self.step_callback)
-
-    @torch.no_grad()
-    def decode_video(self, latents: torch.Tensor, chunk_size: int) -> np.ndarray:
-        """Latents from ``__call__(..., output_type="latent")`` -> frames (F, H, W, 3), floats in [0, 1].
-
-        Exactly what ``__call__`` does after its denoising loop for ``output_type="np"``, with the
-        number of frames decoded at once (``chunk_size``) ours to choose.
-        """
-        video = self.decode_latents(latents, decode_chunk_size=chunk_size)
-        frames = self.video_processor.postprocess_video(video=video, output_type="np")[0]
-        # With model CPU offload the decode moved the VAE back to the GPU: park it again.
-        self.maybe_free_model_hooks()
-        return frames
 
     def encode_prompt(
         self,

@@ -122,9 +122,17 @@ def generate_job(
     image = load_image(
         image_path, max_pixels=settings.limits.max_image_pixels, max_bytes=settings.limits.max_image_bytes
     )
-    width, height = clip_size(
-        *image.size, short_side=resolution_to_short_side(params.resolution), multiple=generator.size_multiple
-    )
+    fixed = getattr(generator, "fixed_size", None)
+    if fixed is not None:
+        # A model that makes one size only (CogVideoX 1.0): the image is centre-cropped to it.
+        width, height = fixed
+        log.info("this model makes one clip size only; resolution is not used", clip_size=f"{width}x{height}")
+    else:
+        width, height = clip_size(
+            *image.size,
+            short_side=resolution_to_short_side(params.resolution),
+            multiple=generator.size_multiple,
+        )
     frame = fit_to(image, width, height)
     seed = params.seed if params.seed is not None else random.randint(0, settings.limits.max_seed)
     recipes = list(params.recipes) if params.recipes is not None else list(settings.output.default_recipes)

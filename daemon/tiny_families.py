@@ -15,7 +15,8 @@ from . import tiny
 
 MARKER = tiny.MARKER  # one marker file name for every tiny build
 
-TINY_FAMILIES_VERSION = 1
+# Bump when a build below changes: the folder name and marker carry it, so old builds are not reused.
+TINY_FAMILIES_VERSION = 2
 _SEED = 20240102
 
 
@@ -146,7 +147,7 @@ def _build_ltx() -> Any:
             num_attention_heads=2,
             attention_head_dim=8,
             cross_attention_dim=16,
-            num_layers=1,
+            num_layers=2,  # two blocks: First Block Cache needs a first and a rest
             caption_channels=32,
         )
         # Spatial x8 (three 2x levels) like a real VAE would need 32 with patch 1 x4 ... here 8; time x8.
@@ -229,7 +230,7 @@ def _build_wan() -> Any:
             text_dim=32,
             freq_dim=256,
             ffn_dim=32,
-            num_layers=1,
+            num_layers=2,  # two blocks: First Block Cache needs a first and a rest
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,  # as the real model: room for 1024p clips
@@ -278,7 +279,7 @@ def _build_cogvideox() -> Any:
             out_channels=4,
             time_embed_dim=4,
             text_embed_dim=32,
-            num_layers=1,
+            num_layers=2,  # two blocks: First Block Cache needs a first and a rest
             sample_width=8,
             sample_height=8,
             sample_frames=9,

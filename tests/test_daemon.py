@@ -209,3 +209,30 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.model.id == "tiny" and settings.generation.steps == 12
     assert settings.paths.inbox == tmp_path / "in", "relative paths resolve against the config's folder"
     assert settings.state_dir == tmp_path / ".i2vd"
+
+
+def test_another_family_end_to_end_and_a_default_it_cannot_take(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "daemon.cli"]
+    # Wan makes 4k+1 frames: the demo default of 4 would fail every job, so the daemon refuses to start.
+    config = helpers.write_config(tmp_path, "tiny-wan", {**FAST, "resolution": "512p"})
+    refused = subprocess.run([*cli, "run", "--once", "--config", str(config)], env=env, capture_output=True)
+    assert refused.returncode == 1 and b"4k+1" in refused.stderr
+    check = subprocess.run([*cli, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode == 1 and "FAIL  defaults" in check.stdout and "Wan" in check.stdout
+
+    config = helpers.write_config(tmp_path, "tiny-wan", {**FAST, "num_frames": 5})
+    inbox = tmp_path / "inbox"
+    png(inbox / "boat.png", size=(96, 64))
+    (inbox / "boat.toml").write_text('prompt = "a paper boat drifts"\nresolution = "512p"\nseed = 3\n')
+    before = digest(inbox / "boat.png")
+    done = subprocess.run([*cli, "run", "--once", "--config", str(config)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    (out,) = (tmp_path / "outputs").glob("boat_*/")
+    info = json.loads((out / f"{out.name}.json").read_text())
+    assert info["generation"]["family"] == "wan" and info["generation"]["prompt_used"] is True
+    assert info["parameters"]["num_frames"] == 5 and info["parameters"]["width"] == 768
+    assert info["generation"]["engine"]["family"] == "wan"
+    with av.open(str(out / f"{out.name}.mp4")) as clip:
+        assert sum(1 for _ in clip.decode(video=0)) == 5
+    assert digest(next((tmp_path / "done").glob("boat_*/boat.png"))) == before

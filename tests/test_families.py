@@ -13,9 +13,9 @@ from PIL import Image
 
 from daemon.config import ModelConfig
 from daemon.errors import GenerationError
-from daemon.families import FamilyGenerator, detect_family, family_from_index
+from daemon.families import detect_family, family_from_index
 from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
-from daemon.tiny_families import BUILDERS, MARKER, build, folder_name
+from daemon.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
 
 # model id -> (family, width, height, frames that suit it, multiple)
 CASES = {
@@ -51,22 +51,27 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def generators(cache: Path) -> dict[str, FamilyGenerator]:
+def generators(cache: Path) -> dict[str, DiffusersGenerator]:
     gens = {}
     for model_id in CASES:
         gen = load_generator(model_id, revision=None, device="cpu", dtype="auto", cache_dir=cache)
-        assert isinstance(gen, FamilyGenerator)
+        assert isinstance(gen, DiffusersGenerator)
         gens[model_id] = gen
     return gens
 
 
 @pytest.mark.parametrize("model_id", list(CASES))
 def test_tiny_family_makes_frames_of_the_exact_shape_and_is_seeded(
-    generators: dict[str, FamilyGenerator], model_id: str
+    generators: dict[str, DiffusersGenerator], model_id: str
 ) -> None:
     family, width, height, frames, multiple = CASES[model_id]
     gen = generators[model_id]
-    assert (gen.family.name, gen.size_multiple, gen.device, gen.revision) == (family, multiple, "cpu", "v1")
+    assert (gen.family.name, gen.size_multiple, gen.device, gen.revision) == (
+        family,
+        multiple,
+        "cpu",
+        f"v{TINY_FAMILIES_VERSION}",
+    )
     steps: list[tuple[int, int]] = []
     req = _request(width, height, frames)
     first = gen.generate(req, on_step=lambda done, total: steps.append((done, total)))
@@ -79,7 +84,7 @@ def test_tiny_family_makes_frames_of_the_exact_shape_and_is_seeded(
     assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)), first)
 
 
-def test_svd_says_it_takes_no_prompt(generators: dict[str, FamilyGenerator]) -> None:
+def test_svd_says_it_takes_no_prompt(generators: dict[str, DiffusersGenerator]) -> None:
     gen = generators["tiny-svd"]
     _, width, height, frames, _ = CASES["tiny-svd"]
     with structlog.testing.capture_logs() as logs:
@@ -102,7 +107,7 @@ def test_svd_says_it_takes_no_prompt(generators: dict[str, FamilyGenerator]) -> 
     ],
 )
 def test_bad_values_are_rejected_before_model_work(
-    generators: dict[str, FamilyGenerator],
+    generators: dict[str, DiffusersGenerator],
     monkeypatch: pytest.MonkeyPatch,
     model_id: str,
     changes: dict[str, object],
@@ -142,7 +147,7 @@ def test_family_is_detected_from_model_index(tmp_path: Path, class_name: str, fa
     assert detect_family(str(tmp_path), family="wan") == "wan"  # [model] family overrides
 
 
-def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
     for model_id, (family, *_) in CASES.items():  # the builds carry the real pipeline class names
         assert detect_family(str(cache / folder_name(model_id))) == family
         assert (cache / folder_name(model_id) / MARKER).is_file()
@@ -154,12 +159,12 @@ def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str,
     assert set(BUILDERS) == set(CASES)
 
 
-def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
     # A local folder of a non-I2VGen-XL model is detected and run by its family.
     gen = load_generator(
         str(cache / folder_name("tiny-svd")), revision=None, device="cpu", dtype="auto", cache_dir=cache
     )
-    assert isinstance(gen, FamilyGenerator) and gen.family.name == "svd" and gen.revision is None
+    assert isinstance(gen, DiffusersGenerator) and gen.family.name == "svd" and gen.revision is None
     with pytest.raises(ValueError, match="is a svd model"):
         load_generator("tiny-svd", revision=None, device="cpu", dtype="auto", cache_dir=cache, family="ltx")
 
@@ -169,7 +174,7 @@ def test_tiny_still_is_i2vgenxl(tiny_model_dir: Path) -> None:
     assert isinstance(gen, DiffusersGenerator)
 
 
-def test_build_is_reused(cache: Path, generators: dict[str, FamilyGenerator]) -> None:
+def test_build_is_reused(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
     dest = cache / folder_name("tiny-svd")
     before = (dest / MARKER).stat().st_mtime_ns
     assert build("tiny-svd", dest) == dest
@@ -182,7 +187,7 @@ def test_config_family_key() -> None:
 
 
 @pytest.mark.parametrize("model_id", ["tiny-ltx", "tiny-wan", "tiny-cogvideox"])
-def test_wide_clips_fit_the_position_tables(generators: dict[str, FamilyGenerator], model_id: str) -> None:
+def test_wide_clips_fit_the_position_tables(generators: dict[str, DiffusersGenerator], model_id: str) -> None:
     # 1024 wide (a 1024p-class long side) but one row of patches high: cheap, and it catches a
     # transformer whose position tables only cover small clips.
     _, _, _, frames, multiple = CASES[model_id]

@@ -2,6 +2,7 @@
 
 A CUDA out-of-memory error cannot happen on a CPU, so the real tiny pipeline is made to raise a
 genuine ``torch.OutOfMemoryError`` from inside its UNet / VAE decoder by ``daemon.oom.InjectOOM``.
+The other families' ladders and decode rescues are in tests/test_families_engine.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from daemon import logs
 from daemon.config import Settings
 from daemon.errors import GenerationError
+from daemon.families import get_family
 from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
 from daemon.images import fit_to
 from daemon.jobs import Job
@@ -91,8 +93,8 @@ def test_what_counts_as_out_of_memory() -> None:
 
 
 def test_injector_from_the_environment() -> None:
-    inj = InjectOOM.from_env({ENV_VAR: "above=4000000, decode_above=4"})
-    assert inj is not None and (inj.above, inj.decode_above) == (4_000_000, 4)
+    inj = InjectOOM.from_env({ENV_VAR: "above=4000000, decode_above=4096"})
+    assert inj is not None and (inj.above, inj.decode_above) == (4_000_000, 4096)
     bare = InjectOOM.from_env({ENV_VAR: "123"})
     assert bare is not None and (bare.above, bare.decode_above) == (123, None)
     assert InjectOOM.from_env({ENV_VAR: " "}) is None and InjectOOM.from_env({}) is None
@@ -109,6 +111,32 @@ def test_exhausted_advice_names_what_to_lower() -> None:
     small = Setting(384, 384, 2, "none")
     cpu = exhausted_message([small], on_gpu=False, requested=small)
     assert cpu.startswith("The computer") and "resolution" not in cpu and "already as small" in cpu
+
+
+@pytest.mark.parametrize(
+    ("family", "start", "expected"),
+    [
+        ("wan", 81, [37, 17, 9]),  # 4k+1, stopping at oom_min_frames (8): 9 is the last
+        ("ltx", 97, [41, 17, 9]),  # 8k+1
+        ("i2vgenxl", 16, [8]),  # any count, halved down to 8
+    ],
+)
+def test_fewer_frames_are_always_a_count_the_family_takes(
+    family: str, start: int, expected: list[int]
+) -> None:
+    fam = get_family(family)
+    ladder = Ladder(rungs=("fewer_frames",))
+    cur = requested = Setting(512, 512, start, "none")
+    seen = []
+    while step := ladder.next(
+        cur, requested=requested, multiple=32, can_offload=False, fit_frames=fam.fit_frames
+    ):
+        cur = step[1]
+        seen.append(cur.num_frames)
+    assert seen == expected and all(fam.frames_ok(n) for n in seen)
+    # The advice in error.txt suggests a count the family takes too.
+    text = exhausted_message([cur], on_gpu=True, requested=requested, fit_frames=fam.fit_frames)
+    assert f"num_frames = {fam.fit_frames(max(2, cur.num_frames // 2))}" in text
 
 
 # -- on the real tiny pipeline --------------------------------------------------------------------
@@ -228,7 +256,8 @@ def test_decode_out_of_memory_halves_the_chunk_without_denoising_again(injected:
     req = _request(64, 64, num_frames=2, steps=2)
     normal = gen.generate(req)
     assert gen.last_run is not None and gen.last_run["decode_chunk_size"] == 2  # min(8, frames)
-    gen.inject_oom = InjectOOM(decode_above=1)
+    # 64x64 is 8x8 latent pixels a frame: two frames at once (128) fail, one at a time (64) fits.
+    gen.inject_oom = InjectOOM(decode_above=64)
     steps: list[int] = []
     frames = gen.generate(req, on_step=lambda i, n: steps.append(i))
     assert gen.inject_oom.raised == 1
