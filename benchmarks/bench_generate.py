@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Plain diffusers: the pipeline's own defaults. (DaemonI2VGenXLPipeline only repairs the
     # prompt encoding that upstream's class cannot run with transformers 5.x; it adds no speed-up.)
-    def plain(n_frames: int, n_steps: int) -> Any:
-        request = GenerationRequest(
+    def request(n_frames: int, n_steps: int) -> Any:
+        return GenerationRequest(
             image=image,
             width=size,
             height=size,
@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             negative_prompt=str(job["negative_prompt"]),
             guidance_scale=float(job["guidance_scale"]),
         )
+
+    def plain(n_frames: int, n_steps: int) -> Any:
         kwargs = family.call_kwargs(
-            request,
+            request(n_frames, n_steps),
             image=image,
             width=size,
             height=size,
@@ -332,18 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = DiffusersGenerator.from_pipeline(pipe, model_id="bench", device=str(device), options=options)
     with Meter(torch, device) as warm:
         gen.warm_up(short_side=size, num_frames=frames, steps=2)
-    req = GenerationRequest(
-        image=image,
-        width=size,
-        height=size,
-        num_frames=frames,
-        fps=8,
-        steps=steps,
-        seed=0,
-        prompt=str(job["prompt"]),
-        negative_prompt=str(job["negative_prompt"]),
-        guidance_scale=float(job["guidance_scale"]),
-    )
+    req = request(frames, steps)
     note = ""
     with Meter(torch, device) as tuned_run:
         try:

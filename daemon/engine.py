@@ -157,8 +157,10 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
         mode = None if opts.compile_mode == "default" else opts.compile_mode
         scope = opts.compile_scope
         if scope == "regional" and getattr(denoiser, "_repeated_blocks", None):
-            # fullgraph: a graph break inside a block would silently cost the speed-up.
-            denoiser.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=True)
+            # fullgraph: a graph break inside a block would silently cost the speed-up; but a cache's
+            # hooks decide per step whether a block runs at all, which is a break by design.
+            fullgraph = engine["cache"] is None
+            denoiser.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=fullgraph)
         else:
             scope = "full"  # the UNets and CogVideoX name no repeated block
             denoiser.compile(mode=mode, dynamic=False)

@@ -298,3 +298,9 @@ def test_generation_benchmark_smoke_mode_prints_its_table(capsys: pytest.Capture
     assert float(rows["i2vd, tuned settings"][0]) > 0
     assert rows["speed-up (plain / i2vd)"][0].endswith("x")
     assert rows["reference: RTX 4090 (see below)"] == ["52.00", "13.6"]
+    # Another family's tiny build through the same harness, with a cache method on.
+    argv = ["--model", "tiny-wan", "--device", "cpu", "--resolution", "32p", "--frames", "8", "--steps", "4"]
+    assert bench["main"]([*argv, "--cache", "first_block"]) == 0
+    out = capsys.readouterr().out
+    assert "job       32x32, 5 frames, 4 steps" in out  # 8 frames is not 4k+1: the nearest below
+    assert "family=wan" in out and "cache=first_block:0.05" in out
