@@ -76,7 +76,7 @@ class ModelConfig(_Section):
     attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager"] = (
         "auto"
     )
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_scope: Literal["regional", "full"] = "regional"
     # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).

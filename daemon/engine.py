@@ -8,7 +8,9 @@ ignored on a CPU with one log line, so one config serves the GPU box and a lapto
   PyTorch's ``scaled_dot_product_attention``), explicit processors for the UNets, xFormers;
 - ``torch.compile`` of the denoiser: ``regional`` compiles the one transformer block the model
   repeats and reuses it (seconds instead of minutes, about the same speed), ``full`` the whole
-  denoiser. One graph per clip shape (``dynamic=False``): clip sizes are bucketed, so they repeat;
+  denoiser. One graph per clip shape (``dynamic=False``): clip sizes are bucketed, so they repeat.
+  ``"auto"`` compiles where that is cheap: on a GPU, for models with a repeated block. A compile
+  that fails at the warm-up is undone (``uncompile``) and the model runs eagerly;
 - diffusers' caching methods (First Block Cache, Pyramid Attention Broadcast, TaylorSeer) on the
   transformer families: steps reuse the work of earlier ones where it barely changes;
 - VAE slicing and tiling, channels-last convolution weights;
@@ -42,7 +44,7 @@ class EngineOptions:
     """The ``[model]`` speed and memory settings, as the generator applies them (see config.example.toml)."""
 
     attention: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"  # True, False or "auto"
     compile_mode: str = "default"
     compile_scope: str = "regional"
     cache: str = "none"
@@ -65,6 +67,8 @@ class EngineOptions:
         ):
             if value not in choices:
                 raise ValueError(f"model.{name} must be one of {', '.join(choices)}, not {value!r}")
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"model.compile must be true, false or 'auto', not {self.compile!r}")
         if self.decode_chunk_size < 1:
             raise ValueError(f"model.decode_chunk_size must be at least 1, not {self.decode_chunk_size}")
         if not self.cache_threshold > 0:
@@ -148,15 +152,17 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
     engine["offload"] = offload
 
     compiled: str | bool = False
-    if opts.compile and not cuda:
+    regional = bool(getattr(denoiser, "_repeated_blocks", None))
+    want = opts.compile is True or (opts.compile == "auto" and cuda and regional)
+    if opts.compile is True and not cuda:
         ignored("compile", True, "compiling for the CPU takes minutes per clip shape")
-    elif opts.compile:
+    elif want:
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         mode = None if opts.compile_mode == "default" else opts.compile_mode
         scope = opts.compile_scope
-        if scope == "regional" and getattr(denoiser, "_repeated_blocks", None):
+        if scope == "regional" and regional:
             # fullgraph: a graph break inside a block would silently cost the speed-up; but a cache's
             # hooks decide per step whether a block runs at all, which is a break by design.
             fullgraph = engine["cache"] is None
@@ -261,6 +267,16 @@ def _cache(pipe: Any, family: Family, denoiser: Any, opts: EngineOptions, ignore
             " set model.cache = 'none' or another method."
         ) from exc
     return described
+
+
+def uncompile(pipe: Any, family: Family) -> None:
+    """Undo ``torch.compile`` on the denoiser (and its blocks): they run eagerly again."""
+    import torch
+
+    for module in getattr(pipe, family.denoiser).modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None  # what nn.Module.compile sets; None is eager
+    torch._dynamo.reset()
 
 
 def reset_cache(pipe: Any, family: Family) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import logs
-from .engine import EngineOptions, Placement, apply_options, reset_cache
+from .engine import EngineOptions, Placement, apply_options, reset_cache, uncompile
 from .errors import GenerationError
 from .families import (
     I2VGENXL,
@@ -281,6 +281,9 @@ class DiffusersGenerator:
 
         torch_device = _resolve_device(device)
         source, revision, family_name, kwargs = _locate(model_id, family, revision, Path(cache_dir))
+        # torch.compile's kernels kept beside the weights, not in /tmp (a service's private /tmp is
+        # gone at each restart): a restart then loads them in seconds instead of compiling again.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "torch-compile"))
         fam = get_family(family_name)
         torch_dtype = _resolve_dtype(dtype, torch_device, fam)
         # A service logs to journald: loading progress bars are just noise there.
@@ -590,7 +593,18 @@ class DiffusersGenerator:
         )
         t0 = time.monotonic()
         try:
-            self.generate(req)
+            try:
+                self.generate(req)
+            except GenerationError:
+                raise
+            except Exception as exc:
+                if not self.engine["compile"]:
+                    raise
+                # A compiler that cannot handle this model or GPU must not keep the daemon down.
+                self._log.error("torch.compile failed; the model runs without it", error=_first_line(exc))
+                uncompile(self._pipe, self.family)
+                self.engine["compile"] = False
+                self.generate(req)
         except GenerationError as exc:
             self._log.warning("warm-up could not finish", error=str(exc))
         finally:

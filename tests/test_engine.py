@@ -271,6 +271,23 @@ def test_auto_precision_follows_the_family_on_a_gpu(monkeypatch: pytest.MonkeyPa
     assert _resolve_dtype("auto", gpu, get_family("ltx")) == torch.float16
 
 
+def test_a_compiler_that_fails_at_the_warm_up_is_undone(cache: Path) -> None:
+    gen = _load(cache, "tiny-ltx")
+
+    def broken_backend(*_: object) -> None:  # stands in for a compiler that cannot build for this GPU
+        raise RuntimeError("triton: no kernel for this device")
+
+    denoiser = gen._pipe.transformer
+    denoiser.compile_repeated_blocks(backend=broken_backend, dynamic=False)
+    gen.engine["compile"] = "regional:default"  # as on a GPU
+    with structlog.testing.capture_logs() as logs:
+        assert gen.warm_up(short_side=32, num_frames=9, steps=1) > 0
+    assert gen.engine["compile"] is False
+    assert any(e["event"] == "torch.compile failed; the model runs without it" for e in logs)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in denoiser.modules())
+    assert gen.generate(_req("tiny-ltx")).shape == (9, 32, 64, 3)
+
+
 # -- a model that makes one clip size only -----------------------------------------------------------
 
 

@@ -196,7 +196,12 @@ def test_options_come_from_the_model_config_and_bad_values_are_refused() -> None
         oom_min_frames=4,
     )
     opts = EngineOptions.from_config(model)
-    assert (opts.attention, opts.decode_chunk_size, opts.offload, opts.compile) == ("eager", 3, "none", False)
+    assert (opts.attention, opts.decode_chunk_size, opts.offload, opts.compile) == (
+        "eager",
+        3,
+        "none",
+        "auto",
+    )
     assert opts.ladder == Ladder(("fewer_frames", "lower_resolution"), (720, 480), 4)
     assert EngineOptions.from_config(ModelConfig()) == EngineOptions()  # config and code defaults agree
     for bad in (
