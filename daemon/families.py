@@ -224,6 +224,9 @@ class Family:
             kwargs["target_fps"] = req.fps
         elif self.name == LTX:
             kwargs["frame_rate"] = req.fps
+            # LTX-Video 0.9.1+ decodes with timestep conditioning; these are the values its authors
+            # publish (the pipeline ignores them for a VAE without it, such as 0.9.0's).
+            kwargs.update(decode_timestep=0.05, decode_noise_scale=0.025)
         return kwargs
 
 

@@ -220,6 +220,7 @@ def test_another_family_end_to_end_and_a_default_it_cannot_take(tmp_path: Path) 
     assert refused.returncode == 1 and b"4k+1" in refused.stderr
     check = subprocess.run([*cli, "check", "--config", str(config)], env=env, capture_output=True, text=True)
     assert check.returncode == 1 and "FAIL  defaults" in check.stdout and "Wan" in check.stdout
+    assert "ok    engine: attention auto" in check.stdout and "compile False" in check.stdout  # a CPU
 
     config = helpers.write_config(tmp_path, "tiny-wan", {**FAST, "num_frames": 5})
     inbox = tmp_path / "inbox"
