@@ -101,26 +101,16 @@ class Generator(Protocol):
         ...
 
 
-def _check_request(req: GenerationRequest, size_multiple: int) -> None:
-    """Reject what the model cannot run, in words the person who dropped the job can act on."""
-    if req.width <= 0 or req.height <= 0 or req.width % size_multiple or req.height % size_multiple:
-        raise GenerationError(
-            f"The clip size {req.width}x{req.height} does not suit this model: width and height must be"
-            f" positive multiples of {size_multiple}."
-        )
+def _check_image(req: GenerationRequest) -> None:
     if req.image.size != (req.width, req.height):
         raise GenerationError(
             f"The image was prepared at {req.image.size[0]}x{req.image.size[1]} but the clip is"
             f" {req.width}x{req.height}; this is a bug in i2vd, please report it."
         )
-    if req.num_frames < 1 or req.steps < 1 or req.fps < 1:
-        raise GenerationError(
-            f"num_frames ({req.num_frames}), steps ({req.steps}) and fps ({req.fps}) must all be at least 1."
-        )
-    if not 0 <= req.seed < 2**64:  # what torch's generators accept
-        raise GenerationError(
-            f"The seed {req.seed} is out of range: use a whole number from 0 to {2**64 - 1}."
-        )
+
+
+# The stand-in's rules: any frame count, sizes in multiples of 8, like the least of the real models.
+_STUB_FAMILY = Family("stub", "", "the stand-in generator", denoiser="", size_multiple=8)
 
 
 class StubGenerator:
@@ -148,7 +138,8 @@ class StubGenerator:
         return 0.0
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
-        _check_request(req, self.size_multiple)
+        _STUB_FAMILY.check(req, self.size_multiple)
+        _check_image(req)
         deadline = time.monotonic() + self.seconds
         base = np.asarray(req.image.convert("RGB"), dtype=np.float32)
         phase = np.random.default_rng(req.seed).random()  # the seed shifts where the ramp starts
@@ -374,11 +365,7 @@ class DiffusersGenerator:
                 f" makes {w}x{h} clips only."
             )
         self.family.check(req, self.size_multiple)
-        if req.image.size != (req.width, req.height):
-            raise GenerationError(
-                f"The image was prepared at {req.image.size[0]}x{req.image.size[1]} but the clip is"
-                f" {req.width}x{req.height}; this is a bug in i2vd, please report it."
-            )
+        _check_image(req)
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
         self.check(req)  # before any model work
