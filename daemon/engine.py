@@ -7,7 +7,8 @@ ignored on a CPU with one log line, so one config serves the GPU box and a lapto
 - attention: the SDPA kernel in priority order (UNet and transformer families alike go through
   PyTorch's ``scaled_dot_product_attention``), explicit processors for the UNets, xFormers;
 - ``torch.compile`` of the denoiser: ``regional`` compiles the one transformer block the model
-  repeats and reuses it (seconds instead of minutes, about the same speed), ``full`` the whole
+  repeats and reuses it (a much shorter compile for a similar speed-up, as diffusers documents
+  regional compilation; not measured here), ``full`` the whole
   denoiser. One graph per clip shape (``dynamic=False``): clip sizes are bucketed, so they repeat.
   ``"auto"`` compiles where that is cheap: on a GPU, for models with a repeated block. A compile
   that fails at the warm-up is undone (``uncompile``) and the model runs eagerly;
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .families import Family
-from .oom import Ladder, parse_short_sides
+from .oom import Ladder, first_line, parse_short_sides
 
 ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager")
 OFFLOAD_CHOICES = ("none", "model", "sequential", "group")
@@ -317,4 +318,4 @@ class Placement:
             self.place(offload)
         except Exception as exc:  # e.g. out of memory moving the weights back onto the GPU
             self.current = None  # unknown: the next try places the weights afresh (inside the ladder)
-            self._log.error("could not move the model back onto the device", error=str(exc)[:300])
+            self._log.error("could not move the model back onto the device", error=first_line(exc))

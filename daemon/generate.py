@@ -48,6 +48,7 @@ from .oom import (
     InjectOOM,
     Setting,
     exhausted_message,
+    first_line,
     free_memory,
     is_out_of_memory,
     rescued_decode,
@@ -220,8 +221,8 @@ def _resolve_dtype(dtype: str, device: torch.device, family: Family | None = Non
 def _component_dtypes(family: Family, dtype: torch.dtype, asked: str, device: torch.device) -> Any:
     """The ``dtype`` argument of ``from_pretrained``: one dtype, or per component for "auto" on a GPU.
 
-    Wan's VAE and image encoder are published to run in float32 (its own examples load them so):
-    small, and the decode is where half precision shows as colour banding.
+    Wan's VAE and image encoder run in float32 in the examples its authors and diffusers publish;
+    both are small beside the 14B transformer.
     """
     import torch
 
@@ -282,7 +283,7 @@ class DiffusersGenerator:
         transformers_logging.disable_progress_bar()
         cls = pipeline_class(fam)
         ftfy_fallback(cls)
-        variant = None if isinstance(source, Path) and _is_tiny(model_id) else weights_variant(torch_dtype)
+        variant = None if _is_tiny(model_id) else weights_variant(torch_dtype)
         kwargs["dtype"] = _component_dtypes(fam, torch_dtype, dtype, torch_device)
         try:
             pipe = _from_pretrained(cls, source, variant, kwargs)
@@ -392,7 +393,7 @@ class DiffusersGenerator:
                     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
                         if not is_out_of_memory(exc):
                             raise
-                        oom = _first_line(exc)
+                        oom = first_line(exc)
                     # Out of the except block: the failed try's tensors (held by the traceback) are gone.
                     record.update(seconds=round(time.monotonic() - t0, 3))
                     if oom is None:
@@ -431,8 +432,6 @@ class DiffusersGenerator:
                         error=oom,
                     )
             finally:
-                if self.family.name == I2VGENXL:
-                    self._pipe.step_callback = None
                 self._placement.restore(configured)
         self.last_run = self._run_record(requested, setting, attempts, ok=True)
         if len(attempts) > 1:
@@ -580,18 +579,7 @@ class DiffusersGenerator:
         )
         t0 = time.monotonic()
         try:
-            try:
-                self.generate(req)
-            except GenerationError:
-                raise
-            except Exception as exc:
-                if not self.engine["compile"]:
-                    raise
-                # A compiler that cannot handle this model or GPU must not keep the daemon down.
-                self._log.error("torch.compile failed; the model runs without it", error=_first_line(exc))
-                uncompile(self._pipe, self.family)
-                self.engine["compile"] = False
-                self.generate(req)
+            self._generate_or_uncompile(req)
         except GenerationError as exc:
             self._log.warning("warm-up could not finish", error=str(exc))
         finally:
@@ -606,6 +594,21 @@ class DiffusersGenerator:
         )
         return seconds
 
+    def _generate_or_uncompile(self, req: GenerationRequest) -> None:
+        """``generate``; should torch.compile fail, undo it and generate eagerly (GenerationError passes)."""
+        try:
+            self.generate(req)
+        except GenerationError:
+            raise
+        except Exception as exc:
+            if not self.engine["compile"]:
+                raise
+            # A compiler that cannot handle this model or GPU must not keep the daemon down.
+            self._log.error("torch.compile failed; the model runs without it", error=first_line(exc))
+            uncompile(self._pipe, self.family)
+            self.engine["compile"] = False
+            self.generate(req)
+
 
 def _from_pretrained(cls: Any, source: str | Path, variant: str | None, kwargs: dict[str, Any]) -> Any:
     """Load, preferring the ``variant`` files (fp16: half the size) and falling back to the plain ones."""
@@ -616,11 +619,6 @@ def _from_pretrained(cls: Any, source: str | Path, variant: str | None, kwargs: 
             if "variant" not in str(exc):
                 raise
     return cls.from_pretrained(source, **kwargs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _is_tiny(model_id: str) -> bool:

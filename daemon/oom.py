@@ -65,6 +65,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line, short enough for a log field and JOB.json."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
 def free_memory(device: Any) -> None:
     """Collect garbage and give the CUDA allocator's cached blocks back, so the next try starts clean.
 
@@ -282,10 +288,9 @@ class InjectOOM:
 
 @dataclass
 class DecodeRescue:
-    """What ``rescued_decode`` had to do: the most frames decoded at once, whether it tiled."""
+    """What ``rescued_decode`` had to do: the most frames decoded at once (tiling shows on the VAE)."""
 
     limit: int | None = None  # None: never had to split a decode
-    tiled: bool = False
     calls: int = 0
 
 
@@ -326,7 +331,7 @@ def rescued_decode(
             except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
-                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                error = first_line(exc)
             if error is None:
                 outs.append(out)
                 i += size
@@ -337,7 +342,6 @@ def rescued_decode(
                 state.limit = (size + 1) // 2
             elif tiling_was is not None and not vae.use_tiling:
                 vae.enable_tiling()
-                state.tiled = True
             else:
                 raise torch.OutOfMemoryError(f"out of memory decoding one frame, tiled: {error}")
             log.warning(
