@@ -96,10 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
-        # Only flags here: the first signal is a warm stop (finish the current job),
-        # the second a cold one (interrupt it; its files go back to the inbox).
-        if not service.stop.is_set():
-            notify.stopping("finishing the current job (warm stop)")
+        # Only flags here: the first signal is a warm stop (finish the current job), the
+        # second a cold one (interrupt it; its files go back to the inbox). The service's
+        # scanner thread logs what will happen and tells systemd.
         service.request_stop()
 
     def on_hup(signum: int, _frame: FrameType | None) -> None:

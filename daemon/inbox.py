@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import logs
+from . import logs, names
 from .sidecar import SIDECAR_EXTS
 from .watcher import NETWORK_FS, filesystem_type
 
@@ -45,6 +45,8 @@ Signature = tuple[int, int, int]  # size, mtime in ns, inode
 # is stuck or gone (a crashed SMB client's handle can outlive it by minutes).
 BUSY_LIMIT_MIN = 300.0
 BUSY_LIMIT_SETTLES = 10
+# Waiting groups listed by name (status, share page); a backlog of thousands is counted, not listed.
+PENDING_SHOWN = 200
 
 
 @dataclass
@@ -57,7 +59,7 @@ class _Seen:
 class Group:
     """One job's worth of inbox files: same folder, same name."""
 
-    rel_dir: Path  # folder relative to the inbox ("." for the top)
+    rel_dir: Path  # where its results are filed, relative to the inbox ("." for the top)
     name: str
     images: list[Path] = field(default_factory=list)
     sidecars: list[Path] = field(default_factory=list)
@@ -68,6 +70,16 @@ class Group:
     # Set by the scanner where the kernel can tell: whether someone still has a file open
     # for writing. The claim asks it just before taking the files.
     held_open: Callable[[Path], bool] | None = None
+    # The folder its files are in, relative to the inbox: ``rel_dir`` itself, or a failed job's
+    # folder dragged back into it to retry (``inbox/team/cup_20261122_143005``).
+    src_dir: Path | None = None
+    # The daemon's own files in that returned folder (error.txt, JOB.log): removed, with the
+    # emptied folder, once the retried job is claimed.
+    leftovers: list[Path] = field(default_factory=list)
+
+    @property
+    def source(self) -> Path:
+        return self.src_dir if self.src_dir is not None else self.rel_dir
 
     @property
     def files(self) -> list[Path]:
@@ -145,16 +157,27 @@ class InboxScanner:
         self.missing = False  # the inbox folder itself cannot be read (share unmounted?)
         self.missing_reason = ""
         self._lease_check: bool | None = None  # decided at the first scan that sees the inbox
+        # Groups not ready yet, oldest first, as (name, what it waits for): shown to people
+        # (status, share page) so a file dropped during a long job is seen to be noticed.
+        self.pending: list[tuple[str, str]] = []
+        # Returned job folders (relative to the inbox) -> the daemon's own files in them.
+        self._returned: dict[str, list[Path]] = {}
+        # Whether a file that might be the daemon's is, by (folder, name): (signature, answer).
+        self._own_cache: dict[tuple[str, str], tuple[Signature, bool]] = {}
+        self._own_seen: dict[tuple[str, str], tuple[Signature, bool]] = {}
         self.log = logs.get()
 
     def ignored(self, filename: str) -> bool:
         return self._ignore_re.match(filename) is not None
 
-    def _walk(self, folder: str, rel: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
-        """(folder, folder relative to the inbox, name, lstat) of every plain file, depth first.
+    def _walk(self, folder: str, rel: str, home: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
+        """(folder relative to the inbox, where its jobs are filed, name, lstat) of every plain
+        file that may be part of a job, depth first.
 
         Plain strings, not Paths: this runs over the whole inbox every poll interval, and a
-        backlog of thousands must not make it slow.
+        backlog of thousands must not make it slow. The daemon's own files (a failed job's
+        error.txt and log, dragged back with its folder) are left out; a folder holding them
+        is a returned job folder, whose jobs are filed where a fresh drop would be.
         """
         try:
             with os.scandir(folder) as it:
@@ -162,6 +185,8 @@ class InboxScanner:
         except OSError:
             # A subfolder removed while we look, or unreadable: its files wait for the next scan.
             return
+        files: list[tuple[str, os.stat_result]] = []
+        own: list[str] = []
         for entry in entries:
             if self.ignored(entry.name):
                 continue
@@ -170,11 +195,33 @@ class InboxScanner:
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                yield from self._walk(entry.path, entry.name if rel == "." else f"{rel}/{entry.name}")
+                sub = entry.name if rel == "." else f"{rel}/{entry.name}"
+                yield from self._walk(entry.path, sub, sub)
             elif stat.S_ISREG(st.st_mode):
                 # Symlinks, FIFOs and devices are never jobs: a link could point anywhere
                 # and opening a FIFO blocks.
-                yield folder, rel, entry.name, st
+                if self._is_own(entry.path, rel, entry.name, st):
+                    own.append(entry.name)
+                else:
+                    files.append((entry.name, st))
+        if own and rel != "." and names.is_job_name(os.path.basename(folder)):
+            home = os.path.dirname(rel) or "."
+            self._returned[rel] = [Path(folder, n) for n in own]
+        for name, st in files:
+            yield rel, home, name, st
+
+    def _is_own(self, path: str, rel: str, name: str, st: os.stat_result) -> bool:
+        """Whether the daemon wrote this file beside a job; content is read once per version."""
+        if not (name == names.ERROR_FILE or name.endswith((".log", ".json", ".txt"))):
+            return False
+        if not names.needs_content(name):
+            return names.own_file_kind(name, None) is not None
+        sig = signature(st)
+        cached = self._own_cache.get((rel, name))
+        if cached is None or cached[0] != sig:
+            cached = (sig, names.own_file_kind(name, names.sniff(path)) is not None)
+        self._own_seen[(rel, name)] = cached
+        return cached[1]
 
     def _check_inbox(self) -> bool:
         """Whether the inbox folder is there; logs once when it goes and once when it is back."""
@@ -207,21 +254,25 @@ class InboxScanner:
             fs = filesystem_type(self.inbox)
             self._lease_check = fs not in NETWORK_FS and not fs.startswith("fuse")
         present: dict[tuple[str, str], _Seen] = {}
-        # (folder relative to the inbox, NAME) -> [(file name, seen)]
-        by_group: dict[tuple[str, str], list[tuple[str, _Seen]]] = {}
-        for _folder, rel, name, st in self._walk(os.fspath(self.inbox), "."):
+        self._returned = {}
+        self._own_seen = {}
+        # (folder relative to the inbox, NAME) -> (where it is filed, [(file name, seen)])
+        by_group: dict[tuple[str, str], tuple[str, list[tuple[str, _Seen]]]] = {}
+        for rel, home, name, st in self._walk(os.fspath(self.inbox), ".", "."):
             sig = signature(st)
             old = self._seen.get((rel, name))
             seen = old if old is not None and old.sig == sig else _Seen(sig, now)
             present[(rel, name)] = seen
-            by_group.setdefault((rel, split_name(name)[0]), []).append((name, seen))
+            by_group.setdefault((rel, split_name(name)[0]), (home, []))[1].append((name, seen))
         # Forget files that left, so a backlog that drains leaves nothing behind.
         self._seen = present
+        self._own_cache = self._own_seen
 
         ready = []
+        pending: list[tuple[float, str, str]] = []
         self.waiting = 0
         self.next_ready_in = None
-        for (rel, stem), members in by_group.items():
+        for (rel, stem), (home, members) in by_group.items():
             since = max(seen.since for _, seen in members)
             quiet_for = now - since
             sidecars = sum(1 for name, _ in members if split_name(name)[1] in SIDECAR_EXTS)
@@ -230,20 +281,32 @@ class InboxScanner:
             # Two sidecars or two images for one name can never become a valid pair by waiting.
             clash = images > 1 or sidecars > 1
             if quiet_for >= self.settle_seconds and (complete or clash or quiet_for >= self.pair_timeout):
-                ready.append(self._group(rel, stem, members, since, quiet_for))
+                ready.append(self._group(rel, home, stem, members, since, quiet_for))
             else:
                 self.waiting += len(members)
                 due = (self.settle_seconds if complete or clash else self.pair_timeout) - quiet_for
                 if self.next_ready_in is None or due < self.next_ready_in:
                     self.next_ready_in = max(0.0, due)
+                if len(pending) < PENDING_SHOWN:
+                    if quiet_for < self.settle_seconds:
+                        state = "arriving"
+                    else:
+                        state = "waiting for its prompt file" if sidecars == 0 else "waiting for its image"
+                    shown = stem if home == "." else f"{home}/{stem}"
+                    pending.append((since, shown, state))
         ready.sort(key=lambda g: (g.since, str(g.rel_dir), g.name))
+        pending.sort()
+        self.pending = [(name, state) for _, name, state in pending]
         return ready
 
     def _group(
-        self, rel: str, stem: str, members: list[tuple[str, _Seen]], since: float, quiet_for: float
+        self, rel: str, home: str, stem: str, members: list[tuple[str, _Seen]], since: float, quiet_for: float
     ) -> Group:
         folder = self.inbox / rel
-        g = Group(Path(rel), stem, since=since)
+        g = Group(Path(home), stem, since=since)
+        if rel != home:
+            g.src_dir = Path(rel)
+            g.leftovers = list(self._returned.get(rel, []))
         for name, seen in sorted(members):
             path = folder / name
             (g.sidecars if split_name(name)[1] in SIDECAR_EXTS else g.images).append(path)

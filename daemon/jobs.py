@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import stat
 import unicodedata
@@ -28,11 +27,11 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from . import fsops, logs
+from . import fsops, logs, names
 from .inbox import Group, Signature, signature
+from .names import ERROR_FILE
 
 RECORD = "claim.json"
-ERROR_FILE = "error.txt"
 # Present while a claim is being undone or a job put back into the inbox: recovery finishes
 # putting it back instead of running it.
 RETURNING = "returning"
@@ -40,10 +39,8 @@ RETURNING = "returning"
 # outputs/JOB/ holds JOB.RECIPE.EXT (recipe names up to 32 bytes, extensions up to 10): a
 # JOB name of at most 200 bytes keeps every such file name within NAME_MAX (255).
 JOB_NAME_MAX = 200
-_STAMP = "_%Y%m%d_%H%M%S"
-_STAMP_BYTES = len("_20261122_143005")
 _CLASH_BYTES = len("-99999")
-STEM_MAX = JOB_NAME_MAX - _STAMP_BYTES - _CLASH_BYTES
+STEM_MAX = JOB_NAME_MAX - names.STAMP_BYTES - _CLASH_BYTES
 
 
 class JobState(StrEnum):
@@ -87,6 +84,12 @@ class Job:
     # Each file's (size, mtime_ns, inode) when claimed: recovery uses it to tell the file it
     # was moving from a new one of the same name dropped meanwhile.
     sigs: dict[str, Signature] = field(default_factory=dict)
+    # The inbox folder the files were taken from, when not ``rel_dir`` (a returned job folder).
+    src_dir: Path | None = None
+
+    @property
+    def source(self) -> Path:
+        return self.src_dir if self.src_dir is not None else self.rel_dir
 
     @property
     def inputs(self) -> Path:
@@ -105,6 +108,7 @@ class Job:
             "claimed_at": self.claimed_at.isoformat(timespec="seconds"),
             "attempts": self.attempts,
             "sigs": {name: list(sig) for name, sig in self.sigs.items()},
+            "src_dir": self.src_dir.as_posix() if self.src_dir is not None else None,
         }
 
     @classmethod
@@ -119,6 +123,7 @@ class Job:
             claimed_at=datetime.fromisoformat(str(rec["claimed_at"])),
             attempts=int(rec["attempts"]),  # type: ignore[call-overload]
             sigs={str(k): tuple(int(x) for x in v) for k, v in sigs.items()},  # type: ignore[attr-defined,misc]
+            src_dir=Path(str(rec["src_dir"])) if rec.get("src_dir") else None,
         )
 
 
@@ -152,12 +157,11 @@ def _taken(folders: Folders, rel_dir: Path, name: str) -> bool:
 
 def _reserve(folders: Folders, rel_dir: Path, stem: str, when: datetime) -> tuple[str, Path]:
     """Pick the first free JOB name and take it by mkdir, which only one process can win."""
-    base = job_stem(stem) + when.strftime(_STAMP)
     parent = folders.claimed / rel_dir
     parent.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        name = base if n == 1 else f"{base}-{n}"
+        name = names.job_name(job_stem(stem), when, n)
         n += 1
         if _taken(folders, rel_dir, name):
             continue
@@ -208,7 +212,16 @@ def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
     except OSError as e:
         _claim_trouble(e)
         return None
-    job = Job(name, group.name, group.rel_dir, job_dir, [p.name for p in group.files], now, sigs=sigs)
+    job = Job(
+        name,
+        group.name,
+        group.rel_dir,
+        job_dir,
+        [p.name for p in group.files],
+        now,
+        sigs=sigs,
+        src_dir=group.src_dir,
+    )
     try:
         _write_record(job)
         job.inputs.mkdir()
@@ -228,6 +241,7 @@ def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
             _check_regular(job.inputs / src.name, None)
         job.out.mkdir()
         fsops.fsync_dir(job.dir)
+        _tidy_returned(folders, group)
     except (_Changed, OSError) as e:
         # Marked first: should this not finish now, recovery puts the files back, not runs them.
         if not isinstance(e, _Changed):
@@ -237,6 +251,28 @@ def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
         return None
     _claim_trouble(None)
     return job
+
+
+def _tidy_returned(folders: Folders, group: Group) -> None:
+    """Remove a returned job folder once its inputs are claimed: the daemon's own files from the
+    failed attempt (error.txt, JOB.log), file-manager litter, then the folder.
+
+    When anything else is still in it (a person's other files), everything stays as it is.
+    """
+    if group.src_dir is None:
+        return
+    folder = folders.inbox / group.src_dir
+    ours = {p.name for p in group.leftovers}
+    try:
+        present = os.listdir(folder)
+    except OSError:
+        return
+    if any(n not in ours and n not in names.OS_LITTER and not n.startswith("._") for n in present):
+        return
+    with contextlib.suppress(OSError):
+        for n in present:
+            os.unlink(folder / n)
+        folder.rmdir()
 
 
 _last_trouble: list[str] = [""]
@@ -319,7 +355,7 @@ def finish_done(folders: Folders, job: Job) -> Path:
 
 
 def _error_text(reason: str) -> bytes:
-    text = reason.strip() + "\n\nTo try again, fix the problem and move the files back into the inbox.\n"
+    text = reason.strip() + "\n\n" + names.RETRY_ADVICE + "\n"
     # A file name that is not valid UTF-8 may be quoted in the reason: escape it, never crash on it.
     return text.encode("utf-8", "backslashreplace")
 
@@ -370,9 +406,6 @@ class Recovered:
     state: JobState  # CLAIMED: run it again; DONE/FAILED: it was finished by recovery
 
 
-_JOB_DIR = re.compile(r".+_\d{8}_\d{6}(-\d+)?")
-
-
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
@@ -396,7 +429,7 @@ def claimed_jobs(folders: Folders) -> Iterator[Path]:
             if (path / RECORD).exists():
                 yield path
                 continue
-            if _JOB_DIR.fullmatch(entry.name):
+            if names.is_job_name(entry.name):
                 kids = os.listdir(path)
                 inputs = path / "inputs"
                 if all(_is_temp(k) for k in kids) or (
@@ -447,7 +480,7 @@ def _complete_claim(folders: Folders, job: Job) -> list[str]:
     new one of the same name dropped since. Returns the names now in inputs/.
     """
     for name in job.files:
-        here, there = job.inputs / name, folders.inbox / job.rel_dir / name
+        here, there = job.inputs / name, folders.inbox / job.source / name
         if os.path.lexists(here):
             if _copied_across(here, there):
                 with contextlib.suppress(_Changed):

@@ -23,7 +23,6 @@ import html
 import json
 import math
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -34,11 +33,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import fsops, logs
+from . import fsops, logs, names
 from .events import JobFinished
+from .names import ERROR_FILE
 
 PAGE = "index.html"
-ERROR_FILE = "error.txt"  # as written by jobs.finish_failed
 REFRESH_SECONDS = 10
 # Bounds that keep one render small whatever lands on the share.
 QUEUE_SHOWN = 50
@@ -48,9 +47,6 @@ MAX_FILES = 20
 MAX_DEPTH = 8  # subfolders of the inbox mirrored under outputs/; deeper is surely not ours
 # Re-logging the same failure every render would flood journald when the share is full.
 ERROR_LOG_INTERVAL = 60.0
-
-# NAME_YYYYMMDD_HHMMSS or NAME_YYYYMMDD_HHMMSS-N (see jobs._reserve).
-_JOB_NAME = re.compile(r"_(\d{8})_(\d{6})(?:-(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -188,9 +184,9 @@ def _job_folders(root: Path, depth: int = 0) -> Iterator[tuple[tuple[str, str, i
     for e in entries:
         if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
             continue
-        m = _JOB_NAME.search(e.name)
-        if m:
-            yield (m.group(1), m.group(2), int(m.group(3) or 1)), Path(e.path)
+        key = names.job_time(e.name)
+        if key is not None:
+            yield key, Path(e.path)
         elif depth < MAX_DEPTH:
             yield from _job_folders(Path(e.path), depth + 1)
 
@@ -370,7 +366,10 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
         total = max(int(status.get("queue_length", len(queue))), len(queue))
     except (TypeError, ValueError):
         total = len(queue)
+    arriving = _arriving(status)
     if not total:
+        if arriving:
+            return 0, f'<div class="box">{arriving}</div>'
         return 0, '<div class="box"><span class="muted">No files are waiting.</span></div>'
     items = []
     for pos, name in enumerate(queue[:QUEUE_SHOWN], 1):
@@ -379,7 +378,21 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
         items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}</span></li>')
     more = total - min(len(queue), QUEUE_SHOWN)
     tail = f'<p class="muted small">… and {more} more waiting.</p>' if more > 0 else ""
-    return total, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}</div>'
+    return total, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+
+
+def _arriving(status: Mapping[str, Any]) -> str:
+    """Files seen in the inbox that are not ready yet: still being copied, or missing their partner."""
+    raw = status.get("arriving")
+    if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
+        return ""
+    items = []
+    for entry in list(raw)[:QUEUE_SHOWN]:
+        if isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2:
+            items.append(f'<li>{_t(entry[0])} <span class="muted small">{_t(entry[1])}</span></li>')
+    if not items:
+        return ""
+    return f'<p class="muted small">Noticed, not ready yet:</p><ul class="arriving">{"".join(items)}</ul>'
 
 
 def _done_card(e: Entry) -> str:
@@ -474,6 +487,8 @@ def render(
     out.append(
         "<footer>To make a clip, drop an image and a text file with the same name holding the prompt "
         "(for example <b>cat.jpg</b> and <b>cat.txt</b>) into the inbox folder. "
+        "To try a failed clip again, fix what its error.txt says, then drag its whole folder from "
+        "<b>failed</b> back into the inbox folder it came from. "
         f"The newest {len(finished) or 'few'} results are listed here; older ones stay in their folders."
         + (f" Model: {_t(model)}." if model else "")
         + "</footer></main></body></html>\n"
@@ -505,7 +520,7 @@ class SharePage:
         self.renders = 0  # pages written; for tests and the curious
         self._entries: deque[Entry] = deque(maxlen=max(1, keep))
         self._status: dict[str, Any] = {"state": "unknown"}
-        self._key: tuple[object, object] | None = None
+        self._key: tuple[object, ...] | None = None
         self._rendered_at = float("-inf")
         self._pending = False
         self._error_logged_at = float("-inf")
@@ -518,7 +533,14 @@ class SharePage:
 
     def on_status(self, status: dict[str, Any]) -> None:
         cur = status.get("current")
-        key = (status.get("state"), cur.get("job") if isinstance(cur, Mapping) else None)
+        # What people wait to see at once: the state, the job being made, and what is waiting
+        # (a photo they just dropped). Progress ticks alone render at most every min_interval.
+        key = (
+            status.get("state"),
+            cur.get("job") if isinstance(cur, Mapping) else None,
+            repr(status.get("queue")),
+            repr(status.get("arriving")),
+        )
         with self._lock:
             self._status = dict(status)
             if key != self._key or self.clock() - self._rendered_at >= self.min_interval:

@@ -1,15 +1,18 @@
 """The daemon's main loop: one small ``step()`` called until a stop is asked for.
 
-Two threads, each doing one kind of work in order:
+Three threads, each doing one kind of work in order:
 
-- the loop (the caller's thread) scans, claims and generates, one job at a time, with
-  the model kept warm; the GPU is never idle while there is work;
+- the scanner thread looks at the inbox every poll interval (sooner when the watcher
+  sets ``wake``), also while a job generates: files dropped meanwhile are listed in the
+  status at once and their settle time runs; it only publishes what is ready;
+- the loop (the caller's thread) claims ready jobs and generates, one at a time, with
+  the model kept warm; claims happen on this thread only;
 - the encoder thread turns finished frames into files and files every job (done or
   failed) in the order the loop finished them, so results keep their order.
 
-Between them a bounded queue: when the encoder falls behind, the loop waits, so the
-frames in memory stay bounded. Signal handlers only set flags (see ``cli``); the
-watcher only sets ``wake``.
+Between loop and encoder a bounded queue: when the encoder falls behind, the loop waits,
+so the frames in memory stay bounded. Signal handlers only set flags (see ``cli``); the
+scanner thread is the one that says, at once, what a stop request will do.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import IO, Any
 
-from . import logs, notify
+from . import logs, names, notify
 from .config import Settings
 from .encode import validate_recipe
 from .errors import JobError
 from .events import JobFinished, Listener
 from .generate import Generator
 from .inbox import Group, InboxScanner
-from .jobs import ERROR_FILE, Folders, Job, claim, finish_done, finish_failed, recover, release
+from .jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
 from .page import SharePage
 from .process import Generated, Result, encode_generated, generate_job
 from .status import write_status
@@ -93,18 +97,28 @@ class Service:
         self._reload_settings = reload
         self.stop = threading.Event()  # warm stop: finish the current job, claim no more
         self.abort = threading.Event()  # cold stop: interrupt the current job, return it to the inbox
-        self.wake = threading.Event()  # set by the watcher when something in the inbox changed
+        self.wake = threading.Event()  # look at the inbox now: the watcher saw a change, or a signal came
+        self._work = threading.Event()  # for the loop: jobs are ready, or a stop or reload is asked for
         self.reload_requested = threading.Event()  # SIGHUP: re-read the config between jobs
         self.log = logs.get()
         self.results: deque[Result] = deque(maxlen=50)
-        self._ready: deque[Group] = deque()
+        self._ready: deque[Group] = deque()  # written by the scanner thread, taken by the loop
+        self._ready_lock = threading.Lock()
         self._resume: deque[Job] = deque()
-        self._last_scan = float("-inf")
+        self._scanning: threading.Thread | None = None
+        self._scan_stop = threading.Event()
+        # Scans started, and (number, ready, waiting) of the last one finished: run_once ends
+        # only on a scan begun after its last claim that saw nothing left.
+        self._scans_started = 0
+        self._last_scan: tuple[int, int, int] = (0, 0, 0)
+        self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
+        self._shown: tuple[Any, ...] | None = None  # the inbox as last published
         self._stop_at: float | None = None
         self._lock: IO[str] | None = None
         self._current: dict[str, Any] | None = None
         self._status_at = float("-inf")
-        self._status_lock = threading.Lock()
+        # Listeners are called with this held, so never from two threads at once.
+        self._status_lock = threading.RLock()
         self._encode_q: queue.Queue[Any] = queue.Queue(maxsize=settings.output.encode_queue)
         self._encoding: list[str] = []  # jobs handed to the encoder, oldest first
         self._encoder: threading.Thread | None = None
@@ -161,12 +175,27 @@ class Service:
             self._watcher = Watcher(self.folders.inbox, self.wake, self.settings.watch.mode)
             self._watcher.start()
         mode = self._watcher.mode if self._watcher else "poll"
-        self.log.info("watching", inbox=str(self.folders.inbox), mode=mode, model=self.generator.model_id)
+        self.log.info(
+            "watching",
+            inbox=str(self.folders.inbox),
+            outputs=str(self.folders.outputs),
+            mode=mode,
+            model=self.generator.model_id,
+            device=getattr(self.generator, "device", None),
+        )
         self.publish_status("idle")
+        self._scan_stop.clear()
+        self._scanning = threading.Thread(target=self._scan_loop, name="i2vd-scanner", daemon=True)
+        self._scanning.start()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
 
     def teardown(self) -> None:
         """Let the encoder file every generated job, then stop watching and release the lock."""
+        if self._scanning is not None:
+            self._scan_stop.set()
+            self.wake.set()
+            self._scanning.join()
+            self._scanning = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -185,7 +214,7 @@ class Service:
                 self.log.exception("listener failed to close", listener=type(listener).__name__)
 
     def _take_lock(self) -> None:
-        path = self.folders.state / "daemon.lock"
+        path = self.folders.state / names.LOCK_FILE
         f = open(path, "a+")  # noqa: SIM115 - held open for the whole run: it is the lock
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -205,13 +234,17 @@ class Service:
     # -- the loop ------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """First call: warm stop (finish the current job within the grace). Second: cold stop."""
+        """First call: warm stop (finish the current job within the grace). Second: cold stop.
+
+        Only flags: it runs in a signal handler. The scanner thread logs what will happen.
+        """
         if self.stop.is_set():
             self.abort.set()
         else:
             self._stop_at = self.clock()
         self.stop.set()
         self.wake.set()
+        self._work.set()
 
     def run(self) -> None:
         self.setup()
@@ -222,38 +255,40 @@ class Service:
             self.teardown()
 
     def step(self) -> bool:
-        """Generate one job if one is ready and hand it to the encoder; else wait a little.
+        """Claim and generate one ready job and hand it to the encoder; else wait a little.
 
         Returns whether a job was taken.
         """
         if self.reload_requested.is_set():
             self._reload()
+        self._work.clear()
         job = self._next_job()
         if job is None:
             if self.clock() - self._status_at > 30:
                 self.publish_status("idle")  # keeps status.json fresh so `i2vd status` can tell we live
-            # Wake when the next waiting pair is due to settle, not a whole poll later.
-            due = self.scanner.next_ready_in
-            poll = self.settings.watch.poll_interval
-            self.wake.wait(poll if due is None else max(0.0, min(poll, due)))
+            self._work.wait(self.settings.watch.poll_interval)
             return False
         self._generate(*job)
         return True
 
     def run_once(self) -> list[Result]:
-        """Process every job that is ready now (waiting for files still settling), then stop."""
+        """Process every job in the inbox, waiting while files are still being written, then stop.
+
+        Files are judged as the running daemon judges them: a pair once settled, an unpaired
+        file after ``pair_timeout``. It ends on a scan begun after the last claim that finds
+        nothing ready and nothing waiting.
+        """
         self._once = []
         self.setup()
         try:
-            deadline = self.clock() + self.settings.watch.settle_seconds
             while not self.stop.is_set():
-                took = self.step()
-                if (
-                    not took
-                    and not self._ready
-                    and not self._resume
-                    and (self.scanner.waiting == 0 or self.clock() > deadline)
-                ):
+                mark = self._scans_started
+                if self.step():
+                    continue
+                with self._ready_lock:
+                    queued = bool(self._ready)
+                seq, ready, waiting = self._last_scan
+                if seq > mark and not queued and not self._resume and ready == 0 and waiting == 0:
                     break
         finally:
             self.teardown()
@@ -279,37 +314,107 @@ class Service:
             self.log.warning("changes to [paths], [model], [metrics] and [webhooks] need a restart")
             new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed})
         self.settings = new
-        self.scanner = self._make_scanner(new)
-        self._ready.clear()
+        scanner = self._make_scanner(new)
+        with self._ready_lock:
+            self.scanner = scanner  # the scanner thread takes it up at its next scan
+            self._ready.clear()
+        self.wake.set()
         self.log.info("config reloaded")
 
     def _next_job(self) -> tuple[Job, datetime] | None:
         if self._resume:
             job = self._resume.popleft()
             return job, job.claimed_at
-        now = self.clock()
-        if (
-            not self._ready
-            or self.wake.is_set()
-            or now - self._last_scan >= self.settings.watch.poll_interval
-        ):
-            self.wake.clear()
-            self._last_scan = now
-            # Rescanning only now and then (not before every claim) keeps a backlog of
-            # thousands from costing a directory walk per job.
-            self._ready = deque(self.scanner.scan())
-            self.publish_status("busy" if self._current else "idle")
-        while self._ready and not self.stop.is_set():
-            group = self._ready.popleft()
+        while not self.stop.is_set():
+            with self._ready_lock:
+                if not self._ready:
+                    return None
+                group = self._ready.popleft()
             wall = datetime.now().astimezone()
             job = claim(self.folders, group, wall)
             if job is not None:
-                return job, wall - timedelta(seconds=max(0.0, now - group.since))
+                if group.src_dir is not None:
+                    self.log.info(
+                        "retrying a failed job dragged back into the inbox",
+                        job=job.name,
+                        returned_folder=group.src_dir.as_posix(),
+                    )
+                return job, wall - timedelta(seconds=max(0.0, self.clock() - group.since))
         return None
+
+    # -- the scanner thread --------------------------------------------------------------
+
+    def _scan_loop(self) -> None:
+        """Look at the inbox until teardown: every poll interval, sooner when woken."""
+        while not self._scan_stop.is_set():
+            self.wake.clear()
+            self._explain_stop()
+            try:
+                due = self._scan()
+            except Exception:
+                # The loop must never go blind for good: log, and look again next time.
+                self.log.exception("scanning the inbox failed")
+                due = None
+            poll = self.settings.watch.poll_interval
+            # Wake when the next waiting pair is due to settle, not a whole poll later.
+            self.wake.wait(poll if due is None else max(0.0, min(poll, due)))
+
+    def _scan(self) -> float | None:
+        """One look at the inbox: publish what is ready to the loop and what waits to people."""
+        with self._ready_lock:
+            scanner = self.scanner
+        self._scans_started += 1
+        seq = self._scans_started
+        ready = scanner.scan()
+        with self._ready_lock:
+            if scanner is self.scanner:
+                # Rescanning replaces the list (no per-claim directory walk): a backlog of
+                # thousands costs one walk per poll interval, whatever the claim rate.
+                self._ready = deque(ready)
+        self._last_scan = (seq, len(ready), scanner.waiting)
+        if ready:
+            self._work.set()
+        shown = (
+            [(g.rel_dir / g.name).as_posix() for g in ready[:200]],
+            scanner.pending,
+            scanner.missing,
+        )
+        if shown != self._shown:
+            self._shown = shown
+            self.publish_status("busy" if self._current else "idle")
+        return scanner.next_ready_in
+
+    def _explain_stop(self) -> None:
+        """Say at once what a stop request will do (signal handlers only set flags)."""
+        wanted = 2 if self.abort.is_set() else 1 if self.stop.is_set() else 0
+        if wanted <= self._told_stop:
+            return
+        self._told_stop = wanted
+        current = (self._current or {}).get("job")
+        if wanted == 1:
+            grace = self.settings.watch.stop_grace
+            if current:
+                text = (
+                    f"stop requested: finishing {current} (at most {grace:g} s more), then stopping; "
+                    "press Ctrl-C again (or send SIGTERM again) to interrupt it and put its files "
+                    "back in the inbox"
+                )
+            else:
+                text = "stop requested: no job is running; stopping"
+            self.log.warning(text)
+            notify.stopping("finishing the current job (warm stop)" if current else "stopping")
+        else:
+            self.log.warning(
+                f"interrupting {current} now; its files go back to the inbox" if current else "stopping now"
+            )
+            notify.stopping("interrupting the current job (cold stop)")
 
     # -- status --------------------------------------------------------------------------
 
     def publish_status(self, state: str) -> None:
+        with self._ready_lock:
+            queue = [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:200]]
+            queue_length = len(self._ready) + len(self._resume)
         with self._status_lock:
             self._status_at = self.clock()
             status = {
@@ -318,8 +423,10 @@ class Service:
                 "model": self.generator.model_id,
                 "current": self._current,
                 "encoding": list(self._encoding),
-                "queue": [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:200]],
-                "queue_length": len(self._ready) + len(self._resume),
+                "queue": queue,
+                "queue_length": queue_length,
+                # Seen but not ready: still being written, or waiting for the other file of its pair.
+                "arriving": [list(p) for p in self.scanner.pending],
                 "inbox_missing": self.scanner.missing,
                 "inbox_problem": self.scanner.missing_reason,
                 "recent": [
@@ -373,10 +480,10 @@ class Service:
             log.warning("job interrupted by shutdown; its files go back to the inbox")
             item = _Failed(job, None)
         except JobError as e:
-            log.warning("job failed", reason=str(e))
+            log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
             item = _Failed(job, str(e))
         except Exception:
-            log.exception("internal error")
+            log.exception("internal error", folder=self._where(self.folders.failed, job))
             item = _Failed(job, INTERNAL_ERROR)
         self._current = None
         self._encoding.append(job.name)
@@ -414,13 +521,18 @@ class Service:
                 try:
                     result = encode_generated(item, self.settings, log)
                 except JobError as e:
-                    log.warning("job failed", reason=str(e))
+                    log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
                     item = _Failed(job, str(e))
                 except Exception:
-                    log.exception("internal error")
+                    log.exception("internal error", folder=self._where(self.folders.failed, job))
                     item = _Failed(job, INTERNAL_ERROR)
                 else:
-                    log.info("job done", recipe_errors=sorted(result.recipe_errors) or None)
+                    log.info(
+                        "job done",
+                        folder=self._where(self.folders.outputs, job),
+                        originals=self._where(self.folders.done, job),
+                        recipe_errors=sorted(result.recipe_errors) or None,
+                    )
                     logs.close_job_log(job.name)
                     folder = finish_done(self.folders, job)
                     self._finished(result, JobFinished(job.name, "done", folder, result.info, None))
@@ -435,10 +547,16 @@ class Service:
             return
         logs.close_job_log(job.name)
         folder = finish_failed(self.folders, job, item.error, log_path)
-        error_text = (folder / ERROR_FILE).read_text(errors="replace")
+        error_text = (folder / names.ERROR_FILE).read_text(errors="replace")
         self._finished(
             Result(job, ok=False, error=item.error), JobFinished(job.name, "failed", folder, None, error_text)
         )
+
+    def _where(self, base: Path, job: Job) -> str:
+        """Where a job's files go, as people on the share see it (``outputs/team-a/cup_…``)."""
+        path = base / job.rel_dir / job.name
+        share = self.folders.outputs.parent
+        return path.relative_to(share).as_posix() if path.is_relative_to(share) else str(path)
 
     def _finished(self, result: Result, event: JobFinished) -> None:
         self.results.append(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,22 @@ def request(width: int = 64, height: int = 96, **changes: object) -> Any:
     return GenerationRequest(**fields)  # type: ignore[arg-type]
 
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config.example.toml"
+#: The ``[watch]`` values users run: the shipped example config's (settle 3 s, pair timeout 120 s).
+SHIPPED_WATCH: dict[str, object] = tomllib.loads(EXAMPLE_CONFIG.read_text())["watch"]
+#: Only for tests about something other than readiness (what a bad sidecar does, how a job is
+#: encoded): a file is taken as soon as it is seen, an unpaired one at once. Each use says why.
+INSTANT_WATCH: dict[str, object] = {"settle_seconds": 0, "pair_timeout": 0, "poll_interval": 0.1}
+
+
 def write_config(
     tmp_path: Path, model: str, generation: dict[str, object], **sections: dict[str, object]
 ) -> Path:
-    """A config.toml in ``tmp_path`` for a fast daemon (no settling, no pair wait), plus ``sections``."""
+    """A config.toml in ``tmp_path`` with the shipped ``[watch]`` values, plus ``sections``
+    (a ``watch`` section given here is laid over the shipped one)."""
     table: dict[str, dict[str, object]] = {
         "model": {"id": model, "device": "cpu"},
-        "watch": {"settle_seconds": 0, "pair_timeout": 0, "poll_interval": 0.1},
+        "watch": dict(SHIPPED_WATCH),
         "generation": dict(generation),
     }
     for name, values in sections.items():

@@ -113,8 +113,12 @@ BAD_INPUTS: dict[str, tuple[dict[str, bytes], str]] = {
 def test_every_bad_input_fails_clearly_and_the_next_good_job_succeeds(
     tmp_path: Path, tiny_model_dir: Path, tiny_generator
 ) -> None:  # type: ignore[no-untyped-def]
+    # About what bad input does, not about readiness: files are taken as soon as they are seen
+    # and an unpaired one at once (the shipped 120 s pair timeout is covered in test_user_flows).
     settings = load_settings(
-        write_config(tmp_path, str(tiny_model_dir), limits={"max_image_pixels": 2_000_000})
+        write_config(
+            tmp_path, str(tiny_model_dir), limits={"max_image_pixels": 2_000_000}, watch=helpers.INSTANT_WATCH
+        )
     )
     inbox = settings.paths.inbox
     inbox.mkdir()
