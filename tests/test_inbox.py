@@ -138,3 +138,37 @@ def test_memory_follows_the_inbox(tmp_path: Path, scanner: InboxScanner, clock: 
         f.unlink()
     scanner.scan()
     assert scanner._seen == {}
+
+
+def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
+    tmp_path: Path, scanner: InboxScanner, clock: Clock
+) -> None:
+    from daemon.jobs import _error_text
+
+    returned = tmp_path / "team" / "cup_20261122_143005"
+    returned.mkdir(parents=True)
+    (returned / "cup.png").write_bytes(b"png")
+    (returned / "cup.txt").write_text("tea")
+    (returned / "error.txt").write_bytes(_error_text("The prompt file has a typo."))
+    (returned / "cup_20261122_143005.log").write_text("log lines")
+    # A person's files that only look like ours: an error.png + error.txt pair, and a photo
+    # named by a camera like a job folder, with its JSON prompt file.
+    (tmp_path / "error.png").write_bytes(b"png")
+    (tmp_path / "error.txt").write_text("an error message dissolves")
+    (tmp_path / "IMG_20250101_120000.jpg").write_bytes(b"jpg")
+    (tmp_path / "IMG_20250101_120000.json").write_text('{"prompt": "waves"}')
+    # An error.txt of an earlier release, moved back alone: still recognised.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "error.txt").write_text(
+        "bad\n\nTo try again, fix the problem and move the files back into the inbox.\n"
+    )
+    scanner.scan()
+    clock.t += 3
+    groups = {(g.rel_dir.as_posix(), g.name): g for g in scanner.scan()}
+    assert sorted(groups) == [(".", "IMG_20250101_120000"), (".", "error"), ("team", "cup")]
+    cup = groups[("team", "cup")]
+    assert cup.src_dir == Path("team/cup_20261122_143005")
+    assert sorted(p.name for p in cup.files) == ["cup.png", "cup.txt"]
+    assert sorted(p.name for p in cup.leftovers) == ["cup_20261122_143005.log", "error.txt"]
+    assert scanner.waiting == 0, "the daemon's files are not waiting for a partner"
+    assert groups[(".", "error")].src_dir is None
