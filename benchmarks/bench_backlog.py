@@ -111,7 +111,7 @@ def run_child(pairs: int, mode: str, settle: float, poll: float, trickle: int, t
     from daemon import logs
     from daemon.config import load_settings
     from daemon.generate import StubGenerator
-    from daemon.service import Service
+    from daemon.service.loop import Service
 
     logs.configure(stream=open(os.devnull, "w"), json_lines=True)  # noqa: SIM115 - for the whole run
     with tempfile.TemporaryDirectory(prefix="i2vd-backlog-") as tmp:

@@ -127,7 +127,7 @@ def build_real(device: Any, dtype: Any) -> Any:
         CLIPVisionModelWithProjection,
     )
 
-    from daemon.pipeline import DaemonI2VGenXLPipeline
+    from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
     from daemon.tiny import _write_tokenizer_files
 
     with tempfile.TemporaryDirectory() as tok_dir:
@@ -162,8 +162,8 @@ def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
     """A built-in tiny model (daemon/tiny.py, daemon/tiny_families.py), in memory."""
     import torch
 
-    from daemon import tiny_families
-    from daemon.pipeline import DaemonI2VGenXLPipeline
+    from daemon.engine import tiny_families
+    from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
     from daemon.tiny import _build_pipeline
 
     if model == "tiny":
@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from daemon.config import ModelConfig
-    from daemon.engine import EngineOptions
-    from daemon.families import I2VGENXL, get_family, pipeline_multiple
+    from daemon.engine.families import I2VGENXL, get_family, pipeline_multiple
+    from daemon.engine.options import EngineOptions
+    from daemon.engine.tiny_families import BUILDERS
     from daemon.generate import (
         DiffusersGenerator,
         GenerationError,
@@ -250,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         _resolve_device,
         _resolve_dtype,
     )
-    from daemon.images import resolution_to_short_side
-    from daemon.tiny_families import BUILDERS
+    from daemon.job.image import resolution_to_short_side
 
     family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
     device = _resolve_device(args.device)

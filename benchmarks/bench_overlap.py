@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw
 
 from daemon.config import load_settings
 from daemon.encode import encode_job, ffmpeg_version
-from daemon.events import JobFinished
 from daemon.generate import GenerationRequest, StubGenerator
-from daemon.service import Service
+from daemon.listeners.events import JobFinished
+from daemon.service.loop import Service
 
 
 class Clock:

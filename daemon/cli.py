@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import __version__, logs
-from .config import ConfigError, Settings, find_config, load_settings
+from daemon import __version__, logs
+from daemon.config import ConfigError, Settings, find_config, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
-    from .generate import EngineOptions, load_generator
+    from daemon.generate import EngineOptions, load_generator
 
     return load_generator(
         settings.model.id,
@@ -51,12 +51,12 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import notify
-    from .events import Listener
-    from .families import defaults_problem
-    from .metrics import MetricsListener
-    from .service import DaemonLocked, Service, StartupError
-    from .webhooks import WebhookSender
+    from daemon.engine.families import defaults_problem
+    from daemon.listeners import systemd as notify
+    from daemon.listeners.events import Listener
+    from daemon.listeners.metrics import MetricsListener
+    from daemon.listeners.webhooks import WebhookSender
+    from daemon.service.loop import DaemonLocked, Service, StartupError
 
     # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
     faulthandler.enable()
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error("cannot start", reason=problem)
             return EXIT_FAILED
         if settings.model.warmup and not args.once:
-            from .images import resolution_to_short_side
+            from daemon.job.image import resolution_to_short_side
 
             # One small generation now, so the first user job is not the slow one.
             seconds = generator.warm_up(
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .doctor import run_checks
+    from daemon.doctor import run_checks
 
     settings = _settings(args)
     ok = True
@@ -135,7 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from .fetch import fetch_model
+    from daemon.fetch import fetch_model
 
     settings = _settings(args)
     m = settings.model
@@ -161,8 +161,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .service import folders_of
-    from .status import read_status, render
+    from daemon.service.loop import folders_of
+    from daemon.status import read_status, render
 
     settings = _settings(args)
     status = read_status(folders_of(settings).state)
@@ -190,10 +190,10 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from . import fsops
-    from .errors import JobError
-    from .images import load_image
-    from .sidecar import read_sidecar
+    from daemon.errors import JobError
+    from daemon.folders import fsops
+    from daemon.job.image import load_image
+    from daemon.job.sidecar import read_sidecar
 
     settings = _settings(args)
     image = Path(args.image)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
+from daemon.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
 
 # Searched in this order when neither --config nor $I2VD_CONFIG names a file.
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
@@ -174,7 +174,7 @@ class MetricsConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         if v:
-            from .metrics import parse_address
+            from daemon.listeners.metrics import parse_address
 
             parse_address(v)  # raises ValueError naming the expected form
         return v

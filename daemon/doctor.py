@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .encode import ffmpeg_exe, validate_recipe
-from .families import defaults_problem
-from .watcher import filesystem_type, watch_mode
+from daemon.config import Settings
+from daemon.encode import ffmpeg_exe, validate_recipe
+from daemon.engine.families import defaults_problem
+from daemon.folders.watch import filesystem_type, watch_mode
 
 Check = tuple[bool, str, str]
 

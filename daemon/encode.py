@@ -32,7 +32,7 @@ import numpy as np
 from ffmpeg.nodes import FilterNode
 
 from daemon.errors import EncodeError
-from daemon.fsops import fsync_dir
+from daemon.folders.fsops import fsync_dir
 from daemon.recipes import ClipInfo, RecipeConfig, check_recipe_name
 
 MASTER_KEY = "master"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .tiny import TINY_VERSION, build_tiny
+from daemon.tiny import TINY_VERSION, build_tiny
 
 
 def _offline() -> bool:
@@ -38,8 +38,8 @@ def fetch_model(
     the ones to fetch ("auto" resolves as the daemon will: float16 when a CUDA GPU is used).
     Raises RuntimeError with a readable reason (offline, unknown model, no such revision, ...).
     """
-    from . import tiny_families
-    from .generate import STUB_ID, TINY_ID
+    from daemon.engine import tiny_families
+    from daemon.generate import STUB_ID, TINY_ID
 
     if model_id == TINY_ID:
         return build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
@@ -63,7 +63,7 @@ def fetch_model(
     import torch
     from diffusers import DiffusionPipeline
 
-    from .generate import _resolve_dtype, weights_variant
+    from daemon.generate import _resolve_dtype, weights_variant
 
     # As the daemon will resolve it, without requiring the GPU to be there now (fetching may be
     # done on another machine, or before the driver is installed).

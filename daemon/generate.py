@@ -4,10 +4,10 @@ The daemon sees only ``Generator`` and ``GenerationRequest``. torch and diffuser
 lazily, inside ``DiffusersGenerator``, so commands that never generate (``status``, ``submit``,
 ``recipes``) and the ``stub`` generator start in milliseconds.
 
-``DiffusersGenerator`` runs any model family of ``daemon.families`` (I2VGen-XL, Stable Video
+``DiffusersGenerator`` runs any model family of ``daemon.engine.families`` (I2VGen-XL, Stable Video
 Diffusion, LTX-Video, Wan, CogVideoX): it applies the ``[model]`` speed and memory options once at
-load (``daemon.engine``; CUDA-only ones are ignored with a log line on a CPU), rescues a job that
-runs out of memory by walking down the ladder of ``daemon.oom``, and describes what it really ran
+load (``daemon.engine.options``; CUDA-only ones are ignored with a log line on a CPU), rescues a job that
+runs out of memory by walking down the ladder of ``daemon.engine.oom``, and describes what it really ran
 in ``last_run``. ``warm_up()`` runs one small generation so the first job is not the slow one.
 """
 
@@ -27,10 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from . import logs
-from .engine import EngineOptions, Placement, apply_options, reset_cache, uncompile
-from .errors import GenerationError
-from .families import (
+from daemon import logs
+from daemon.engine.families import (
     I2VGENXL,
     Family,
     detect_family,
@@ -41,9 +39,8 @@ from .families import (
     pipeline_class,
     pipeline_multiple,
 )
-from .images import fit_to
-from .oom import ENV_VAR as OOM_ENV_VAR
-from .oom import (
+from daemon.engine.oom import ENV_VAR as OOM_ENV_VAR
+from daemon.engine.oom import (
     LOWER_RESOLUTION,
     InjectOOM,
     Setting,
@@ -53,7 +50,10 @@ from .oom import (
     is_out_of_memory,
     rescued_decode,
 )
-from .tiny import TINY_VERSION, build_tiny
+from daemon.engine.options import EngineOptions, Placement, apply_options, reset_cache, uncompile
+from daemon.errors import GenerationError
+from daemon.job.image import fit_to
+from daemon.tiny import TINY_VERSION, build_tiny
 
 if TYPE_CHECKING:
     import torch
@@ -249,11 +249,12 @@ def weights_variant(dtype: torch.dtype) -> str | None:
 class DiffusersGenerator:
     """An image-to-video pipeline of any family, loaded once and kept warm; one ``generate`` at a time.
 
-    Every family (``daemon.families``) gets the same engine: the ``[model]`` speed and memory
-    options (``daemon.engine``), the out-of-memory ladder and decode rescue (``daemon.oom``), the
-    warm-up, per-step progress and seeding. After each ``generate`` (successful or not),
-    ``last_run`` describes what was really run: the clip size, frames and offload finally used, the
-    engine settings in force, whether the prompt was used and every attempt the ladder made.
+    Every family (``daemon.engine.families``) gets the same engine: the ``[model]`` speed and
+    memory options (``daemon.engine.options``), the out-of-memory ladder and decode rescue
+    (``daemon.engine.oom``), the warm-up, per-step progress and seeding. After each ``generate``
+    (successful or not), ``last_run`` describes what was really run: the clip size, frames and
+    offload finally used, the engine settings in force, whether the prompt was used and every
+    attempt the ladder made.
     ``inject_oom`` holds the test-only fault injector.
     """
 
@@ -303,7 +304,7 @@ class DiffusersGenerator:
         options: EngineOptions | None = None,
     ) -> DiffusersGenerator:
         """Wrap a pipeline built in memory (benchmarks); it shares ``pipe``'s modules."""
-        from .pipeline import DaemonI2VGenXLPipeline
+        from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
 
         fam = family_of_pipeline(pipe)
         if fam.name == I2VGENXL and not isinstance(pipe, DaemonI2VGenXLPipeline):
@@ -622,7 +623,7 @@ def _from_pretrained(cls: Any, source: str | Path, variant: str | None, kwargs: 
 
 
 def _is_tiny(model_id: str) -> bool:
-    from . import tiny_families
+    from daemon.engine import tiny_families
 
     return model_id == TINY_ID or model_id in tiny_families.BUILDERS
 
@@ -637,7 +638,7 @@ def _locate(
     inside a service start, under systemd's start timeout, fails badly), ``i2vd fetch-model``
     (daemon/fetch.py) does that ahead of time, so a missing model fails fast with the command to run.
     """
-    from . import tiny_families
+    from daemon.engine import tiny_families
 
     if _is_tiny(model_id):
         if model_id == TINY_ID:

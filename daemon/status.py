@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import fsops
+from daemon.folders import fsops
 
 STATUS = "status.json"
 LOCK = "daemon.lock"

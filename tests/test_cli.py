@@ -13,7 +13,7 @@ from PIL import Image
 
 from daemon.config import load_settings
 from daemon.generate import StubGenerator
-from daemon.service import Service
+from daemon.service.loop import Service
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from daemon.config import Settings, load_settings
 from daemon.generate import load_generator
-from daemon.service import Service
+from daemon.service.loop import Service
 
 FAST = {"num_frames": 4, "steps": 2, "fps": 8}
 

@@ -1,6 +1,6 @@
 """One engine for every model family: options, caching, the out-of-memory ladder, the decode rescue,
 warm-up and fixed-size models, on the tiny random-weight builds of each family (real diffusers
-pipelines on the CPU). Out-of-memory errors are injected with ``daemon.oom.InjectOOM``."""
+pipelines on the CPU). Out-of-memory errors are injected with ``daemon.engine.oom.InjectOOM``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import structlog
 import torch
 
-from daemon.engine import EngineOptions
+from daemon.engine.oom import InjectOOM, Ladder
+from daemon.engine.options import EngineOptions
 from daemon.errors import GenerationError
 from daemon.generate import DiffusersGenerator, _component_dtypes, _resolve_dtype, load_generator
-from daemon.oom import InjectOOM, Ladder
 
 # model id -> (width, height, frames): a small clip each family takes.
 CLIPS = {
@@ -252,7 +252,7 @@ def test_warm_up_runs_each_family_at_a_frame_count_it_takes(
 
 
 def test_auto_precision_follows_the_family_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.families import get_family
+    from daemon.engine.families import get_family
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert _resolve_dtype("auto", cpu, get_family("wan")) == torch.float32

@@ -12,10 +12,10 @@ import structlog
 from PIL import Image
 
 from daemon.config import ModelConfig
+from daemon.engine.families import detect_family, family_from_index
+from daemon.engine.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
 from daemon.errors import GenerationError
-from daemon.families import detect_family, family_from_index
 from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
-from daemon.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
 
 # model id -> (family, width, height, frames that suit it, multiple)
 CASES = {

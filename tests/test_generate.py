@@ -16,6 +16,8 @@ from diffusers import I2VGenXLPipeline
 from pydantic import ValidationError
 
 from daemon.config import ModelConfig
+from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
+from daemon.engine.oom import Ladder
 from daemon.errors import GenerationError
 from daemon.fetch import fetch_model
 from daemon.generate import (
@@ -25,8 +27,6 @@ from daemon.generate import (
     StubGenerator,
     load_generator,
 )
-from daemon.oom import Ladder
-from daemon.pipeline import DaemonI2VGenXLPipeline
 from daemon.tiny import MARKER, build_tiny
 
 

@@ -26,11 +26,11 @@ import structlog
 from helpers import digest, png_bytes
 
 from daemon.config import DEFAULT_IGNORE, Settings, load_settings
+from daemon.folders.jobs import JOB_NAME_MAX, claim
+from daemon.folders.scan import InboxScanner
+from daemon.folders.watch import Watcher
 from daemon.generate import StubGenerator
-from daemon.inbox import InboxScanner
-from daemon.jobs import JOB_NAME_MAX, claim
-from daemon.service import Service, folders_of
-from daemon.watcher import Watcher
+from daemon.service.loop import Service, folders_of
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 # Small clips and no recipes: each job costs one tiny ffmpeg run.

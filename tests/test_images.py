@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from daemon.errors import ImageError
-from daemon.images import (
+from daemon.job.image import (
     IMAGE_EXTS,
     MAX_ASPECT,
     clip_size,

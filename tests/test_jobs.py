@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import digest
 
-from daemon import fsops
-from daemon.inbox import Group
-from daemon.jobs import RECORD, Folders, JobState, claim, finish_done, finish_failed, recover, release
+from daemon.folders import fsops
+from daemon.folders.jobs import RECORD, Folders, JobState, claim, finish_done, finish_failed, recover, release
+from daemon.folders.scan import Group
 
 WHEN = datetime(2026, 11, 22, 14, 30, 5)
 

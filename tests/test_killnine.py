@@ -29,12 +29,12 @@ import pytest
 from helpers import digest, png_bytes
 from PIL import Image
 
-from daemon import fsops
 from daemon.config import load_settings
+from daemon.folders import fsops
+from daemon.folders.jobs import RECORD, RETURNING, Folders, claim, finish_done, recover, release
+from daemon.folders.scan import Group, InboxScanner
 from daemon.generate import StubGenerator
-from daemon.inbox import Group, InboxScanner
-from daemon.jobs import RECORD, RETURNING, Folders, claim, finish_done, recover, release
-from daemon.service import Service, folders_of
+from daemon.service.loop import Service, folders_of
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 PAIRS = 40

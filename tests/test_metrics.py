@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, load_settings
-from daemon.events import JobFinished
-from daemon.metrics import MetricsListener, parse_address
+from daemon.listeners.events import JobFinished
+from daemon.listeners.metrics import MetricsListener, parse_address
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import notify
+from daemon.listeners import systemd as notify
 
 
 def _receive_all(sock: socket.socket) -> list[str]:

@@ -1,7 +1,7 @@
 """Out of memory: the ladder, its record in JOB.json, and the advice when nothing fits.
 
 A CUDA out-of-memory error cannot happen on a CPU, so the real tiny pipeline is made to raise a
-genuine ``torch.OutOfMemoryError`` from inside its UNet / VAE decoder by ``daemon.oom.InjectOOM``.
+genuine ``torch.OutOfMemoryError`` from inside its UNet / VAE decoder by ``daemon.engine.oom.InjectOOM``.
 The other families' ladders and decode rescues are in tests/test_families_engine.py.
 """
 
@@ -20,13 +20,13 @@ from PIL import Image
 
 from daemon import logs
 from daemon.config import Settings
+from daemon.engine.families import get_family
+from daemon.engine.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
 from daemon.errors import GenerationError
-from daemon.families import get_family
+from daemon.folders.jobs import Job
 from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
-from daemon.images import fit_to
-from daemon.jobs import Job
-from daemon.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
-from daemon.process import generate_job
+from daemon.job.image import fit_to
+from daemon.job.run import generate_job
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from urllib.request import url2pathname
 import pytest
 from PIL import Image
 
-from daemon import page as page_mod
-from daemon.events import JobFinished
-from daemon.page import PAGE, Entry, SharePage, load_recent, render
+from daemon.listeners import share_page as page_mod
+from daemon.listeners.events import JobFinished
+from daemon.listeners.share_page import PAGE, Entry, SharePage, load_recent, render
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from daemon.config import Settings, load_settings
-from daemon.events import JobFinished
 from daemon.generate import GenerationRequest, StubGenerator
-from daemon.service import Service, StartupError
+from daemon.listeners.events import JobFinished
+from daemon.service.loop import Service, StartupError
 
 
 def config(tmp_path: Path, extra: str = "") -> Settings:

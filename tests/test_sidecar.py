@@ -9,7 +9,7 @@ import pytest
 
 from daemon.config import GenerationConfig, LimitsConfig
 from daemon.errors import SidecarError
-from daemon.sidecar import KNOWN_KEYS, SIDECAR_EXTS, JobParams, read_sidecar
+from daemon.job.sidecar import KNOWN_KEYS, SIDECAR_EXTS, JobParams, read_sidecar
 
 GEN = GenerationConfig(
     negative_prompt="blurry",

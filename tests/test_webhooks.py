@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.config import ConfigError, load_settings
-from daemon.events import JobFinished
-from daemon.webhooks import WebhookSender
+from daemon.listeners.events import JobFinished
+from daemon.listeners.webhooks import WebhookSender
 
 INFO = {"prompt": "a cat walks", "seed": 7, "timings": {"generate_seconds": 3.2}, "name": "café"}
 

@@ -29,18 +29,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from . import logs, names, notify
-from .config import Settings
-from .encode import validate_recipe
-from .errors import JobError
-from .events import JobFinished, Listener
-from .generate import Generator
-from .inbox import Group, InboxScanner
-from .jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
-from .page import SharePage
-from .process import Generated, Result, encode_generated, generate_job
-from .status import write_status
-from .watcher import Watcher
+from daemon import logs
+from daemon.config import Settings
+from daemon.encode import validate_recipe
+from daemon.errors import JobError
+from daemon.folders import names
+from daemon.folders.jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
+from daemon.folders.scan import Group, InboxScanner
+from daemon.folders.watch import Watcher
+from daemon.generate import Generator
+from daemon.job.run import Generated, Result, encode_generated, generate_job
+from daemon.listeners import systemd as notify
+from daemon.listeners.events import JobFinished, Listener
+from daemon.listeners.share_page import SharePage
+from daemon.status import write_status
 
 INTERNAL_ERROR = (
     "Something went wrong inside the video daemon while making this clip; it is not a problem with "

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SidecarError
+from daemon.errors import SidecarError
 
 if TYPE_CHECKING:
-    from .config import GenerationConfig, LimitsConfig
+    from daemon.config import GenerationConfig, LimitsConfig
 
 SIDECAR_EXTS = (".txt", ".toml", ".json")
 

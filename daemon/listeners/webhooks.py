@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, fsops, logs
-from .events import JobFinished
+from daemon import __version__, logs
+from daemon.folders import fsops
+from daemon.listeners.events import JobFinished
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from daemon.config import Settings
 
 # However large backoff_seconds * 2**n grows, a receiver that comes back is retried within this.
 MAX_BACKOFF = 3600.0

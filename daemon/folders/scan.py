@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import logs, names
-from .sidecar import SIDECAR_EXTS
-from .watcher import NETWORK_FS, filesystem_type
+from daemon import logs
+from daemon.folders import names
+from daemon.folders.watch import NETWORK_FS, filesystem_type
+from daemon.job.sidecar import SIDECAR_EXTS
 
 Signature = tuple[int, int, int]  # size, mtime in ns, inode
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .families import Family
-from .oom import Ladder, first_line, parse_short_sides
+from daemon.engine.families import Family
+from daemon.engine.oom import Ladder, first_line, parse_short_sides
 
 ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager")
 OFFLOAD_CHOICES = ("none", "model", "sequential", "group")

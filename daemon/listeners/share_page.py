@@ -7,7 +7,7 @@ share is mounted. Everything users control (prompts, file and folder names, erro
 is HTML-escaped, and every href/src is percent-encoded path segment by path segment:
 names may hold spaces, quotes, ``#``, ``:`` or ``<script>``.
 
-``SharePage`` is a ``daemon.events.Listener``. It keeps the last ``keep`` finished and
+``SharePage`` is a ``daemon.listeners.events.Listener``. It keeps the last ``keep`` finished and
 failed jobs in memory (seeded once at start from the newest job folders on disk, found by
 the timestamp in their names, so a share with thousands of old jobs costs one directory
 walk and ``keep`` small reads, once) and rewrites the page atomically: on every finished
@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import fsops, logs, names
-from .events import JobFinished
-from .names import ERROR_FILE
+from daemon import logs
+from daemon.folders import fsops, names
+from daemon.folders.names import ERROR_FILE
+from daemon.listeners.events import JobFinished
 
 PAGE = "index.html"
 REFRESH_SECONDS = 10

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .images import clip_size
+from daemon.job.image import clip_size
 
 LOWER_RESOLUTION = "lower_resolution"
 FEWER_FRAMES = "fewer_frames"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GenerationError
+from daemon.errors import GenerationError
 
 # Names accepted by ``[model] family``.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
@@ -111,7 +111,7 @@ class Family:
     """What differs between model families (see the module docstring)."""
 
     name: str
-    pipeline_class: str  # in diffusers (I2VGen-XL: our subclass in daemon.pipeline)
+    pipeline_class: str  # in diffusers (I2VGen-XL: our subclass in daemon.engine.i2vgenxl)
     label: str
     denoiser: str = "transformer"  # the pipeline attribute that runs every step
     takes_prompt: bool = True
@@ -307,7 +307,7 @@ def family_of_pipeline(pipe: Any) -> Family:
 
 def pipeline_class(family: Family) -> Any:
     if family.name == I2VGENXL:
-        from .pipeline import DaemonI2VGenXLPipeline
+        from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
 
         return DaemonI2VGenXLPipeline
     import diffusers

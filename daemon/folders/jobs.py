@@ -27,9 +27,10 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from . import fsops, logs, names
-from .inbox import Group, Signature, signature
-from .names import ERROR_FILE
+from daemon import logs
+from daemon.folders import fsops, names
+from daemon.folders.names import ERROR_FILE
+from daemon.folders.scan import Group, Signature, signature
 
 RECORD = "claim.json"
 # Present while a claim is being undone or a job put back into the inbox: recovery finishes

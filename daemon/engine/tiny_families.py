@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import tiny
+from daemon import tiny
 
 MARKER = tiny.MARKER  # one marker file name for every tiny build
 

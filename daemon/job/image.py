@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from daemon.errors import ImageError
 
 try:  # HEIC/HEIF support is optional: only with the pillow-heif plugin installed.
     import pillow_heif  # type: ignore[import-not-found]

@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from . import __version__, logs
-from .events import JobFinished
+from daemon import __version__, logs
+from daemon.listeners.events import JobFinished
 
 # A tiny model on a CPU takes seconds, i2vgen-xl at 1024p on a GPU minutes.
 GENERATE_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import logs
-from .events import JobFinished
+from daemon import logs
+from daemon.listeners.events import JobFinished
 
 # What ``vsock:`` and other exotic addresses would need is not worth carrying: we only run
 # as a local service, where NOTIFY_SOCKET is always a path or an abstract name.

@@ -20,15 +20,16 @@ from typing import Any
 
 import structlog
 
-from . import __version__, fsops
-from .config import Settings
-from .encode import EncodeResult, encode_job
-from .errors import JobError, SidecarError
-from .generate import GenerationRequest, Generator
-from .images import clip_size, fit_to, load_image, resolution_to_short_side
-from .inbox import split_name
-from .jobs import Job
-from .sidecar import SIDECAR_EXTS, JobParams, defaults, read_sidecar
+from daemon import __version__
+from daemon.config import Settings
+from daemon.encode import EncodeResult, encode_job
+from daemon.errors import JobError, SidecarError
+from daemon.folders import fsops
+from daemon.folders.jobs import Job
+from daemon.folders.scan import split_name
+from daemon.generate import GenerationRequest, Generator
+from daemon.job.image import clip_size, fit_to, load_image, resolution_to_short_side
+from daemon.job.sidecar import SIDECAR_EXTS, JobParams, defaults, read_sidecar
 
 StepCallback = Callable[[int, int], None]
 
