@@ -17,9 +17,17 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from daemon import __version__, logs
-from daemon.config import ConfigError, Settings, find_config, load_settings
+from daemon.config import (
+    ConfigError,
+    Settings,
+    describe_config_source,
+    env_overrides,
+    find_config,
+    load_settings,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,12 +36,39 @@ class UsageError(Exception):
     """A mistake on the command line or in the configuration: exit 2 with one line."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, log: Any = None) -> tuple[Path | None, Settings]:
+    """The config file found (None: built-in defaults) and the settings, once they load.
+
+    Then says which file that was (or where it looked), which ``I2VD_`` variables override it and
+    which are no setting at all: on stderr (stdout stays for what scripts read), or as log lines
+    for ``run``. A config that fails says so in its one error line instead.
+    """
     path = find_config(args.config)
     try:
-        return load_settings(path)
+        settings = load_settings(path)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+    _announce(args, path, log)
+    return path, settings
+
+
+def _announce(args: argparse.Namespace, path: Path | None, log: Any = None) -> None:
+    overrides, warnings = env_overrides()
+    source = describe_config_source(args.config, path)
+    variables = [o.var for o in overrides]
+    if log is None:
+        extra = f"; overridden by {', '.join(variables)}" if variables else ""
+        print(f"i2vd: {source}{extra}", file=sys.stderr)
+        for warning in warnings:
+            print(f"i2vd: warning: {warning}", file=sys.stderr)
+    else:
+        fields: dict[str, Any] = {"overridden_by": variables} if variables else {}
+        if path is None:
+            log.warning(source, **fields)
+        else:
+            log.info("config", file=str(path.absolute()), **fields)
+        for warning in warnings:
+            log.warning(warning)
 
 
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
@@ -60,9 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
     faulthandler.enable()
-    path = find_config(args.config)
-    settings = _settings(args)
     log = logs.get()
+    path, settings = _settings(args, log)
     log.info("loading model", model=settings.model.id, device=settings.model.device)
     try:
         generator = _load_generator(settings)
@@ -73,14 +107,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if settings.model.warmup and not args.once:
             from daemon.job.image import resolution_to_short_side
 
-            # One small generation now, so the first user job is not the slow one.
-            seconds = generator.warm_up(
+            # One small generation now, so the first user job is not the slow one (it logs the time).
+            generator.warm_up(
                 short_side=resolution_to_short_side(settings.generation.resolution),
                 num_frames=settings.generation.num_frames,
             )
-            log.info("model warmed up", seconds=round(seconds, 2))
     except Exception as e:
-        log.error("model failed to load", model=settings.model.id, error=str(e))
+        hint: dict[str, str] = {}
+        if path is None:
+            hint["hint"] = "no config file was found, so this is the built-in default model; see --config"
+        log.error("model failed to load", model=settings.model.id, error=str(e), **hint)
         return EXIT_FAILED
     listeners: list[Listener] = [notify.SystemdListener()]
     if settings.metrics.address:
@@ -126,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from daemon.doctor import run_checks
 
-    settings = _settings(args)
+    _, settings = _settings(args)
     ok = True
     for passed, what, detail in run_checks(settings, _load_generator):
         ok &= passed
@@ -137,7 +173,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_fetch_model(args: argparse.Namespace) -> int:
     from daemon.fetch import fetch_model
 
-    settings = _settings(args)
+    _, settings = _settings(args)
     m = settings.model
     try:
         path = fetch_model(
@@ -151,7 +187,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    _, settings = _settings(args)
     defaults = set(settings.output.default_recipes)
     for name, recipe in sorted(settings.recipe_table().items()):
         mark = "*" if name in defaults else " "
@@ -164,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daemon.service.loop import folders_of
     from daemon.status import read_status, render
 
-    settings = _settings(args)
+    _, settings = _settings(args)
     status = read_status(folders_of(settings).state)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -195,28 +231,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.job.image import load_image
     from daemon.job.sidecar import read_sidecar
 
-    settings = _settings(args)
+    path = find_config(args.config)
+    if path is None and not any(o.key == "paths.inbox" for o in env_overrides()[0]):
+        # Without the daemon's config this would fill ./inbox of wherever it was typed, which no
+        # daemon watches: the job would wait forever while the command reported success.
+        looked = describe_config_source(args.config, None).partition(";")[0]
+        raise UsageError(
+            f"submit needs the daemon's config to know which inbox it watches: {looked}; "
+            "name it with --config FILE or I2VD_CONFIG=FILE"
+        )
+    _, settings = _settings(args)
     image = Path(args.image)
     if not image.is_file():
         raise UsageError(f"{image}: no such file")
     table = {"prompt": args.prompt, **_parse_set(args.set)}
+    # Check the user's own image and values exactly as the daemon will, before anything shows in
+    # the inbox, so a problem names their file and their options, not a temporary copy.
+    try:
+        load_image(
+            image, max_pixels=settings.limits.max_image_pixels, max_bytes=settings.limits.max_image_bytes
+        )
+    except JobError as e:
+        raise UsageError(str(e).replace("\n", " ")) from None
     inbox = settings.paths.inbox
     inbox.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=inbox, prefix=".submit-") as tmp:
-        # Check both files exactly as the daemon will, before anything shows in the inbox.
         sidecar_tmp = Path(tmp) / "job.json"
         sidecar_tmp.write_text(json.dumps(table, ensure_ascii=False))
-        image_tmp = Path(tmp) / ("image" + image.suffix.lower())
-        shutil.copyfile(image, image_tmp)
         try:
             read_sidecar(sidecar_tmp, settings.generation, settings.limits, set(settings.recipe_table()))
-            load_image(
-                image_tmp,
-                max_pixels=settings.limits.max_image_pixels,
-                max_bytes=settings.limits.max_image_bytes,
-            )
         except JobError as e:
-            raise UsageError(str(e).replace("\n", " ")) from None
+            raise UsageError(_options_problem(str(e), sidecar_tmp.name)) from None
+        image_tmp = Path(tmp) / ("image" + image.suffix.lower())
+        shutil.copyfile(image, image_tmp)
         stem = args.name or image.stem.lstrip("-.") or "job"
         n = 1
         while True:
@@ -229,6 +276,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         fsops.move(sidecar_tmp, inbox / f"{name}.json")
     print(inbox / f"{name}{image.suffix.lower()}")
     return EXIT_OK
+
+
+def _options_problem(message: str, sidecar_name: str) -> str:
+    """A prompt-file error about submit's temporary sidecar, reworded for the options that made it."""
+    message = message.replace("\n", " ")
+    prefix = f'The prompt file "{sidecar_name}" has a problem: '
+    if message.startswith(prefix):
+        return "--prompt/--set: " + message[len(prefix) :]
+    return message.replace(f'The prompt file "{sidecar_name}"', "The --prompt/--set values").replace(
+        f'"{sidecar_name}"', "the --prompt/--set values"
+    )
 
 
 def glob_escape(text: str) -> str:
@@ -275,10 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that left shows up here, not in the interpreter's last flush
+        return code
     except UsageError as e:
         print(f"i2vd: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`i2vd status | head -3`): that is its choice, not an error to report.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

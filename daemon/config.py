@@ -6,10 +6,13 @@ is allowed, so the operator fixes the file instead of reading a traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -18,6 +21,10 @@ from daemon.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_
 
 # Searched in this order when neither --config nor $I2VD_CONFIG names a file.
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
+
+# ``I2VD_SECTION__KEY`` overrides a setting; these names share the prefix but are not settings.
+ENV_PREFIX = "I2VD_"
+ENV_NOT_SETTINGS = frozenset({"I2VD_CONFIG"})
 
 RESOLUTIONS = ("512p", "768p", "1024p")
 
@@ -276,10 +283,101 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
     return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
 
 
+def describe_config_source(explicit: str | os.PathLike[str] | None, path: Path | None) -> str:
+    """One line saying which config file ``find_config`` chose, or where it looked and found none."""
+    if path is not None:
+        how = " (--config)" if explicit else " ($I2VD_CONFIG)" if os.environ.get("I2VD_CONFIG") else ""
+        return f"config {path.absolute()}{how}"
+    places = ", ".join(str(p.absolute()) for p in DEFAULT_CONFIG_PATHS)
+    return (
+        f"no config file found (no --config, $I2VD_CONFIG not set, none at {places}); using built-in defaults"
+    )
+
+
+@dataclass(frozen=True)
+class EnvOverride:
+    """One ``I2VD_SECTION__KEY`` variable: its name as written, its value and the setting it names."""
+
+    var: str
+    value: str
+    key: str  # dotted and lower-case, as pydantic-settings matches it: "model.device"
+
+    def __str__(self) -> str:
+        value = self.value if len(self.value) <= 60 else self.value[:57] + "..."
+        return f"{self.var}={value}"
+
+
+def _fields_at(parts: tuple[str, ...]) -> list[str] | None:
+    """The setting names allowed under ``parts`` (``()`` is the sections); None when any name goes.
+
+    Raises KeyError when ``parts`` itself is no setting.
+    """
+    node: Any = Settings
+    for part in parts:
+        if get_origin(node) is dict:  # [recipes.NAME]: any name, then a recipe's keys
+            node = get_args(node)[1]
+        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+        else:
+            raise KeyError(part)
+    if get_origin(node) is dict:
+        return None
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []  # a value: nothing goes below it
+
+
+def _suggest(parts: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``parts`` with each misspelt name replaced by the closest real one, or None if one has no match."""
+    fixed: list[str] = []
+    for part in parts:
+        try:
+            allowed = _fields_at(tuple(fixed))
+        except KeyError:
+            return None
+        if allowed is None or part in allowed:
+            fixed.append(part)
+            continue
+        close = difflib.get_close_matches(part, allowed, n=1, cutoff=0.6)
+        if not close:
+            return None
+        fixed.append(close[0])
+    return tuple(fixed)
+
+
+def _env_name(parts: tuple[str, ...]) -> str:
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> tuple[list[EnvOverride], list[str]]:
+    """The ``I2VD_`` variables that override settings, and one warning for each that pydantic ignores.
+
+    pydantic-settings silently skips a variable whose section does not exist (``I2VD_MODLE__ID``),
+    which would leave an operator believing the override works; the warning names it and, where one
+    is close, the variable they meant. A bad key inside a real section fails validation instead, and
+    the error names the variable (``_describe``).
+    """
+    env = os.environ if environ is None else environ
+    overrides: list[EnvOverride] = []
+    warnings: list[str] = []
+    for var, value in sorted(env.items()):
+        if not var.upper().startswith(ENV_PREFIX) or var.upper() in ENV_NOT_SETTINGS:
+            continue
+        parts = tuple(var[len(ENV_PREFIX) :].lower().split("__"))
+        if parts[0] not in Settings.model_fields:
+            close = _suggest(parts)
+            hint = f"; did you mean {_env_name(close)}?" if close else " (see config.example.toml)"
+            warnings.append(f"environment variable {var} is not a setting and is ignored{hint}")
+            continue
+        overrides.append(EnvOverride(var, value, ".".join(parts)))
+    return overrides, warnings
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read, validate and resolve a config; raise ConfigError with one readable line per problem.
 
     Relative paths resolve against the config file's folder (the working directory without one).
+    A problem in an ``I2VD_`` environment override names the variable, not the file.
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -288,6 +386,8 @@ def load_settings(path: Path | None) -> Settings:
             data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; name the .toml file inside it") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from None
         except tomllib.TOMLDecodeError as e:
@@ -296,7 +396,7 @@ def load_settings(path: Path | None) -> Settings:
     try:
         settings = Settings(**data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, path)) from None
+        raise ConfigError(_describe(e, path, env_overrides()[0])) from None
     _resolve_paths(settings, base)
     return settings
 
@@ -319,14 +419,47 @@ def _resolve_paths(settings: Settings, base: Path) -> None:
         seen[folder] = name
 
 
-def _describe(error: ValidationError, path: Path | None) -> str:
-    where = f" in {path}" if path else ""
-    lines = []
+def _unknown_key(parts: tuple[str, ...], env: bool) -> str:
+    close = _suggest(parts)
+    if env:
+        return "no such setting" + (f" (did you mean {_env_name(close)}?)" if close else "")
+    what = "section" if len(parts) == 1 else "key"
+    if close is None:
+        return f"unknown {what} (check the spelling against config.example.toml)"
+    return f"unknown {what} (did you mean {'.'.join(close) if len(parts) > 1 else f'[{close[0]}]'}?)"
+
+
+def _describe(error: ValidationError, path: Path | None, overrides: list[EnvOverride]) -> str:
+    """One line: the file's problems first (naming the file), then each failing variable by name."""
+    by_key = {o.key: o for o in overrides}
+    from_file: list[str] = []
+    from_env: list[str] = []
     for err in error.errors():
-        key = ".".join(str(part) for part in err["loc"])
+        parts = tuple(str(part) for part in err["loc"])
+        key = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
+        # The variable that set this key, a whole section of it (I2VD_MODEL='{"device": ...}') or a
+        # name below it (I2VD_MODEL__DEVICE__X turns model.device into a table).
+        override = next(
+            (by_key[k] for i in range(len(parts), 0, -1) if (k := ".".join(parts[:i]).lower()) in by_key),
+            None,
+        )
+        below = [o for o in overrides if parts and o.key.startswith(key.lower() + ".")]
+        blamed = [override] if override is not None else below
+        if not parts:
+            # A cross-check between keys: blame the variables that set a key it names, if any did.
+            blamed = [o for o in overrides if o.key in msg]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against config.example.toml)"
-        value = f" (got {err['input']!r})" if "input" in err and err["type"] != "extra_forbidden" else ""
-        lines.append(f"{key}: {msg}{value}" if key else f"{msg}")
-    return f"invalid configuration{where}: " + "; ".join(lines)
+            msg = _unknown_key(parts, env=bool(blamed))
+        elif not blamed and "input" in err:
+            msg += f" (got {err['input']!r})"
+        line = f"{key}: {msg}" if key else msg
+        if blamed:
+            from_env.append(f"{', '.join(map(str, blamed))}: {line}")
+        else:
+            from_file.append(line)
+    where = f" in {path}" if path else ""
+    groups = [f"invalid configuration{where}: " + "; ".join(from_file)] if from_file else []
+    if from_env:
+        groups.append("invalid environment variable " + "; ".join(from_env))
+    return "; ".join(groups)

@@ -40,7 +40,10 @@ def fetch_model(
     """
     from daemon.engine import tiny_families
     from daemon.generate import STUB_ID, TINY_ID
+    from daemon.logs import adopt_model_libraries
 
+    if model_id == TINY_ID or model_id in tiny_families.BUILDERS:
+        adopt_model_libraries()  # no "Writing model shards" bars or deprecation notices
     if model_id == TINY_ID:
         return build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
     if model_id in tiny_families.BUILDERS:
@@ -65,6 +68,8 @@ def fetch_model(
 
     from daemon.generate import _resolve_dtype, weights_variant
 
+    adopt_model_libraries()  # library notices through our log; the download's own progress bars stay
+
     # As the daemon will resolve it, without requiring the GPU to be there now (fetching may be
     # done on another machine, or before the driver is installed).
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -79,5 +84,34 @@ def fetch_model(
                 raise
             path = DiffusionPipeline.download(model_id, **kwargs)
     except Exception as exc:
-        raise RuntimeError(f"Could not download {model_id!r} (revision {revision or 'main'}): {exc}") from exc
+        raise RuntimeError(
+            f"Could not download {model_id!r} (revision {revision or 'main'}): {_reason(exc)}"
+        ) from exc
     return Path(path)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in one line: the root cause, since diffusers' own message for an unreachable
+    Hub ends "check out the root cause in the stacktrace above", and the command prints no stack."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    unreachable = next((e for e in chain if _is_connection_error(e)), None)
+    if unreachable is not None:
+        return (
+            f"the Hugging Face Hub cannot be reached from this machine ({_first_line(unreachable)}). "
+            "Check the network and any proxy (HTTPS_PROXY), or fetch on a machine that can reach it "
+            "and copy the cache folder here."
+        )
+    return _first_line(exc) if "stacktrace above" not in str(exc) else _first_line(chain[-1])
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # requests' and httpx's connection and timeout errors, and the socket errors under them.
+    name = type(exc).__name__
+    return isinstance(exc, ConnectionError | TimeoutError) or "Connect" in name or "Timeout" in name
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -269,9 +269,10 @@ class DiffusersGenerator:
         options: EngineOptions | None = None,
         family: str = "auto",
     ) -> None:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
+        from daemon.logs import adopt_model_libraries
 
+        # A service logs to journald: loading progress bars and library notices are noise there.
+        adopt_model_libraries()
         torch_device = _resolve_device(device)
         source, revision, family_name, kwargs = _locate(model_id, family, revision, Path(cache_dir))
         # torch.compile's kernels kept beside the weights, not in /tmp (a service's private /tmp is
@@ -279,9 +280,6 @@ class DiffusersGenerator:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "torch-compile"))
         fam = get_family(family_name)
         torch_dtype = _resolve_dtype(dtype, torch_device, fam)
-        # A service logs to journald: loading progress bars are just noise there.
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
         cls = pipeline_class(fam)
         ftfy_fallback(cls)
         variant = None if _is_tiny(model_id) else weights_variant(torch_dtype)
@@ -657,9 +655,30 @@ def _locate(
         return folder, None, detect_family(str(folder), family=family), {}  # a folder has no revision
     if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:  # a Hub id is "owner/name"
         raise FileNotFoundError(f"model.id {model_id!r} looks like a folder, but no such folder exists.")
+    if not _in_cache(model_id, revision, cache_dir):
+        # One line naming the fix, instead of the hub library's paragraph about local_files_only;
+        # a RuntimeError like every other model that cannot be loaded.
+        raise RuntimeError(
+            f"model {model_id!r}{f' (revision {revision})' if revision else ''} is not in the model cache "
+            f"{cache_dir}: run `i2vd fetch-model` once where the Hugging Face Hub can be reached (the daemon "
+            "never downloads), or set model.id to a local model folder or 'tiny'."
+        )
     detected = detect_family(model_id, family=family, cache_dir=cache_dir, revision=revision)
     kwargs = {"revision": revision, "cache_dir": str(cache_dir), "local_files_only": True}
     return model_id, revision, detected, kwargs
+
+
+def _in_cache(model_id: str, revision: str | None, cache_dir: Path) -> bool:
+    """Whether ``i2vd fetch-model`` (or any download) has put this model's index into ``cache_dir``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(
+            model_id, "model_index.json", cache_dir=str(cache_dir), revision=revision
+        )
+    except Exception:  # an id the hub library rejects: let from_pretrained say what is wrong with it
+        return True
+    return isinstance(found, str)
 
 
 def load_generator(

@@ -7,6 +7,7 @@ keeps them; ``JOURNAL_STREAM`` tells us it is there). The same events either way
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -81,6 +82,71 @@ def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, l
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_library_logs()
+
+
+class _ToStructlog(logging.Handler):
+    """Hands a stdlib logging record (a library's, or a captured ``warnings`` warning) to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # A captured warning carries its source line after a newline: one line is enough.
+            lines = record.getMessage().strip().splitlines()
+            get().log(record.levelno, lines[0] if lines else "", logger=record.name)
+        except Exception:
+            self.handleError(record)
+
+
+class _DropShutdownNoise(logging.Filter):
+    # watchdog's inotify thread reports its own observer being stopped under it (a cold stop) as an
+    # error; nothing is wrong and nothing is lost, so an operator must not be sent looking.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+# Library lines an operator can act on; the rest (deprecations, optional-backend notices) are for
+# the developers of this program, who see them by lowering these levels.
+_LIBRARY_LEVELS = {
+    "diffusers": logging.ERROR,
+    "transformers": logging.ERROR,
+    "huggingface_hub": logging.WARNING,
+    "watchdog": logging.WARNING,
+    "py.warnings": logging.WARNING,
+}
+
+
+def _route_library_logs() -> None:
+    """Every stdlib log record at WARNING and above, and every ``warnings`` warning, becomes one line
+    through structlog (JSON for journald like ours), instead of a differently formatted stderr line."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_ToStructlog(logging.WARNING))
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    for name, level in _LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    watchdog = logging.getLogger("watchdog")
+    if not any(isinstance(f, _DropShutdownNoise) for f in watchdog.filters):
+        watchdog.addFilter(_DropShutdownNoise())
+
+
+def adopt_model_libraries() -> None:
+    """Call once diffusers is imported: its and transformers' own stderr handlers give way to the
+    structlog route above, and their progress bars (loading, writing the tiny model's shards) stop.
+
+    Both libraries install a handler on import and stop propagation; this undoes that.
+    Hub download bars (``i2vd fetch-model``) are huggingface_hub's and stay.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_default_handler()
+        lib.enable_propagation()
+        lib.disable_progress_bar()
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).setLevel(_LIBRARY_LEVELS[name])
 
 
 def get(name: str = "i2vd") -> Any:

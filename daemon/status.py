@@ -46,22 +46,41 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return status
 
 
+def one_line(text: str, width: int) -> str:
+    """``text`` on one line of at most ``width`` characters, cut at a word with "…" when too long.
+
+    A job's error can span lines (ffmpeg's last words, a traceback's tail): in a table each entry
+    must stay on its own line, and a cut mid-word reads as a different word.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    cut = flat[: width - 1]
+    if " " in cut and not flat[width - 1].isspace():
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "…"
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [
         f"daemon   {'running' if status.get('running') else 'NOT running'} ({status.get('state', 'unknown')})"
     ]
     if status.get("inbox_missing"):
-        lines.append(
-            f"inbox    MISSING, waiting for it ({status.get('inbox_problem') or 'share not mounted?'})"
-        )
+        problem = one_line(str(status.get("inbox_problem") or "share not mounted?"), 80)
+        lines.append(f"inbox    MISSING, waiting for it ({problem})")
     cur = status.get("current")
     if cur:
+        step, total = cur.get("step") or 0, cur.get("total")
+        # Before the first step the total is not known yet (the model is still setting up).
+        progress = "starting" if not step and not total else f"step {step}/{total or '?'}"
         eta = f", about {cur['eta_seconds']:.0f} s left" if cur.get("eta_seconds") is not None else ""
-        lines.append(f"current  {cur['job']}  step {cur.get('step', 0)}/{cur.get('total', '?')}{eta}")
+        lines.append(f"current  {one_line(str(cur['job']), 60)}  {progress}{eta}")
     else:
         lines.append("current  -")
     queue = status.get("queue", [])
-    lines.append(f"queue    {len(queue)} waiting" + (": " + ", ".join(queue[:10]) if queue else ""))
+    shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
+    lines.append(f"queue    {len(queue)} waiting" + (": " + shown if queue else ""))
     for r in status.get("recent", [])[:10]:
-        lines.append(f"  {r['outcome']:<7} {r['job']}" + (f"  ({r['error'][:80]})" if r.get("error") else ""))
+        error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
+        lines.append(f"  {r['outcome']:<7} {one_line(str(r['job']), 60)}{error}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,12 +15,13 @@ from PIL import Image
 from daemon.config import load_settings
 from daemon.generate import StubGenerator
 from daemon.service.loop import Service
+from daemon.status import render
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
+def run(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")} | extra_env
     return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -102,3 +104,152 @@ def test_status_tells_whether_the_daemon_runs(tmp_path: Path) -> None:
         runner.join(30)
     r = run("status", cwd=tmp_path)
     assert r.returncode == 1 and "stopped" in r.stdout
+
+
+def test_every_command_names_its_config_or_where_it_looked(tmp_path: Path) -> None:
+    r = run("recipes", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    note = r.stderr.strip()
+    assert note.startswith("i2vd: no config file found") and "using built-in defaults" in note
+    assert (
+        str(tmp_path / "config.toml") in note and "/etc/i2vd/config.toml" in note and "$I2VD_CONFIG" in note
+    )
+    assert "poster" in r.stdout, "stdout keeps only what scripts read"
+
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('[model]\nid = "stub"\n')
+    r = run("status", "--json", cwd=tmp_path, I2VD_CONFIG=str(config), I2VD_WATCH__MODE="poll")
+    assert r.stderr.strip() == f"i2vd: config {config} ($I2VD_CONFIG); overridden by I2VD_WATCH__MODE"
+    assert json.loads(r.stdout)["running"] is False
+
+
+def test_submit_without_a_config_refuses_instead_of_filling_a_stray_inbox(tmp_path: Path) -> None:
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (64, 48), 200).save(image)
+    r = run("submit", "--prompt", "waves", str(image), cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "no config file found" in line and str(tmp_path / "config.toml") in line and "--config" in line
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_run_without_a_config_or_model_says_so_in_two_lines(tmp_path: Path) -> None:
+    # The built-in default model is a Hub id no test machine holds: run must not try the Hub.
+    r = run("run", "--once", cwd=tmp_path, HF_HUB_OFFLINE="1")
+    assert r.returncode == 1
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert events[0]["level"] == "warning" and events[0]["event"].startswith("no config file found")
+    failed = events[-1]
+    assert failed["event"] == "model failed to load" and "--config" in failed["hint"]
+    assert "is not in the model cache" in failed["error"] and "i2vd fetch-model" in failed["error"]
+    assert "local_files_only" not in r.stderr
+
+
+def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[model]\nid = "stub"\n')
+    r = run("recipes", cwd=tmp_path, I2VD_MODEL__DEVICE="gpu")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "i2vd: invalid environment variable I2VD_MODEL__DEVICE=gpu: "
+        "model.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    )
+    r = run("recipes", cwd=tmp_path, I2VD_MODEL__DEVISE="cpu")
+    assert r.returncode == 2 and "I2VD_MODEL__DEVISE=cpu" in r.stderr
+    assert "did you mean I2VD_MODEL__DEVICE?" in r.stderr and "config.toml" not in r.stderr
+
+
+def test_an_override_of_no_section_is_warned_about_not_ignored(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("")
+    r = run("recipes", cwd=tmp_path, I2VD_MODLE__ID="tiny")
+    assert r.returncode == 0, r.stderr
+    assert (
+        "i2vd: warning: environment variable I2VD_MODLE__ID is not a setting and is ignored; "
+        "did you mean I2VD_MODEL__ID?"
+    ) in r.stderr.splitlines()
+
+
+def test_submit_errors_name_the_users_own_file_and_options(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("")
+    script = tmp_path / "notes.txt"
+    script.write_text("not a picture")
+    r = run("submit", "--prompt", "waves", str(script), cwd=tmp_path)
+    assert r.returncode == 2 and '"notes.txt" is not an image' in r.stderr and "image.txt" not in r.stderr
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (64, 48), 200).save(image)
+    r = run("submit", "--prompt", "waves", "--set", "fps=fast", str(image), cwd=tmp_path)
+    assert r.returncode == 2 and "job.json" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("i2vd: --prompt/--set: fps =")
+    assert not any((tmp_path / "inbox").iterdir())
+
+
+def test_status_keeps_one_line_per_entry() -> None:
+    error = "ffmpeg failed:\n  Invalid data found when processing input\n" + "while reading the frames " * 8
+    text = render(
+        {
+            "running": True,
+            "state": "busy",
+            "current": {"job": "cat", "step": 0, "total": None, "eta_seconds": None},
+            "queue": [],
+            "recent": [{"outcome": "failed", "job": "dog", "error": error}],
+        }
+    )
+    lines = text.splitlines()
+    assert lines[1] == "current  cat  starting", "no 'step 0/None' before the first step"
+    assert len(lines) == 4
+    shown = lines[3].removeprefix("  failed  dog  (").removesuffix(")")
+    assert shown.startswith("ffmpeg failed: Invalid data found") and shown.endswith("…")
+    assert len(shown) <= 80
+    assert " ".join(error.split()).startswith(shown[:-1] + " "), "cut at a word boundary"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    # `i2vd status | head -3`: the reading end closes first, so every write fails with EPIPE.
+    (tmp_path / "config.toml").write_text("")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
+    try:
+        r = subprocess.run(
+            [*CLI, "recipes"], cwd=tmp_path, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert r.returncode == 0
+    assert r.stderr == f"i2vd: config {tmp_path / 'config.toml'}\n", r.stderr
+
+
+def test_fetch_model_that_cannot_reach_the_hub_names_the_cause(tmp_path: Path) -> None:
+    # A real refused connection (nothing listens on port 9), not a simulated one.
+    (tmp_path / "config.toml").write_text('[model]\nid = "ali-vilab/i2vgen-xl"\n')
+    r = run("fetch-model", cwd=tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert "cannot be reached" in last and "Connection refused" in last
+    assert "stacktrace" not in r.stderr
+
+
+def test_run_logs_only_what_an_operator_needs(tmp_path: Path) -> None:
+    # A fresh tiny build (its shards are written now) and a warm-up: the noisiest start there is.
+    (tmp_path / "config.toml").write_text('[model]\nid = "tiny"\n[generation]\nnum_frames = 8\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
+    proc = subprocess.Popen(
+        [*CLI, "run"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if '"watching"' in line:
+                # Two signals: the cold stop, the one that used to draw a watchdog thread error.
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    events = [json.loads(line) for line in lines]  # every line is one of ours: no library output
+    names = [e["event"] for e in events]
+    assert names.count("model warmed up") == 1, names
+    assert names[:3] == ["config", "loading model", "model warmed up"], names
+    assert all(e["level"] == "info" for e in events), [e for e in events if e["level"] != "info"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
-from daemon.config import Settings, load_settings
+from daemon.config import ConfigError, Settings, env_overrides, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -31,3 +32,54 @@ def test_every_key_is_documented() -> None:
             if not re.search(rf"^#? ?{key} = ", text, re.MULTILINE):
                 missing.append(f"{section}.{key}")
     assert not missing, f"undocumented in config.example.toml: {missing}"
+
+
+def test_a_misspelt_key_or_section_gets_a_did_you_mean(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[modle]\nid = "tiny"\n[model]\ndevise = "cpu"\n[recipes.square]\nfiltrs = []\n[watch]\nx = 1\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    message = str(e.value)
+    assert message.startswith(f"invalid configuration in {path}: ")
+    assert "modle: unknown section (did you mean [model]?)" in message
+    assert "model.devise: unknown key (did you mean model.device?)" in message
+    assert "recipes.square.filtrs: unknown key (did you mean recipes.square.filters?)" in message
+    assert "watch.x: unknown key (check the spelling against config.example.toml)" in message
+
+
+def test_file_and_environment_problems_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[watch]\nsettle_seconds = -1\n")
+    monkeypatch.setenv("I2VD_WATCH__MODE", "fast")
+    monkeypatch.setenv("I2VD_GENERATION__RESOLUTION", "1024p")
+    monkeypatch.setenv("I2VD_LIMITS__RESOLUTIONS", '["512p"]')
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    file_part, _, env_part = str(e.value).partition("; invalid environment variable ")
+    assert file_part.startswith(f"invalid configuration in {path}: watch.settle_seconds")
+    assert "I2VD_WATCH__MODE=fast: watch.mode" in env_part and "fast" not in file_part
+    monkeypatch.delenv("I2VD_WATCH__MODE")
+    path.write_text("")
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    # A check across two keys blames the variables that set them.
+    assert str(e.value).startswith(
+        'invalid environment variable I2VD_GENERATION__RESOLUTION=1024p, I2VD_LIMITS__RESOLUTIONS=["512p"]: '
+    )
+
+
+def test_env_overrides_reads_every_i2vd_variable_but_the_config_path() -> None:
+    overrides, warnings = env_overrides(
+        {"I2VD_CONFIG": "/etc/x.toml", "I2VD_MODEL__ID": "tiny", "i2vd_watch__mode": "poll", "I2VD_X": "1"}
+    )
+    assert [(o.var, o.key) for o in overrides] == [
+        ("I2VD_MODEL__ID", "model.id"),
+        ("i2vd_watch__mode", "watch.mode"),
+    ]
+    assert warnings == [
+        "environment variable I2VD_X is not a setting and is ignored (see config.example.toml)"
+    ]

@@ -403,10 +403,10 @@ class Service:
                 )
             else:
                 text = "stop requested: no job is running; stopping"
-            self.log.warning(text)
+            self.log.info(text)
             notify.stopping("finishing the current job (warm stop)" if current else "stopping")
         else:
-            self.log.warning(
+            self.log.info(
                 f"interrupting {current} now; its files go back to the inbox" if current else "stopping now"
             )
             notify.stopping("interrupting the current job (cold stop)")
