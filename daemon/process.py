@@ -22,7 +22,7 @@ import structlog
 
 from . import __version__, fsops
 from .config import Settings
-from .encode import EncodeResult, encode_job
+from .encode import EncodeResult, encode_job, select_ffmpeg
 from .errors import JobError, SidecarError
 from .generate import GenerationRequest, Generator
 from .images import clip_size, fit_to, load_image, resolution_to_short_side
@@ -220,8 +220,9 @@ def encode_generated(gen: Generated, settings: Settings, log: Any) -> Result:
     3. write ``JOB.json`` last, so its presence means the rest is there.
     """
     job, table = gen.job, settings.recipe_table()
+    ffmpeg = select_ffmpeg(settings.output.ffmpeg)  # checked at start; cached
     enc: EncodeResult = encode_job(
-        gen.frames, gen.params.fps, job.out, job.name, {n: table[n] for n in gen.recipes}
+        gen.frames, gen.params.fps, job.out, job.name, {n: table[n] for n in gen.recipes}, ffmpeg=ffmpeg
     )
     recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}
     for name, err in recipe_errors.items():
@@ -229,6 +230,7 @@ def encode_generated(gen: Generated, settings: Settings, log: Any) -> Result:
     log.info("encoded", seconds=round(enc.seconds, 2), recipes=[n for n, r in enc.recipes.items() if r.ok])
     info = dict(gen.info)
     info["status"] = "done" if not recipe_errors else "done_with_recipe_errors"
+    info["versions"] = {**info.get("versions", {}), "ffmpeg": ffmpeg.version}
     info["master"] = enc.master.name
     info["recipes"] = {
         name: {"ok": r.ok, "file": r.path.name if r.path else None, "error": r.error}

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from . import logs, notify
 from .config import Settings
-from .encode import validate_recipe
+from .encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
 from .errors import JobError
 from .events import JobFinished, Listener
 from .generate import Generator
@@ -124,11 +124,16 @@ class Service:
     # -- set-up and tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
-        """Check recipes, create the folders, take the lock, finish what a crash left, start."""
+        """Check ffmpeg and recipes, create the folders, take the lock, finish what a crash left, start."""
+        try:
+            ffmpeg = select_ffmpeg(self.settings.output.ffmpeg)
+        except FFmpegUnavailable as e:
+            raise StartupError(str(e)) from None
+        self.log.info("ffmpeg", path=ffmpeg.path, version=ffmpeg.version, chosen_by=ffmpeg.chosen_by)
         broken = {
             name: err
             for name, recipe in self.settings.recipe_table().items()
-            if (err := validate_recipe(name, recipe)) is not None
+            if (err := validate_recipe(name, recipe, ffmpeg=ffmpeg)) is not None
         }
         if broken:
             raise StartupError(
