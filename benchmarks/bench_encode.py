@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config import OutputConfig
-from daemon.encode import MASTER_OPTIONS, encode_job, ffmpeg_exe, ffmpeg_version
+from daemon.encode import MASTER_OPTIONS, encode_job, ffmpeg_exe, select_ffmpeg
 from daemon.generate import GenerationRequest, StubGenerator
 from daemon.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
 
@@ -244,14 +243,11 @@ def cpu_model() -> str:
 
 def machine_lines() -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    exe = ffmpeg_exe()
-    source = "system PATH" if shutil.which("ffmpeg") == exe else "imageio-ffmpeg"
     return [
         f"machine: {os.cpu_count()} CPUs ({usable} usable), {cpu_model()}"
         f" (platform.processor()={platform.processor()!r}), {platform.platform()}",
         f"python:  {platform.python_version()}, numpy {np.__version__}",
-        f"ffmpeg:  {exe} [{source}]",
-        f"         {ffmpeg_version()}",
+        f"ffmpeg:  {select_ffmpeg(None).describe()}",
     ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,6 +172,27 @@ class OutputConfig(_Section):
     # The GPU starts job N+1 while job N encodes; this bounds the frames held in memory
     # to those of encode_queue + 2 jobs.
     encode_queue: int = Field(1, ge=1, le=16)
+    # None: the ffmpeg pinned with the imageio-ffmpeg package (the same on every machine).
+    ffmpeg: Path | None = None
+
+    @field_validator("ffmpeg", mode="before")
+    @classmethod
+    def _ffmpeg(cls, v: Any) -> Any:
+        # Can it run at all is known here; whether it encodes H.264 is checked at start.
+        if v is None or v == "":
+            return None
+        path = Path(v).expanduser()
+        if not path.is_absolute():
+            found = shutil.which(str(path)) if len(path.parts) == 1 else None
+            if found is None:
+                raise ValueError('must be the absolute path of an ffmpeg binary (e.g. "/usr/bin/ffmpeg")')
+            path = Path(found)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise ValueError(
+                f"{path} is not an executable file; fix the path, or remove the key to use the ffmpeg "
+                "i2vd ships"
+            )
+        return path
 
 
 class MetricsConfig(_Section):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
-from daemon.encode import ffmpeg_exe, validate_recipe
+from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
 from daemon.engine.families import defaults_problem
 from daemon.folders.watch import filesystem_type, watch_mode
 
@@ -48,15 +47,14 @@ def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) ->
     )
 
     try:
-        exe = ffmpeg_exe()
-        version = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30).stdout
-        yield True, "ffmpeg", f"{exe} ({version.splitlines()[0] if version else 'unknown version'})"
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        yield False, "ffmpeg", f"not usable: {e}"
+        ffmpeg = select_ffmpeg(settings.output.ffmpeg)
+    except FFmpegUnavailable as e:
+        yield False, "ffmpeg", str(e)
         return
+    yield True, "ffmpeg", ffmpeg.describe()
 
     for name, recipe in sorted(settings.recipe_table().items()):
-        error = validate_recipe(name, recipe)
+        error = validate_recipe(name, recipe, ffmpeg=ffmpeg)
         yield error is None, f"recipe {name}", "works" if error is None else error
 
     try:

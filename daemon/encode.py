@@ -2,10 +2,13 @@
 
 The raw RGB frames are piped once into one ffmpeg process whose filter graph splits them into
 the master and every recipe; nothing is re-encoded from the master and no frame files touch the
-disk. Every file is written under a temporary dot-name in the job's folder and renamed into
-place only when ffmpeg succeeded, so nothing ever appears half-written. When the combined run
-fails, the master and then each recipe are retried alone, so one broken recipe costs only its
-own file.
+disk. Every file is written under a temporary dot-name in the job's folder, read back (it must
+decode, with the frames it should have) and renamed into place only then, so nothing ever appears
+half-written or empty. When the combined run fails, the master and then each failed recipe are
+retried alone, so one broken recipe costs only its own file.
+
+The ffmpeg is a deliberate choice (``select_ffmpeg``): the binary pinned with imageio-ffmpeg, or
+the one ``[output] ffmpeg`` names; never whatever is on PATH.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ import functools
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +36,7 @@ from ffmpeg.nodes import FilterNode
 
 from daemon.errors import EncodeError
 from daemon.folders.fsops import fsync_dir
-from daemon.recipes import ClipInfo, RecipeConfig, check_recipe_name
+from daemon.recipes import ClipInfo, FrameCount, RecipeConfig, check_recipe_name
 
 MASTER_KEY = "master"
 #: The master is the clip users keep; it gets more bits than the CRF-23 delivery recipes.
@@ -50,45 +53,107 @@ _ERROR_LINES = 4
 
 # Quiet enough that the last lines of stderr are the error itself, not progress or banners.
 # empty_output turns "encoded nothing" (a recipe whose filters drop every frame) into a failure
-# instead of a valid-looking file with no frames; it exists in every ffmpeg since 4.0.
+# instead of a valid-looking file with no frames. Not every build honours it for one output of
+# several (Debian's 5.1 exits 0 with a 262-byte mp4), hence the read-back check as well.
 _GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-abort_on", "empty_output")
 
 
 class FFmpegUnavailable(EncodeError, RuntimeError):
-    """No usable ffmpeg: neither on PATH nor from the imageio-ffmpeg package.
+    """The ffmpeg to use is missing, does not run, or cannot encode H.264.
 
     Also a RuntimeError, which is what imageio-ffmpeg raises for the same problem, so callers
     that check the set-up catch either.
     """
 
 
-# --- locating ffmpeg ------------------------------------------------------------------------
+# --- choosing ffmpeg ------------------------------------------------------------------------
+
+#: The config key that names another ffmpeg; messages name it so the operator knows what to change.
+FFMPEG_KEY = "output.ffmpeg"
+
+
+@dataclass(frozen=True)
+class FFmpeg:
+    """The ffmpeg binary in use, and why it was chosen."""
+
+    path: str
+    #: What ``ffmpeg -version`` calls itself, e.g. ``5.1.9-0+deb12u1``.
+    version: str
+    #: "imageio-ffmpeg 0.8.1" for the pinned binary, or the config key that named it.
+    chosen_by: str
+
+    def describe(self) -> str:
+        return f"{self.path} (ffmpeg {self.version}, from {self.chosen_by})"
+
+
+def _pinned_path() -> tuple[str, str]:
+    """The ffmpeg binary inside the installed imageio-ffmpeg wheel, and that wheel's version.
+
+    Not ``imageio_ffmpeg.get_ffmpeg_exe()``: that honours $IMAGEIO_FFMPEG_EXE and falls back to
+    whatever ffmpeg is on PATH, the very machine-to-machine difference the pin exists to remove.
+    """
+    try:
+        from importlib import metadata, resources
+
+        version = metadata.version("imageio-ffmpeg")
+        folder = resources.files("imageio_ffmpeg.binaries")
+        found = sorted(
+            str(entry) for entry in folder.iterdir() if entry.name.startswith("ffmpeg") and entry.is_file()
+        )
+    except (ImportError, metadata.PackageNotFoundError, OSError):
+        raise FFmpegUnavailable(
+            "imageio-ffmpeg is not installed, so i2vd has no ffmpeg of its own: reinstall i2vd "
+            f"(pip install i2v-daemon), or set {FFMPEG_KEY} to an ffmpeg built with libx264"
+        ) from None
+    if not found:
+        raise FFmpegUnavailable(
+            f"imageio-ffmpeg {version} has no ffmpeg binary for this platform: set {FFMPEG_KEY} "
+            'to an ffmpeg built with libx264 (e.g. "/usr/bin/ffmpeg")'
+        )
+    return found[0], version
 
 
 @functools.cache
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg to run: the system one if it can encode H.264, else imageio-ffmpeg's.
+def select_ffmpeg(configured: str | os.PathLike[str] | None = None) -> FFmpeg:
+    """The ffmpeg to run: the one imageio-ffmpeg pins, or ``configured`` ([output] ffmpeg).
 
-    Some distributions ship ffmpeg without libx264 (Fedora's ffmpeg-free), which would fail every
-    master clip; the pip-installed binary always has it, so pip alone sets a machine up.
+    Never whatever happens to be on PATH: Debian's ffmpeg 5.1 writes an empty file for a split
+    output that got no frames and exits 0, Fedora's has no libx264, and a job must come out the
+    same on every machine. Checked once per binary: it runs, and it can encode H.264 (the master).
     """
-    system = shutil.which("ffmpeg")
-    if system is not None and _has_libx264(system):
-        return system
+    if configured is None:
+        path, wheel = _pinned_path()
+        chosen_by = f"imageio-ffmpeg {wheel}"
+        fix = f'set {FFMPEG_KEY} to an ffmpeg built with libx264 (e.g. "/usr/bin/ffmpeg")'
+    else:
+        path, chosen_by = str(configured), FFMPEG_KEY
+        fix = f"set {FFMPEG_KEY} to an ffmpeg built with libx264, or remove it to use the one i2vd ships"
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise FFmpegUnavailable(f"{FFMPEG_KEY} = {path!r} is not an executable file: {fix}")
     try:
-        import imageio_ffmpeg
-    except ImportError:
-        imageio_ffmpeg = None
-    if imageio_ffmpeg is not None:
-        try:
-            return str(imageio_ffmpeg.get_ffmpeg_exe())
-        except RuntimeError:
-            pass
-    if system is not None:
-        return system  # Let the encode error say what is missing rather than hide the binary.
-    raise FFmpegUnavailable(
-        "ffmpeg was not found. Install it (e.g. `apt install ffmpeg`) or `pip install imageio-ffmpeg`."
-    )
+        proc = subprocess.run(
+            [path, "-hide_banner", "-nostdin", "-version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise FFmpegUnavailable(f"ffmpeg {path} ({chosen_by}) does not run: {exc}; {fix}") from None
+    match = re.match(r"ffmpeg version (\S+)", proc.stdout)
+    if proc.returncode != 0 or match is None:
+        raise FFmpegUnavailable(f"{path} ({chosen_by}) is not a working ffmpeg; {fix}")
+    if not _has_libx264(path):
+        raise FFmpegUnavailable(
+            f"ffmpeg {path} ({chosen_by}) cannot encode H.264 (it has no libx264 encoder); {fix}"
+        )
+    return FFmpeg(path=path, version=match.group(1), chosen_by=chosen_by)
+
+
+def ffmpeg_exe() -> str:
+    """Path of the default ffmpeg (the pinned one), for benchmarks and diagnostics."""
+    return select_ffmpeg(None).path
+
+
+def ffmpeg_version() -> str:
+    """Version of the default ffmpeg (the pinned one), e.g. for benchmark headers."""
+    return select_ffmpeg(None).version
 
 
 def _has_libx264(exe: str) -> bool:
@@ -103,20 +168,6 @@ def _has_libx264(exe: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return proc.returncode == 0 and re.search(r"^\s*V\S*\s+libx264\s", proc.stdout, re.MULTILINE) is not None
-
-
-@functools.cache
-def ffmpeg_version() -> str:
-    """First line of ``ffmpeg -version`` (for JOB.json and ``i2vd check``)."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-version"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    first = proc.stdout.splitlines()[0] if proc.stdout else ""
-    return first.strip()
 
 
 # --- results --------------------------------------------------------------------------------
@@ -184,6 +235,8 @@ class _Target:
     tmp: Path
     chain: str | None
     options: dict[str, str]
+    #: Frames the finished file must hold; checked by decoding it before it is published.
+    expect: FrameCount
 
 
 @dataclass(frozen=True)
@@ -205,6 +258,7 @@ def _master_target(out_dir: Path, stem: str, token: str, clip: ClipInfo, extra: 
         tmp=out_dir / f".i2vd-{token}.{MASTER_KEY}.mp4",
         chain=None,
         options=options,
+        expect=FrameCount(clip.frames, clip.frames),
     )
 
 
@@ -215,10 +269,11 @@ def _recipe_target(
     # prefix from the job name, and the real extension so ffmpeg picks the right muxer.
     return _Target(
         key=name,
-        final=out_dir / f"{stem}.{name}.{recipe.ext}",
+        final=out_dir / recipe.file_name(stem, name),
         tmp=out_dir / f".i2vd-{token}.{name}.{recipe.ext}",
         chain=recipe.render_chain(clip, f"r{index}_"),
         options=recipe.output_options(),
+        expect=recipe.expected_frames(clip),
     )
 
 
@@ -246,12 +301,15 @@ def command_line(
     out_dir: Path,
     stem: str,
     recipes: Mapping[str, RecipeConfig],
+    *,
+    ffmpeg: FFmpeg | None = None,
 ) -> list[str]:
     """The argv the combined run would use (temp names included), for logs and debugging."""
     clip = ClipInfo(frames=frames, fps=fps, width=width - width % 2, height=height - height % 2)
     out_dir = Path(os.path.abspath(out_dir))
     targets = _targets(out_dir, stem, "XXXXXXXX", clip, recipes, {})
-    return list(_build_command(clip.width, clip.height, fps, targets).compile(cmd=ffmpeg_exe()))
+    exe = (ffmpeg or select_ffmpeg(None)).path
+    return list(_build_command(clip.width, clip.height, fps, targets).compile(cmd=exe))
 
 
 def _targets(
@@ -277,13 +335,13 @@ def _drain(stream: IO[bytes], sink: deque[str]) -> None:
     stream.close()
 
 
-def _run(frames: np.ndarray, fps: int, targets: list[_Target], timeout: float) -> _RunOutcome:
+def _run(frames: np.ndarray, fps: int, targets: list[_Target], exe: str, timeout: float) -> _RunOutcome:
     _, height, width, _ = frames.shape
     command = _build_command(width, height, fps, targets)
-    argv = list(command.compile(cmd=ffmpeg_exe()))
+    argv = list(command.compile(cmd=exe))
     stderr: deque[str] = deque(maxlen=200)
     try:
-        proc = command.run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True)
+        proc = command.run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
     except OSError as exc:
         return _RunOutcome(None, [f"could not start ffmpeg: {exc}"], argv, False)
     # stderr is drained on its own thread: if ffmpeg filled that pipe while we block writing
@@ -329,6 +387,8 @@ _NOISE_RE = re.compile(
     r"|^Invalid argument$)"
 )
 
+_EMPTY_RE = re.compile(r"Empty output|Output file is empty|received no packets", re.IGNORECASE)
+
 
 def _error_text(run: _RunOutcome, targets: list[_Target], timeout: float) -> str:
     if run.timed_out:
@@ -344,14 +404,65 @@ def _error_text(run: _RunOutcome, targets: list[_Target], timeout: float) -> str
     meaningful = [line for line in lines if not _NOISE_RE.search(line)] or lines
     if not meaningful:
         return f"ffmpeg failed (exit status {run.returncode}) without saying why"
-    return "\n".join(meaningful[-_ERROR_LINES:])
+    said = "\n".join(meaningful[-_ERROR_LINES:])
+    if _EMPTY_RE.search(said):
+        # Each ffmpeg words it differently ("Empty output", "Output file is empty, ..."); say it plainly.
+        return f"no frames came out for this file; ffmpeg said: {said}"
+    return said
 
 
-def _written(target: _Target) -> bool:
+# --- checking what ffmpeg wrote -------------------------------------------------------------
+
+# One decoder thread: for a short clip the threads cost more to start than they save (704x512,
+# 16 frames: 37 ms instead of 49 ms; 1080x1920: 69 instead of 129), and outputs are checked in parallel.
+_VERIFY_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-xerror", "-threads", "1")
+
+
+def count_frames(path: Path | str, exe: str, timeout: float = 60.0) -> tuple[int | None, str | None]:
+    """Decode the first video stream of ``path`` with ``exe``; return (frames, None) or (None, why not).
+
+    The same ffmpeg that wrote the file reads it back (imageio-ffmpeg ships no ffprobe): every
+    frame is decoded into the null muxer, ``-xerror`` turns any decode error into a failure, and
+    ``-progress`` reports the count as ``frame=N`` in a format that has not changed in years.
+    """
+    argv = [exe, *_VERIFY_ARGS, "-i", str(path), "-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
     try:
-        return target.tmp.stat().st_size > 0
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"reading it back took more than {timeout:.0f} seconds"
+    except OSError as exc:
+        return None, f"could not start ffmpeg to read it back: {exc}"
+    if proc.returncode != 0:
+        if "matches no streams" in proc.stderr:
+            return None, "it holds no video (ffmpeg wrote an empty file)"
+        name = os.path.basename(str(path))
+        lines = [_ADDRESS_RE.sub("", line).replace(str(path), name) for line in proc.stderr.splitlines()]
+        lines = [line for line in lines if line.strip() and not _NOISE_RE.search(line)]
+        detail = "; ".join(lines[-2:]) or f"exit status {proc.returncode}"
+        return None, f"it does not decode: {detail}"
+    counts = re.findall(r"^frame=\s*(\d+)\s*$", proc.stdout, re.MULTILINE)
+    if not counts:
+        return None, "ffmpeg reported no frame count when reading it back"
+    return int(counts[-1]), None
+
+
+def _verify(target: _Target, exe: str, timeout: float) -> str | None:
+    """None if ``target.tmp`` holds a decodable file with the frames it should; else why not."""
+    try:
+        if target.tmp.stat().st_size == 0:
+            return "ffmpeg wrote an empty file"
     except OSError:
-        return False
+        return "ffmpeg wrote no file"
+    frames, problem = count_frames(target.tmp, exe, timeout)
+    if problem is not None:
+        return f"ffmpeg finished, but the file is broken: {problem}"
+    assert frames is not None
+    if not target.expect.admits(frames):
+        return (
+            f"ffmpeg finished, but the file holds {frames} frame{'s' if frames != 1 else ''} "
+            f"where {target.expect.describe()} were expected"
+        )
+    return None
 
 
 def _remove(path: Path) -> None:
@@ -367,19 +478,26 @@ def _publish(target: _Target) -> None:
 
 
 def _run_targets(
-    frames: np.ndarray, fps: int, targets: list[_Target], timeout: float
+    frames: np.ndarray, fps: int, targets: list[_Target], exe: str, timeout: float
 ) -> tuple[dict[str, str | None], _RunOutcome]:
     """Run ffmpeg once for ``targets``; publish the files that came out whole.
 
     Returns target key -> None on success or the error text. A failed run publishes nothing,
-    because ffmpeg may have stopped every output part-way.
+    because ffmpeg may have stopped every output part-way. After a run that exited 0 every file
+    is still decoded and its frames counted: some ffmpeg builds exit 0 having written an empty
+    file, so the exit status alone never makes an output ok. A broken master publishes nothing.
     """
     try:
-        run = _run(frames, fps, targets, timeout)
+        run = _run(frames, fps, targets, exe, timeout)
         results: dict[str, str | None] = {}
         if run.returncode == 0 and not run.timed_out:
-            for target in targets:
-                results[target.key] = None if _written(target) else "ffmpeg wrote no frames for this output"
+            workers = max(1, min(len(targets), os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="i2vd-verify") as pool:
+                checked = pool.map(lambda target: _verify(target, exe, timeout), targets)
+                results = {target.key: problem for target, problem in zip(targets, checked, strict=True)}
+            if results.get(MASTER_KEY) is not None:
+                for target in targets:
+                    results[target.key] = results[target.key] or "not kept: the master clip was broken"
             for target in targets:
                 if results[target.key] is None:
                     try:
@@ -424,13 +542,16 @@ def encode_job(
     *,
     master_options: Mapping[str, str | int] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    ffmpeg: FFmpeg | None = None,
 ) -> EncodeResult:
-    """Write ``out_dir/stem.mp4`` and ``out_dir/stem.NAME.EXT`` for each recipe from ``frames``.
+    """Write ``out_dir/stem.mp4`` and one file per recipe (``RecipeConfig.file_name``) from ``frames``.
 
-    ``frames`` is (F, H, W, 3) uint8 RGB. Odd sizes lose their last row/column. Raises
-    EncodeError only when the master clip cannot be made; a failing recipe is reported in the
-    result and costs only its own file.
+    ``frames`` is (F, H, W, 3) uint8 RGB. Odd sizes lose their last row/column. ``ffmpeg`` is
+    the binary to run (``select_ffmpeg``; None: the pinned one). Raises EncodeError only when
+    the master clip cannot be made; a failing recipe is reported in the result and costs only
+    its own file.
     """
+    exe = (ffmpeg or select_ffmpeg(None)).path
     started = time.monotonic()
     frames = _check_frames(frames, fps)
     fps = int(fps)
@@ -443,15 +564,17 @@ def encode_job(
     targets = _targets(out_dir, stem, token, clip, recipes, extra)
     by_key = {target.key: target for target in targets}
 
-    results, combined = _run_targets(frames, fps, targets, timeout)
-    single_pass = combined.returncode == 0 and not combined.timed_out
+    results, combined = _run_targets(frames, fps, targets, exe, timeout)
+    single_pass = all(error is None for error in results.values())
     if not single_pass and len(targets) > 1:
-        # We cannot tell from one ffmpeg error which output broke it: redo each on its own.
-        master_result, _ = _run_targets(frames, fps, [by_key[MASTER_KEY]], timeout)
-        results = {MASTER_KEY: master_result[MASTER_KEY]}
+        # We cannot tell from one ffmpeg error which output broke it, and an output that came out
+        # broken from a run that exited 0 may have been hurt by another: redo each failed one alone.
+        redo = [target for target in targets if results[target.key] is not None]
+        if redo[0].key == MASTER_KEY:
+            results.update(_run_targets(frames, fps, [redo.pop(0)], exe, timeout)[0])
         if results[MASTER_KEY] is None:
-            for target in targets[1:]:
-                results.update(_run_targets(frames, fps, [target], timeout)[0])
+            for target in redo:
+                results.update(_run_targets(frames, fps, [target], exe, timeout)[0])
     fsync_dir(out_dir)
 
     if results[MASTER_KEY] is not None:
@@ -505,8 +628,13 @@ def _synthetic_clip(frames: int = 8, height: int = 48, width: int = 64) -> np.nd
     return clip
 
 
-def validate_recipe(name: str, recipe: RecipeConfig, *, timeout: float = 60.0) -> str | None:
-    """Run ``recipe`` on a short synthetic clip; return ffmpeg's error message, or None if it works."""
+def validate_recipe(
+    name: str, recipe: RecipeConfig, *, timeout: float = 60.0, ffmpeg: FFmpeg | None = None
+) -> str | None:
+    """Run ``recipe`` on a short synthetic clip; return ffmpeg's error message, or None if it works.
+
+    The output is checked as a job's would be (it decodes, with the frames it should have).
+    """
     try:
         check_recipe_name(name)
     except ValueError as exc:
@@ -515,9 +643,10 @@ def validate_recipe(name: str, recipe: RecipeConfig, *, timeout: float = 60.0) -
     count, height, width, _ = frames.shape
     clip = ClipInfo(frames=count, fps=8, width=width, height=height)
     try:
+        exe = (ffmpeg or select_ffmpeg(None)).path
         with tempfile.TemporaryDirectory(prefix="i2vd-check-") as tmp:
             target = _recipe_target(Path(tmp), "check", secrets.token_hex(4), 0, name, recipe, clip)
-            results, _ = _run_targets(frames, clip.fps, [target], timeout)
+            results, _ = _run_targets(frames, clip.fps, [target], exe, timeout)
     except (OSError, ValueError, EncodeError) as exc:
         return str(exc)
     return results[name]

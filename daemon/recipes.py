@@ -21,6 +21,7 @@ This module only describes and renders recipes; ``daemon.encode`` runs them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,6 +110,56 @@ _DEFAULT_YUV420_CODECS = frozenset({"libx264", "libx265"})
 _SUBSAMPLED_PREFIXES = ("yuv420", "yuvj420", "yuv422", "yuvj422", "yuva420", "nv12", "nv21", "nv16", "p010")
 _EVEN_CROP = "crop=trunc(iw/2)*2:trunc(ih/2)*2"
 
+# Filters that give exactly one frame out for each frame in, with its timestamp: a recipe made
+# only of these (and of our own fps/crop) has a frame count known in advance, so a short output
+# is caught, not only an empty one. Anything else (select, trim, setpts, loop, palettegen's
+# sub-graph, ...) may legitimately change the count, and then at least one frame is asked for.
+FRAME_PRESERVING_FILTERS: frozenset[str] = frozenset(
+    {
+        "boxblur",
+        "colorbalance",
+        "colorchannelmixer",
+        "colorspace",
+        "copy",
+        "crop",
+        "curves",
+        "deband",
+        "drawbox",
+        "drawgrid",
+        "drawtext",
+        "eq",
+        "fade",
+        "format",
+        "gblur",
+        "hflip",
+        "hqdn3d",
+        "hue",
+        "lut",
+        "lutrgb",
+        "lutyuv",
+        "negate",
+        "null",
+        "pad",
+        "rotate",
+        "scale",
+        "setdar",
+        "setparams",
+        "setrange",
+        "setsar",
+        "smartblur",
+        "transpose",
+        "unsharp",
+        "vflip",
+        "vignette",
+        "zscale",
+    }
+)
+# Output options that change which frames are written (rate, start, length): with any of them
+# the count is not known in advance.
+_TIMING_OPTIONS = frozenset({"r", "t", "to", "ss", "sseof", "fpsmax", "vsync", "fps_mode", "shortest"})
+# Names i2vd gives its own files in the job folder; a recipe's short name must not take them.
+_RESERVED_SHORT_NAMES = frozenset({"mp4", "json", "log"})
+
 
 class RecipeError(ValueError):
     """A recipe definition that cannot work; the message names the field and the fix."""
@@ -141,6 +192,24 @@ class ClipInfo:
             "fade_duration": _decimal(fade),
             "fade_out_start": _decimal(fade_out_start),
         }
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """How many frames an output must hold to be called ok: ``low`` to ``high`` (None: no limit)."""
+
+    low: int
+    high: int | None = None
+
+    def admits(self, count: int) -> bool:
+        return count >= self.low and (self.high is None or count <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"at least {self.low}"
+        if self.low == self.high:
+            return f"exactly {self.low}"
+        return f"{self.low} to {self.high}"
 
 
 def _decimal(value: Fraction) -> str:
@@ -266,6 +335,41 @@ class RecipeConfig(BaseModel):
             parts.append(_EVEN_CROP)
         return ",".join(parts) if parts else None
 
+    def file_name(self, stem: str, name: str) -> str:
+        """``stem.NAME.EXT``, or ``stem.EXT`` when the name is the extension (``gif`` -> ``JOB.gif``).
+
+        ``JOB.gif.gif`` says nothing the shorter name does not. The short form is never used where
+        it would be one of the daemon's own files (``JOB.mp4``, ``JOB.json``, ``JOB.log``).
+        """
+        if name == self.ext and name not in _RESERVED_SHORT_NAMES:
+            return f"{stem}.{self.ext}"
+        return f"{stem}.{name}.{self.ext}"
+
+    def expected_frames(self, clip: ClipInfo) -> FrameCount:
+        """The frames this recipe's file must hold when made from ``clip``.
+
+        A still image (png, jpg, ...: written with ``update=1``) holds exactly one. Without
+        filters of unknown effect the count is known: the clip's, converted by ``fps`` (within
+        one frame, as ffmpeg's fps filter rounds), capped by ``frames``. Otherwise any count from
+        one up to ``frames`` is accepted: operator filters may trim or repeat frames on purpose.
+        """
+        if self.ext in IMAGE2_EXTS:
+            return FrameCount(1, 1)
+        cap = self.frames
+        known = not _TIMING_OPTIONS.intersection(self.options) and all(
+            name in FRAME_PRESERVING_FILTERS for name in filter_names(",".join(self.filters))
+        )
+        if not known:
+            return FrameCount(1, cap)
+        if self.fps is None:
+            low = high = clip.frames
+        else:
+            exact = Fraction(clip.frames * self.fps, clip.fps)
+            low, high = max(1, math.ceil(exact) - 1), math.floor(exact) + 1
+        if cap is not None:
+            low, high = min(low, cap), min(high, cap)
+        return FrameCount(low, high)
+
     def output_options(self) -> dict[str, str]:
         """ffmpeg output options (name without the dash -> value) for this recipe's file."""
         out: dict[str, str] = {}
@@ -345,6 +449,43 @@ def _prefix_labels(text: str, prefix: str) -> str:
             "filters must not end with an output [label]: the last filter's output is the recipe's file"
         )
     return "".join(out)
+
+
+def filter_names(text: str) -> list[str]:
+    """The filter names in filtergraph ``text`` (``scale=1:2,fade=t=in`` -> scale, fade).
+
+    Splits on unquoted, unescaped ``,`` and ``;`` and drops ``[labels]``, as ffmpeg reads it.
+    """
+    names: list[str] = []
+    current: list[str] = []
+    quoted = False
+    i = 0
+
+    def close() -> None:
+        spec = re.sub(r"^\s*(\[[^\]]*\]\s*)*", "", "".join(current))
+        name = re.split(r"[=@\s\[]", spec, maxsplit=1)[0]
+        if name:
+            names.append(name)
+        current.clear()
+
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            quoted = ch != "'"
+        elif ch == "\\":
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        elif ch == "'":
+            quoted = True
+        elif ch in ",;":
+            close()
+            i += 1
+            continue
+        current.append(ch)
+        i += 1
+    close()
+    return names
 
 
 def check_recipe_name(name: str) -> str:

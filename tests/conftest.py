@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from daemon.encode import FFmpeg
 
 # Set before anything imports huggingface_hub, which reads it once at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,3 +21,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daemon.tiny import TINY_VERSION, build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
+
+
+#: Debian's ffmpeg package (5.1 on bookworm); scripts/test.sh installs it where it may.
+SYSTEM_FFMPEG = Path("/usr/bin/ffmpeg")
+
+
+@pytest.fixture(scope="session", params=["pinned", "system"])
+def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
+    """Each encode test runs twice: with the ffmpeg i2vd pins, and with Debian's.
+
+    Operators may name a distribution's ffmpeg in ``[output] ffmpeg``; those builds differ (5.1
+    exits 0 after writing an empty file), so what users get is checked against both.
+    """
+    from daemon.encode import select_ffmpeg
+
+    if request.param == "pinned":
+        return select_ffmpeg(None)
+    if not SYSTEM_FFMPEG.is_file():
+        pytest.skip(f"{SYSTEM_FFMPEG} is absent: `apt-get install ffmpeg` (scripts/test.sh does) to test it")
+    return select_ffmpeg(SYSTEM_FFMPEG)

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from daemon.config import load_settings
+from daemon.encode import FFmpeg, select_ffmpeg
 from daemon.generate import StubGenerator
 from daemon.service.loop import Service
 from daemon.status import render
@@ -253,3 +254,29 @@ def test_run_logs_only_what_an_operator_needs(tmp_path: Path) -> None:
     assert names.count("model warmed up") == 1, names
     assert names[:3] == ["config", "loading model", "model warmed up"], names
     assert all(e["level"] == "info" for e in events), [e for e in events if e["level"] != "info"]
+
+
+def test_run_once_fails_an_empty_recipe_output_and_check_names_the_ffmpeg(
+    tmp_path: Path, ffmpeg_binary: FFmpeg
+) -> None:
+    # The user's first day on Debian: ffmpeg 5.1 exits 0 with an empty file for "late"; before
+    # outputs were read back, JOB.json said ok and run --once exited 0.
+    # The pinned binary by default; Debian's named in the config.
+    named = "" if ffmpeg_binary == select_ffmpeg(None) else f'ffmpeg = "{ffmpeg_binary.path}"\n'
+    (tmp_path / "config.toml").write_text(
+        '[model]\nid = "stub"\n[generation]\nnum_frames = 4\nsteps = 2\n'
+        f'[output]\ndefault_recipes = ["poster", "late"]\n{named}'
+        '[recipes.late]\nfilters = ["select=gte(n\\\\,6)"]\n'
+    )
+    check = run("check", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"ok    ffmpeg: {ffmpeg_binary.describe()}" in check.stdout
+    inbox = tmp_path / "inbox"  # made by check
+    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / "cat.png")
+    (inbox / "cat.txt").write_text("waves")
+    once = run("run", "--once", cwd=tmp_path)
+    assert once.returncode == 1, once.stderr[-2000:]
+    [out] = (tmp_path / "outputs").glob("cat_*/")
+    meta = json.loads((out / f"{out.name}.json").read_text())
+    assert meta["recipes"]["late"]["ok"] is False and meta["recipes"]["poster"]["ok"] is True
+    assert not list(out.glob("*.late.*"))

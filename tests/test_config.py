@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,22 @@ def test_env_overrides_reads_every_i2vd_variable_but_the_config_path() -> None:
     assert warnings == [
         "environment variable I2VD_X is not a setting and is ignored (see config.example.toml)"
     ]
+
+
+def test_output_ffmpeg_names_another_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().output.ffmpeg is None  # default: the pinned one
+    path = tmp_path / "c.toml"
+    path.write_text('[output]\nffmpeg = "sh"\n')  # a command name is looked up on PATH
+    assert load_settings(path).output.ffmpeg == Path(shutil.which("sh") or "")
+    monkeypatch.setenv("I2VD_OUTPUT__FFMPEG", sys.executable)
+    assert load_settings(path).output.ffmpeg == Path(sys.executable)
+    monkeypatch.setenv("I2VD_OUTPUT__FFMPEG", "")
+    assert load_settings(path).output.ffmpeg is None
+
+
+@pytest.mark.parametrize("value", ["/nowhere/ffmpeg", "bin/ffmpeg", "no-such-command-i2vd"])
+def test_output_ffmpeg_that_is_not_there_names_the_key(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[output]\nffmpeg = "{value}"\n')
+    with pytest.raises(ConfigError, match=r"output\.ffmpeg: .*(not an executable file|absolute path)"):
+        load_settings(path)

@@ -188,6 +188,7 @@ def test_cli_run_once_exit_codes_and_check(tmp_path: Path, tiny_model_dir: Path)
     check = subprocess.run([*cli, "check", "--config", str(config)], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "ok    recipe poster" in check.stdout and "ok    model" in check.stdout
+    assert "ok    ffmpeg: " in check.stdout and "from imageio-ffmpeg " in check.stdout  # the pinned one
 
     config.write_text(config.read_text() + "\n[model]\nbogus = 1\n")
     broken = subprocess.run([*cli, "check", "--config", str(config)], env=env, capture_output=True, text=True)

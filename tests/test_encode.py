@@ -1,19 +1,35 @@
-"""Encoding with the real ffmpeg (system or imageio-ffmpeg's), real files, no mocks."""
+"""Encoding with real ffmpeg binaries (the pinned one and Debian's), real files, no mocks."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import struct
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import av
+import imageio_ffmpeg
 import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.encode import EncodeResult, encode_job, ffmpeg_exe, probe, validate_recipe
+from daemon.encode import (
+    EncodeResult,
+    FFmpeg,
+    FFmpegUnavailable,
+    count_frames,
+    encode_job,
+    ffmpeg_exe,
+    probe,
+    select_ffmpeg,
+    validate_recipe,
+)
 from daemon.errors import EncodeError
 from daemon.recipes import BUILTIN_RECIPES, RecipeConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 FPS = 8
 FRAMES = 16
 HEIGHT, WIDTH = 128, 96  # Portrait like most jobs; small so the suite stays quick.
@@ -62,16 +78,88 @@ def clip() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def all_builtins(tmp_path_factory: pytest.TempPathFactory, clip: np.ndarray) -> tuple[Path, EncodeResult]:
+def all_builtins(
+    tmp_path_factory: pytest.TempPathFactory, clip: np.ndarray, ffmpeg_binary: FFmpeg
+) -> tuple[Path, EncodeResult]:
     out_dir = tmp_path_factory.mktemp("job")
-    result = encode_job(clip, FPS, out_dir, "job", BUILTIN_RECIPES)
+    result = encode_job(clip, FPS, out_dir, "job", BUILTIN_RECIPES, ffmpeg=ffmpeg_binary)
     return out_dir, result
 
 
-def test_ffmpeg_exe_is_usable() -> None:
-    exe = ffmpeg_exe()
-    assert Path(exe).exists()
-    assert ffmpeg_exe() is exe  # Cached.
+def test_the_default_ffmpeg_is_the_pinned_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    pin = re.search(r'"imageio-ffmpeg==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pin is not None, "imageio-ffmpeg must be pinned to one version in pyproject.toml"
+    chosen = select_ffmpeg(None)
+    assert (
+        chosen.chosen_by
+        == f"imageio-ffmpeg {pin.group(1)}"
+        == f"imageio-ffmpeg {metadata.version('imageio-ffmpeg')}"
+    )
+    assert (
+        Path(chosen.path).is_file()
+        and Path(chosen.path).parent.parent == Path(imageio_ffmpeg.__file__).parent
+    )
+    assert chosen.path != shutil.which("ffmpeg")  # Never whatever is on PATH.
+    assert ffmpeg_exe() == chosen.path and select_ffmpeg(None) is chosen  # Checked once, then cached.
+    assert chosen.version and chosen.path in chosen.describe() and chosen.version in chosen.describe()
+    # imageio-ffmpeg's own lookup obeys this variable; the pinned choice does not.
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", "/usr/bin/false")
+    assert select_ffmpeg.__wrapped__(None) == chosen
+
+
+def test_a_configured_ffmpeg_that_cannot_work_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(FFmpegUnavailable, match=r"output\.ffmpeg = '/nowhere/ffmpeg' is not an executable"):
+        select_ffmpeg(Path("/nowhere/ffmpeg"))
+    impostor = tmp_path / "ffmpeg"
+    impostor.write_text("#!/bin/sh\necho 'not an ffmpeg'\n")
+    impostor.chmod(0o755)
+    with pytest.raises(FFmpegUnavailable, match=r"is not a working ffmpeg; set output\.ffmpeg"):
+        select_ffmpeg(impostor)
+
+
+def test_count_frames_reads_back_what_was_written(
+    tmp_path: Path, all_builtins: tuple[Path, EncodeResult], ffmpeg_binary: FFmpeg
+) -> None:
+    out_dir, result = all_builtins
+    exe = ffmpeg_binary.path
+    assert count_frames(result.master, exe) == (FRAMES, None)
+    assert count_frames(out_dir / "job.poster.png", exe) == (1, None)
+    assert count_frames(out_dir / "job.gif", exe) == (FRAMES, None)
+    truncated = tmp_path / "truncated.mp4"
+    data = result.master.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # faststart: the index survives, half the frames do not
+    frames, problem = count_frames(truncated, exe)
+    assert frames is None or frames < FRAMES, problem
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert count_frames(tmp_path / "empty.mp4", exe)[1] is not None
+    sound = tmp_path / "sound.mp4"  # A valid file with no video in it, like 5.1's empty output.
+    subprocess.run(
+        [exe, "-v", "error", "-f", "lavfi", "-i", "anullsrc", "-t", "0.2", "-c:a", "aac", str(sound)],
+        check=True,
+    )
+    assert count_frames(sound, exe) == (None, "it holds no video (ffmpeg wrote an empty file)")
+
+
+def test_an_output_that_got_no_frames_is_failed_whatever_ffmpeg_exits(
+    tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg
+) -> None:
+    # Debian's 5.1 exits 0 and leaves a 262-byte mp4 for "late"; the pinned build exits 1.
+    late = RecipeConfig(codec="libx264", filters=["select=gte(n\\,6)"])
+    recipes = {"poster": BUILTIN_RECIPES["poster"], "late": late}
+    result = encode_job(clip[:4], FPS, tmp_path, "job", recipes, ffmpeg=ffmpeg_binary)
+    assert result.failed == ["late"]
+    assert result.recipes["late"].path is None and result.recipes["late"].error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.mp4", "job.poster.png"]
+    assert probe(result.master)["frames"] == 4
+
+
+def test_a_master_with_no_frames_fails_the_job_and_leaves_nothing(
+    tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg
+) -> None:
+    recipes = {"poster": BUILTIN_RECIPES["poster"]}
+    with pytest.raises(EncodeError, match="The video file could not be written"):
+        encode_job(clip, FPS, tmp_path, "job", recipes, master_options={"t": "0"}, ffmpeg=ffmpeg_binary)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_all_builtins_in_one_pass(all_builtins: tuple[Path, EncodeResult]) -> None:
@@ -79,7 +167,8 @@ def test_all_builtins_in_one_pass(all_builtins: tuple[Path, EncodeResult]) -> No
     assert result.single_pass
     assert all(outcome.ok and outcome.error is None for outcome in result.recipes.values())
     assert list(result.recipes) == list(BUILTIN_RECIPES)
-    expected = {"job.mp4"} | {f"job.{name}.{recipe.ext}" for name, recipe in BUILTIN_RECIPES.items()}
+    expected = {"job.mp4"} | {recipe.file_name("job", name) for name, recipe in BUILTIN_RECIPES.items()}
+    assert "job.gif" in expected  # Not job.gif.gif: the recipe name is its extension.
     assert {p.name for p in out_dir.iterdir()} == expected
     assert result.command.count("-i") == 1
     assert result.command[result.command.index("-i") + 1] == "pipe:"
@@ -185,9 +274,9 @@ def test_gif_loops_forever_and_is_small(all_builtins: tuple[Path, EncodeResult])
     assert path.stat().st_size < 500_000
 
 
-def test_large_clip_gif_is_limited_to_320(tmp_path: Path) -> None:
+def test_large_clip_gif_is_limited_to_320(tmp_path: Path, ffmpeg_binary: FFmpeg) -> None:
     frames = make_frames(count=4, height=704, width=512)
-    result = encode_job(frames, FPS, tmp_path, "big", {"gif": BUILTIN_RECIPES["gif"]})
+    result = encode_job(frames, FPS, tmp_path, "big", {"gif": BUILTIN_RECIPES["gif"]}, ffmpeg=ffmpeg_binary)
     path = result.recipes["gif"].path
     assert path is not None
     with Image.open(path) as image:
@@ -198,28 +287,33 @@ def test_no_temp_files_after_success(all_builtins: tuple[Path, EncodeResult]) ->
     assert leftovers(all_builtins[0]) == []
 
 
-def test_validate_builtins() -> None:
+def test_validate_builtins(ffmpeg_binary: FFmpeg) -> None:
     for name, recipe in BUILTIN_RECIPES.items():
-        assert validate_recipe(name, recipe) is None, name
+        assert validate_recipe(name, recipe, ffmpeg=ffmpeg_binary) is None, name
 
 
-def test_validate_reports_ffmpegs_message() -> None:
-    message = validate_recipe("broken", BROKEN)
+def test_validate_reports_ffmpegs_message(ffmpeg_binary: FFmpeg) -> None:
+    message = validate_recipe("broken", BROKEN, ffmpeg=ffmpeg_binary)
     assert message is not None
     assert "nosuchfilter" in message
-    bad_option = validate_recipe("crf", RecipeConfig(codec="libx264", options={"crf": "abc"}))
+    bad_option = validate_recipe(
+        "crf", RecipeConfig(codec="libx264", options={"crf": "abc"}), ffmpeg=ffmpeg_binary
+    )
     assert bad_option is not None
     assert "crf" in bad_option
     assert ".i2vd-" not in bad_option  # Temp names are replaced by the names users see.
 
 
-def test_validate_refuses_empty_output() -> None:
-    assert validate_recipe("nothing", RecipeConfig(codec="libx264", filters=["select=0"])) is not None
+def test_validate_refuses_empty_output(ffmpeg_binary: FFmpeg) -> None:
+    assert (
+        validate_recipe("nothing", RecipeConfig(codec="libx264", filters=["select=0"]), ffmpeg=ffmpeg_binary)
+        is not None
+    )
 
 
-def test_broken_recipe_fails_alone(tmp_path: Path, clip: np.ndarray) -> None:
+def test_broken_recipe_fails_alone(tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg) -> None:
     recipes = {"poster": BUILTIN_RECIPES["poster"], "broken": BROKEN, "h264": BUILTIN_RECIPES["h264"]}
-    result = encode_job(clip, FPS, tmp_path, "job", recipes)
+    result = encode_job(clip, FPS, tmp_path, "job", recipes, ffmpeg=ffmpeg_binary)
     assert not result.single_pass
     assert result.failed == ["broken"]
     broken = result.recipes["broken"]
@@ -234,50 +328,58 @@ def test_broken_recipe_fails_alone(tmp_path: Path, clip: np.ndarray) -> None:
     assert result.to_dict()["recipes"]["broken"]["ok"] is False
 
 
-def test_master_failure_raises_and_leaves_nothing(tmp_path: Path, clip: np.ndarray) -> None:
+def test_master_failure_raises_and_leaves_nothing(
+    tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg
+) -> None:
     with pytest.raises(EncodeError, match="crf"):
         encode_job(
-            clip, FPS, tmp_path, "job", {"poster": BUILTIN_RECIPES["poster"]}, master_options={"crf": "abc"}
+            clip,
+            FPS,
+            tmp_path,
+            "job",
+            {"poster": BUILTIN_RECIPES["poster"]},
+            master_options={"crf": "abc"},
+            ffmpeg=ffmpeg_binary,
         )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_files_are_replaced_whole(tmp_path: Path, clip: np.ndarray) -> None:
+def test_existing_files_are_replaced_whole(tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg) -> None:
     (tmp_path / "job.mp4").write_bytes(b"old")
-    encode_job(clip, FPS, tmp_path, "job", {})
+    encode_job(clip, FPS, tmp_path, "job", {}, ffmpeg=ffmpeg_binary)
     assert probe(tmp_path / "job.mp4")["frames"] == FRAMES
 
 
-def test_hostile_stem_and_folder(tmp_path: Path, clip: np.ndarray) -> None:
+def test_hostile_stem_and_folder(tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg) -> None:
     # The job folder is named after the user's file too; '%d' must not become an image2 pattern.
     out_dir = tmp_path / "-i 50% %d ünï"
     out_dir.mkdir()
     stem = "-y 50% ünïcode ✓ %d [x]"
     recipes = {"poster": BUILTIN_RECIPES["poster"], "gif": BUILTIN_RECIPES["gif"]}
-    result = encode_job(clip[:4], FPS, out_dir, stem, recipes)
+    result = encode_job(clip[:4], FPS, out_dir, stem, recipes, ffmpeg=ffmpeg_binary)
     assert result.single_pass
     assert result.master == out_dir / f"{stem}.mp4"
     assert probe(result.master)["frames"] == 4
     assert (out_dir / f"{stem}.poster.png").is_file()
-    expected = [f"{stem}.gif.gif", f"{stem}.mp4", f"{stem}.poster.png"]
+    expected = [f"{stem}.gif", f"{stem}.mp4", f"{stem}.poster.png"]
     assert sorted(p.name for p in out_dir.iterdir()) == expected
 
 
 def test_relative_out_dir_gives_absolute_paths(
-    tmp_path: Path, clip: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clip: np.ndarray, monkeypatch: pytest.MonkeyPatch, ffmpeg_binary: FFmpeg
 ) -> None:
     (tmp_path / "-out").mkdir()
     monkeypatch.chdir(tmp_path)
-    result = encode_job(clip[:2], FPS, Path("-out"), "job", {})
+    result = encode_job(clip[:2], FPS, Path("-out"), "job", {}, ffmpeg=ffmpeg_binary)
     assert result.master.is_absolute()
     assert result.master == tmp_path / "-out" / "job.mp4"
     assert result.master.is_file()
 
 
 @pytest.mark.parametrize(("height", "width"), [(50, 66), (49, 65), (3, 3)])
-def test_odd_and_tiny_sizes(tmp_path: Path, height: int, width: int) -> None:
+def test_odd_and_tiny_sizes(tmp_path: Path, height: int, width: int, ffmpeg_binary: FFmpeg) -> None:
     frames = make_frames(count=4, height=height, width=width)
-    result = encode_job(frames, FPS, tmp_path, "odd", BUILTIN_RECIPES)
+    result = encode_job(frames, FPS, tmp_path, "odd", BUILTIN_RECIPES, ffmpeg=ffmpeg_binary)
     assert result.failed == []
     even = (width - width % 2, height - height % 2)
     master = probe(result.master)
@@ -289,10 +391,12 @@ def test_odd_and_tiny_sizes(tmp_path: Path, height: int, width: int) -> None:
     assert probe(tmp_path / "odd.vertical.mp4")["height"] == 1920
 
 
-def test_recipe_that_makes_odd_sizes_still_encodes(tmp_path: Path, clip: np.ndarray) -> None:
+def test_recipe_that_makes_odd_sizes_still_encodes(
+    tmp_path: Path, clip: np.ndarray, ffmpeg_binary: FFmpeg
+) -> None:
     recipe = RecipeConfig(codec="libx264", filters=["scale=41:-1"], options={"crf": 30})
-    assert validate_recipe("odd", recipe) is None
-    result = encode_job(clip[:4], FPS, tmp_path, "job", {"odd": recipe})
+    assert validate_recipe("odd", recipe, ffmpeg=ffmpeg_binary) is None
+    result = encode_job(clip[:4], FPS, tmp_path, "job", {"odd": recipe}, ffmpeg=ffmpeg_binary)
     info = probe(tmp_path / "job.odd.mp4")
     assert result.recipes["odd"].ok
     assert (info["width"] % 2, info["height"] % 2, info["pix_fmt"]) == (0, 0, "yuv420p")
@@ -310,9 +414,11 @@ def test_bad_input_is_refused(tmp_path: Path, clip: np.ndarray) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_non_contiguous_frames(tmp_path: Path) -> None:
+def test_non_contiguous_frames(tmp_path: Path, ffmpeg_binary: FFmpeg) -> None:
     frames = make_frames(count=4, height=64, width=96)[:, :, ::2]  # A strided view.
-    result = encode_job(frames, FPS, tmp_path, "job", {"poster": BUILTIN_RECIPES["poster"]})
+    result = encode_job(
+        frames, FPS, tmp_path, "job", {"poster": BUILTIN_RECIPES["poster"]}, ffmpeg=ffmpeg_binary
+    )
     with Image.open(tmp_path / "job.poster.png") as image:
         pixels = np.asarray(image.convert("RGB")).astype(int)
     assert np.abs(pixels - frames[0]).max() <= 2

@@ -55,7 +55,7 @@ def job_info(job: str, prompt: str, *, seed: int = 1234, finished: datetime = AT
     recipes = {
         "poster": {"ok": True, "file": f"{job}.poster.png", "error": None},
         "vertical": {"ok": True, "file": f"{job}.vertical.mp4", "error": None},
-        "gif": {"ok": True, "file": f"{job}.gif.gif", "error": None},
+        "gif": {"ok": True, "file": f"{job}.gif", "error": None},
         "fade": {"ok": False, "file": None, "error": "ffmpeg exited with status 1"},
     }
     iso = finished.isoformat(timespec="seconds")

@@ -10,11 +10,13 @@ from pydantic import TypeAdapter, ValidationError
 from daemon.recipes import (
     BUILTIN_RECIPES,
     ClipInfo,
+    FrameCount,
     RecipeConfig,
     RecipeError,
     RecipeName,
     check_recipe_name,
     effective_recipes,
+    filter_names,
 )
 
 CLIP = ClipInfo(frames=16, fps=8, width=512, height=704)
@@ -217,3 +219,55 @@ def test_effective_recipes_refuses_bad_names_and_fields() -> None:
 
 def test_effective_recipes_without_overrides() -> None:
     assert effective_recipes(BUILTIN_RECIPES, None) == BUILTIN_RECIPES
+
+
+def test_file_names_drop_a_suffix_that_says_nothing() -> None:
+    assert BUILTIN_RECIPES["gif"].file_name("job", "gif") == "job.gif"
+    assert BUILTIN_RECIPES["poster"].file_name("job", "poster") == "job.poster.png"
+    assert RecipeConfig(ext="webm").file_name("job", "webm") == "job.webm"
+    assert RecipeConfig(ext="webm").file_name("job", "small") == "job.small.webm"
+    # The short form would be the master clip, or the metadata: keep the long one.
+    assert RecipeConfig(ext="mp4").file_name("job", "mp4") == "job.mp4.mp4"
+    assert RecipeConfig(ext="json").file_name("job", "json") == "job.json.json"
+
+
+def test_filter_names_follow_ffmpegs_syntax() -> None:
+    assert filter_names("") == []
+    assert filter_names("scale=1:2,pad=3:4") == ["scale", "pad"]
+    assert filter_names("select=gte(n\\,6), fade=t=in") == ["select", "fade"]
+    assert filter_names("drawtext=text='a,b;c':x=1,drawtext@two=text=x") == ["drawtext", "drawtext"]
+    assert filter_names("split[a][b];[a]palettegen[p];[b] [p]paletteuse") == [
+        "split",
+        "palettegen",
+        "paletteuse",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        (RecipeConfig(), FrameCount(16, 16)),
+        (BUILTIN_RECIPES["h264"], FrameCount(16, 16)),
+        (BUILTIN_RECIPES["vertical"], FrameCount(16, 16)),  # scale, pad, setsar: one frame per frame
+        (BUILTIN_RECIPES["fade"], FrameCount(16, 16)),
+        (BUILTIN_RECIPES["fps30"], FrameCount(59, 61)),  # 16 frames at 8 fps are 60 at 30, +-1 rounding
+        (BUILTIN_RECIPES["poster"], FrameCount(1, 1)),
+        (RecipeConfig(ext="jpg"), FrameCount(1, 1)),  # a still, however many frames went in
+        (BUILTIN_RECIPES["gif"], FrameCount(1, None)),  # palettegen's sub-graph: not a simple chain
+        (RecipeConfig(filters=["select=gte(n\\,8)"]), FrameCount(1, None)),  # may drop frames on purpose
+        (RecipeConfig(filters=["select=1"], frames=5), FrameCount(1, 5)),
+        (RecipeConfig(frames=5), FrameCount(5, 5)),
+        (RecipeConfig(frames=50), FrameCount(16, 16)),
+        (RecipeConfig(options={"t": 1}), FrameCount(1, None)),  # timing options change the count
+    ],
+)
+def test_expected_frames(recipe: RecipeConfig, expected: FrameCount) -> None:
+    assert recipe.expected_frames(CLIP) == expected
+
+
+def test_frame_count_words() -> None:
+    assert FrameCount(16, 16).describe() == "exactly 16"
+    assert FrameCount(59, 61).describe() == "59 to 61"
+    assert FrameCount(1).describe() == "at least 1"
+    assert FrameCount(1).admits(1) and not FrameCount(1).admits(0)
+    assert FrameCount(59, 61).admits(60) and not FrameCount(59, 61).admits(62)

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
+from daemon.encode import FFmpeg
 from daemon.generate import GenerationRequest, StubGenerator
 from daemon.listeners.events import JobFinished
 from daemon.service.loop import Service, StartupError
@@ -145,6 +147,15 @@ def test_second_signal_is_a_cold_stop(tmp_path: Path) -> None:
     assert back == before
 
 
+def test_an_ffmpeg_that_cannot_work_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    impostor = tmp_path / "ffmpeg"
+    impostor.write_text("#!/bin/sh\necho 'not an ffmpeg'\n")
+    impostor.chmod(0o755)
+    settings = config(tmp_path, f'[output]\nffmpeg = "{impostor}"\n')
+    with pytest.raises(StartupError, match=r"is not a working ffmpeg; set output\.ffmpeg"):
+        Service(settings, StubGenerator(), watch=False).setup()
+
+
 def test_broken_recipe_is_refused_at_start_naming_it(tmp_path: Path) -> None:
     settings = config(tmp_path, '[recipes.wobbly]\nfilters = ["nosuchfilter=1"]\n')
     with pytest.raises(StartupError) as e:
@@ -152,19 +163,31 @@ def test_broken_recipe_is_refused_at_start_naming_it(tmp_path: Path) -> None:
     assert "wobbly" in str(e.value) and "nosuchfilter" in str(e.value)
 
 
-def test_recipe_failing_on_a_job_keeps_the_clip_and_other_outputs(tmp_path: Path) -> None:
+def test_recipe_failing_on_a_job_keeps_the_clip_and_other_outputs(
+    tmp_path: Path, ffmpeg_binary: FFmpeg
+) -> None:
     # Passes the start-up check (8 synthetic frames) but drops every frame of a 4-frame job.
+    # Debian's ffmpeg 5.1 exits 0 here with a 262-byte mp4: only reading it back catches that.
     settings = config(
         tmp_path,
-        '[recipes.late]\nfilters = ["select=gte(n\\\\,6)"]\n[output]\ndefault_recipes = ["poster", "late"]\n',
+        '[recipes.late]\nfilters = ["select=gte(n\\\\,6)"]\n'
+        f'[output]\ndefault_recipes = ["poster", "late"]\nffmpeg = "{ffmpeg_binary.path}"\n',
     )
     before = drop(settings.paths.inbox, "cat")
-    [result] = Service(settings, StubGenerator(), watch=False).run_once()
+    with capture_logs() as logged:
+        [result] = Service(settings, StubGenerator(), watch=False).run_once()
     assert result.ok and list(result.recipe_errors) == ["late"]
+    # The start-up log says which ffmpeg makes the files, and why that one.
+    [started] = [e for e in logged if e["event"] == "ffmpeg"]
+    assert (started["path"], started["version"]) == (ffmpeg_binary.path, ffmpeg_binary.version)
+    assert started["chosen_by"] == "output.ffmpeg"
     [out] = [p for p in settings.paths.outputs.iterdir() if p.is_dir()]
     meta = json.loads((out / f"{out.name}.json").read_text())
     assert meta["status"] == "done_with_recipe_errors"
     assert meta["recipes"]["poster"]["ok"] and not meta["recipes"]["late"]["ok"]
+    assert meta["recipes"]["late"]["file"] is None and meta["recipes"]["late"]["error"]
+    assert meta["versions"]["ffmpeg"] == ffmpeg_binary.version
+    assert sorted(p.name for p in out.iterdir() if "late" in p.name) == []
     assert (out / f"{out.name}.mp4").exists() and (out / f"{out.name}.poster.png").exists()
     assert "late" in (out / f"{out.name}.recipe-errors.txt").read_text()
     done = settings.paths.done / out.name

@@ -22,7 +22,7 @@ import structlog
 
 from daemon import __version__
 from daemon.config import Settings
-from daemon.encode import EncodeResult, encode_job
+from daemon.encode import EncodeResult, encode_job, select_ffmpeg
 from daemon.errors import JobError, SidecarError
 from daemon.folders import fsops
 from daemon.folders.jobs import Job
@@ -221,8 +221,9 @@ def encode_generated(gen: Generated, settings: Settings, log: Any) -> Result:
     3. write ``JOB.json`` last, so its presence means the rest is there.
     """
     job, table = gen.job, settings.recipe_table()
+    ffmpeg = select_ffmpeg(settings.output.ffmpeg)  # checked at start; cached
     enc: EncodeResult = encode_job(
-        gen.frames, gen.params.fps, job.out, job.name, {n: table[n] for n in gen.recipes}
+        gen.frames, gen.params.fps, job.out, job.name, {n: table[n] for n in gen.recipes}, ffmpeg=ffmpeg
     )
     recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}
     for name, err in recipe_errors.items():
@@ -230,6 +231,7 @@ def encode_generated(gen: Generated, settings: Settings, log: Any) -> Result:
     log.info("encoded", seconds=round(enc.seconds, 2), recipes=[n for n, r in enc.recipes.items() if r.ok])
     info = dict(gen.info)
     info["status"] = "done" if not recipe_errors else "done_with_recipe_errors"
+    info["versions"] = {**info.get("versions", {}), "ffmpeg": ffmpeg.version}
     info["master"] = enc.master.name
     info["recipes"] = {
         name: {"ok": r.ok, "file": r.path.name if r.path else None, "error": r.error}

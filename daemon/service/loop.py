@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from daemon import logs
 from daemon.config import Settings
-from daemon.encode import validate_recipe
+from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
 from daemon.errors import JobError
 from daemon.folders import names
 from daemon.folders.jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
@@ -140,11 +140,16 @@ class Service:
     # -- set-up and tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
-        """Check recipes, create the folders, take the lock, finish what a crash left, start."""
+        """Check ffmpeg and recipes, create the folders, take the lock, finish what a crash left, start."""
+        try:
+            ffmpeg = select_ffmpeg(self.settings.output.ffmpeg)
+        except FFmpegUnavailable as e:
+            raise StartupError(str(e)) from None
+        self.log.info("ffmpeg", path=ffmpeg.path, version=ffmpeg.version, chosen_by=ffmpeg.chosen_by)
         broken = {
             name: err
             for name, recipe in self.settings.recipe_table().items()
-            if (err := validate_recipe(name, recipe)) is not None
+            if (err := validate_recipe(name, recipe, ffmpeg=ffmpeg)) is not None
         }
         if broken:
             raise StartupError(
