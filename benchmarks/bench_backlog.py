@@ -110,7 +110,7 @@ def run_child(pairs: int, mode: str, settle: float, poll: float, trickle: int, t
     """One measurement in this process: a backlog of ``pairs``, or a trickle when pairs == 0."""
     from daemon import logs
     from daemon.config import load_settings
-    from daemon.generate import StubGenerator
+    from daemon.engine.stub import StubGenerator
     from daemon.service.loop import Service
 
     logs.configure(stream=open(os.devnull, "w"), json_lines=True)  # noqa: SIM115 - for the whole run

@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config import OutputConfig
 from daemon.encode import MASTER_OPTIONS, encode_job, ffmpeg_exe, select_ffmpeg
-from daemon.generate import GenerationRequest, StubGenerator
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.stub import StubGenerator
 from daemon.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
 
 #: The same global flags as the daemon's own ffmpeg runs.

@@ -128,7 +128,7 @@ def build_real(device: Any, dtype: Any) -> Any:
     )
 
     from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
-    from daemon.tiny import _write_tokenizer_files
+    from daemon.engine.tiny import _write_tokenizer_files
 
     with tempfile.TemporaryDirectory() as tok_dir:
         _write_tokenizer_files(Path(tok_dir))  # a small BPE vocabulary laid out like CLIP's
@@ -159,12 +159,12 @@ def build_real(device: Any, dtype: Any) -> Any:
 
 
 def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
-    """A built-in tiny model (daemon/tiny.py, daemon/tiny_families.py), in memory."""
+    """A built-in tiny model (daemon/engine/tiny.py, daemon/tiny_families.py), in memory."""
     import torch
 
     from daemon.engine import tiny_families
     from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
-    from daemon.tiny import _build_pipeline
+    from daemon.engine.tiny import _build_pipeline
 
     if model == "tiny":
         pipe = DaemonI2VGenXLPipeline(**_build_pipeline().components)
@@ -242,20 +242,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from daemon.config import ModelConfig
     from daemon.engine.families import I2VGENXL, get_family, pipeline_multiple
+    from daemon.engine.interface import GenerationRequest
+    from daemon.engine.load import resolve_device, resolve_dtype
     from daemon.engine.options import EngineOptions
+    from daemon.engine.runner import DiffusersGenerator
     from daemon.engine.tiny_families import BUILDERS
-    from daemon.generate import (
-        DiffusersGenerator,
-        GenerationError,
-        GenerationRequest,
-        _resolve_device,
-        _resolve_dtype,
-    )
+    from daemon.errors import GenerationError
     from daemon.job.image import resolution_to_short_side
 
     family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device, family)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, family)
     short = resolution_to_short_side(args.resolution or ("256p" if args.tiny else "512p"))
     frames = family.fit_frames(args.frames or (8 if args.tiny else 16))
     steps = args.steps or (2 if args.tiny else 50)

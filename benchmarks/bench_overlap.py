@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 
 from daemon.config import load_settings
 from daemon.encode import encode_job, ffmpeg_version
-from daemon.generate import GenerationRequest, StubGenerator
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished
 from daemon.service.loop import Service
 

@@ -72,7 +72,8 @@ def _announce(args: argparse.Namespace, path: Path | None, log: Any = None) -> N
 
 
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
-    from daemon.generate import EngineOptions, load_generator
+    from daemon.engine.load import load_generator
+    from daemon.engine.options import EngineOptions
 
     return load_generator(
         settings.model.id,
@@ -91,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.listeners.events import Listener
     from daemon.listeners.metrics import MetricsListener
     from daemon.listeners.webhooks import WebhookSender
+    from daemon.service.executor import ThreadExecutor
     from daemon.service.loop import DaemonLocked, Service, StartupError
 
     # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
@@ -100,18 +102,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("loading model", model=settings.model.id, device=settings.model.device)
     try:
         generator = _load_generator(settings)
-        problem = defaults_problem(getattr(generator, "family", None), settings.generation.num_frames)
-        if problem is not None:
-            log.error("cannot start", reason=problem)
-            return EXIT_FAILED
-        if settings.model.warmup and not args.once:
-            from daemon.job.image import resolution_to_short_side
-
-            # One small generation now, so the first user job is not the slow one (it logs the time).
-            generator.warm_up(
-                short_side=resolution_to_short_side(settings.generation.resolution),
-                num_frames=settings.generation.num_frames,
-            )
     except Exception as e:
         hint: dict[str, str] = {}
         if path is None:
@@ -127,8 +117,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     if (hooks := WebhookSender.from_settings(settings)) is not None:
         listeners.append(hooks)
+    problem = defaults_problem(generator.info.family, settings.generation.num_frames)
+    if problem is not None:
+        log.error("cannot start", reason=problem)
+        return EXIT_FAILED
     service = Service(
-        settings, generator, watch=not args.once, reload=lambda: load_settings(path), listeners=listeners
+        settings,
+        ThreadExecutor([generator]),
+        watch=not args.once,
+        # One small generation at start, so the first user job is not the slow one.
+        warm_up=settings.model.warmup and not args.once,
+        reload=lambda: load_settings(path),
+        listeners=listeners,
     )
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -171,7 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from daemon.fetch import fetch_model
+    from daemon.engine.fetch import fetch_model
 
     _, settings = _settings(args)
     m = settings.model
@@ -198,7 +198,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.service.loop import folders_of
-    from daemon.status import read_status, render
+    from daemon.service.status_file import read_status, render
 
     _, settings = _settings(args)
     status = read_status(folders_of(settings).state)

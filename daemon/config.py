@@ -79,7 +79,7 @@ class ModelConfig(_Section):
     cache_dir: Path | None = None
     # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
     family: Literal["auto", "i2vgenxl", "svd", "ltx", "wan", "cogvideox"] = "auto"
-    # Speed and memory (applied by daemon.generate; config.example.toml explains each). Defaults
+    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
     # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
     attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager"] = (
         "auto"

@@ -80,11 +80,9 @@ def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) ->
     except Exception as e:
         yield False, "model", f"{settings.model.id} cannot be loaded: {e}"
         return
-    family = getattr(gen, "family", None)
-    kind = f", {family.label}" if family is not None else ""
-    yield True, "model", f"{gen.model_id} loaded on {gen.device}{kind}"
-    engine = getattr(gen, "engine", None)
-    if engine:  # the speed and memory settings in force after the CUDA-only ones were weighed
-        yield True, "engine", ", ".join(f"{k} {v}" for k, v in engine.items() if k != "family")
-    problem = defaults_problem(family, settings.generation.num_frames)
+    info = gen.info
+    yield True, "model", f"{info.model_id} loaded on {info.device}, {info.family.label}"
+    if gen.engine:  # the speed and memory settings in force after the CUDA-only ones were weighed
+        yield True, "engine", ", ".join(f"{k} {v}" for k, v in gen.engine.items() if k != "family")
+    problem = defaults_problem(info.family, settings.generation.num_frames)
     yield problem is None, "defaults", problem or "[generation] defaults suit the model"

@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny I2VGen-XL, built once per test session (a few seconds)."""
-    from daemon.tiny import TINY_VERSION, build_tiny
+    from daemon.engine.tiny import TINY_VERSION, build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
 

@@ -28,7 +28,7 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
 
 def request(width: int = 64, height: int = 96, **changes: object) -> Any:
     """A small GenerationRequest on a noise image (fixed seed), with ``changes`` applied."""
-    from daemon.generate import GenerationRequest
+    from daemon.engine.interface import GenerationRequest
 
     image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8))
     fields: dict[str, object] = dict(

@@ -14,9 +14,9 @@ from PIL import Image
 
 from daemon.config import load_settings
 from daemon.encode import FFmpeg, select_ffmpeg
-from daemon.generate import StubGenerator
+from daemon.engine.stub import StubGenerator
 from daemon.service.loop import Service
-from daemon.status import render
+from daemon.service.status_file import render
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 

@@ -15,7 +15,7 @@ from helpers import digest
 from PIL import Image
 
 from daemon.config import Settings, load_settings
-from daemon.generate import load_generator
+from daemon.engine.load import load_generator
 from daemon.service.loop import Service
 
 FAST = {"num_frames": 4, "steps": 2, "fps": 8}

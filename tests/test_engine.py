@@ -14,10 +14,11 @@ import pytest
 import structlog
 import torch
 
+from daemon.engine.load import load_generator
 from daemon.engine.oom import InjectOOM, Ladder
 from daemon.engine.options import EngineOptions
+from daemon.engine.runner import DiffusersGenerator
 from daemon.errors import GenerationError
-from daemon.generate import DiffusersGenerator, _component_dtypes, _resolve_dtype, load_generator
 
 # model id -> (width, height, frames): a small clip each family takes.
 CLIPS = {
@@ -253,22 +254,23 @@ def test_warm_up_runs_each_family_at_a_frame_count_it_takes(
 
 def test_auto_precision_follows_the_family_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     from daemon.engine.families import get_family
+    from daemon.engine.load import component_dtypes, resolve_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert _resolve_dtype("auto", cpu, get_family("wan")) == torch.float32
+    assert resolve_dtype("auto", cpu, get_family("wan")) == torch.float32
     # torch.device("cuda") needs no GPU; whether the GPU does bfloat16 is all that is asked of CUDA.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert _resolve_dtype("auto", gpu, get_family("wan")) == torch.bfloat16
-    assert _resolve_dtype("auto", gpu, get_family("i2vgenxl")) == torch.float16
-    assert _resolve_dtype("float32", gpu, get_family("wan")) == torch.float32
-    assert _component_dtypes(get_family("wan"), torch.bfloat16, "auto", gpu) == {
+    assert resolve_dtype("auto", gpu, get_family("wan")) == torch.bfloat16
+    assert resolve_dtype("auto", gpu, get_family("i2vgenxl")) == torch.float16
+    assert resolve_dtype("float32", gpu, get_family("wan")) == torch.float32
+    assert component_dtypes(get_family("wan"), torch.bfloat16, "auto", gpu) == {
         "default": torch.bfloat16,
         "vae": torch.float32,
         "image_encoder": torch.float32,
     }
-    assert _component_dtypes(get_family("wan"), torch.bfloat16, "bfloat16", gpu) == torch.bfloat16
+    assert component_dtypes(get_family("wan"), torch.bfloat16, "bfloat16", gpu) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a Turing card
-    assert _resolve_dtype("auto", gpu, get_family("ltx")) == torch.float16
+    assert resolve_dtype("auto", gpu, get_family("ltx")) == torch.float16
 
 
 def test_a_compiler_that_fails_at_the_warm_up_is_undone(cache: Path) -> None:

@@ -13,9 +13,11 @@ from PIL import Image
 
 from daemon.config import ModelConfig
 from daemon.engine.families import detect_family, family_from_index
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.load import load_generator
+from daemon.engine.runner import DiffusersGenerator
 from daemon.engine.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
 from daemon.errors import GenerationError
-from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
 
 # model id -> (family, width, height, frames that suit it, multiple)
 CASES = {

@@ -16,18 +16,16 @@ from diffusers import I2VGenXLPipeline
 from pydantic import ValidationError
 
 from daemon.config import ModelConfig
+from daemon.engine.fetch import fetch_model
 from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.load import load_generator
 from daemon.engine.oom import Ladder
+from daemon.engine.options import EngineOptions
+from daemon.engine.runner import DiffusersGenerator
+from daemon.engine.stub import StubGenerator
+from daemon.engine.tiny import MARKER, build_tiny
 from daemon.errors import GenerationError
-from daemon.fetch import fetch_model
-from daemon.generate import (
-    DiffusersGenerator,
-    EngineOptions,
-    GenerationRequest,
-    StubGenerator,
-    load_generator,
-)
-from daemon.tiny import MARKER, build_tiny
 
 
 def _request(width: int = 64, height: int = 96, **changes: object) -> GenerationRequest:

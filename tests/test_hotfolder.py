@@ -26,10 +26,10 @@ import structlog
 from helpers import digest, png_bytes
 
 from daemon.config import DEFAULT_IGNORE, Settings, load_settings
+from daemon.engine.stub import StubGenerator
 from daemon.folders.jobs import JOB_NAME_MAX, claim
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
-from daemon.generate import StubGenerator
 from daemon.service.loop import Service, folders_of
 
 CLI = [sys.executable, "-m", "daemon.cli"]

@@ -30,10 +30,10 @@ from helpers import digest, png_bytes
 from PIL import Image
 
 from daemon.config import load_settings
+from daemon.engine.stub import StubGenerator
 from daemon.folders import fsops
 from daemon.folders.jobs import RECORD, RETURNING, Folders, claim, finish_done, recover, release
 from daemon.folders.scan import Group, InboxScanner
-from daemon.generate import StubGenerator
 from daemon.service.loop import Service, folders_of
 
 CLI = [sys.executable, "-m", "daemon.cli"]

@@ -21,10 +21,12 @@ from PIL import Image
 from daemon import logs
 from daemon.config import Settings
 from daemon.engine.families import get_family
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.load import load_generator
 from daemon.engine.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
+from daemon.engine.runner import DiffusersGenerator
 from daemon.errors import GenerationError
 from daemon.folders.jobs import Job
-from daemon.generate import DiffusersGenerator, GenerationRequest, load_generator
 from daemon.job.image import fit_to
 from daemon.job.run import generate_job
 

@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
 from daemon.encode import FFmpeg
-from daemon.generate import GenerationRequest, StubGenerator
+from daemon.engine.interface import GenerationRequest
+from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished
 from daemon.service.loop import Service, StartupError
 

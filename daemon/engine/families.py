@@ -10,7 +10,7 @@ overrides it). Each ``Family`` knows what differs between them, and nothing else
 - how a ``GenerationRequest`` maps onto its pipeline call (``call_kwargs``), progress included;
 - the precision it is published in, which ``[model] dtype = "auto"`` picks on a GPU.
 
-The engine that runs any of them is ``daemon.generate.DiffusersGenerator``. torch and diffusers are
+The engine that runs any of them is ``daemon.engine.runner.DiffusersGenerator``. torch and diffusers are
 imported lazily.
 """
 
@@ -123,6 +123,9 @@ class Family:
     gpu_dtype: str = "bfloat16"
     chunked_decode: bool = False  # the pipeline takes decode_chunk_size (frames decoded at once)
     float32_parts: tuple[str, ...] = ()  # components kept in float32 on a GPU with model.dtype "auto"
+    # The pipeline attribute that takes the per-step callback, for a pipeline that has no
+    # callback_on_step_end (I2VGen-XL: our subclass reports through its progress bar).
+    step_hook: str | None = None
 
     @property
     def uses_unet(self) -> bool:
@@ -198,7 +201,7 @@ class Family:
         )
         if self.chunked_decode:
             kwargs["decode_chunk_size"] = max(1, min(decode_chunk_size, num_frames))
-        if self.name != I2VGENXL and on_step is not None:
+        if self.step_hook is None and on_step is not None:
             total = req.steps
 
             def callback(_pipe: Any, step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +243,7 @@ FAMILIES: dict[str, Family] = {
         typical_frames=16,
         gpu_dtype="float16",
         chunked_decode=True,
+        step_hook="step_callback",
     ),
     SVD: Family(
         SVD,

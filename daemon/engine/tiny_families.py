@@ -1,6 +1,6 @@
 """Tiny random-weight builds of the other model families (``tiny-svd``, ``tiny-ltx``, ...), made in code.
 
-Like ``daemon.tiny`` (the I2VGen-XL ``tiny``): real diffusers pipeline and component classes, saved
+Like ``daemon.engine.tiny`` (the I2VGen-XL ``tiny``): real diffusers pipeline and component classes, saved
 with ``save_pretrained`` into ``cache_dir/<name>-v<VERSION>`` atomically and loaded back with
 ``from_pretrained``; no hub, every tokenizer built from scratch. Clips are abstract noise.
 """

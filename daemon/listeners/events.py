@@ -1,8 +1,9 @@
 """What the main loop tells the outside world, and the listeners that take it from there.
 
-The loop calls these from its own thread, between steps or from the per-step progress
-callback, so a listener must be quick and must never raise: slow work (HTTP, page
-rendering of large folders) belongs in the listener's own thread.
+The service calls these from its loop, scanner and filing threads, but never two at once (it
+holds one lock while it calls them), so a listener needs no locking of its own against the
+service. It must be quick and must never raise: slow work (HTTP, page rendering of large
+folders) belongs in the listener's own thread.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from daemon.job.record import JobRecord
+
 
 @dataclass(frozen=True)
 class JobFinished:
     job: str  # the JOB name
     outcome: str  # "done" or "failed"
     folder: Path  # outputs/REL/JOB when done, failed/REL/JOB when failed
-    info: dict[str, Any] | None  # the content of JOB.json when done
+    record: JobRecord | None  # JOB.json, when done
     error: str | None  # the text of error.txt when failed
 
 

@@ -111,17 +111,15 @@ class MetricsListener:
         try:
             self.jobs.labels(outcome=event.outcome).inc()
             self.last_finished.set_to_current_time()
-            info = event.info or {}
-            timings = info.get("timings")
-            timings = timings if isinstance(timings, dict) else {}
-            if isinstance(timings.get("generate_seconds"), int | float):
-                self.generate_seconds.observe(timings["generate_seconds"])
-            if isinstance(timings.get("encode_seconds"), int | float):
-                self.encode_seconds.observe(timings["encode_seconds"])
-            recipes = info.get("recipes")
-            for name, result in (recipes if isinstance(recipes, dict) else {}).items():
-                ok = isinstance(result, dict) and result.get("ok")
-                self.recipes.labels(recipe=name, outcome="done" if ok else "failed").inc()
+            record = event.record
+            if record is None:
+                return
+            if record.timings.generate_seconds is not None:
+                self.generate_seconds.observe(record.timings.generate_seconds)
+            if record.timings.encode_seconds is not None:
+                self.encode_seconds.observe(record.timings.encode_seconds)
+            for name, result in record.recipes.items():
+                self.recipes.labels(recipe=name, outcome="done" if result.ok else "failed").inc()
         except Exception as e:
             logs.get().warning("metrics update failed", job=event.job, error=str(e))
 

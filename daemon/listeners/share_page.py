@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import html
-import json
 import math
 import os
 import threading
@@ -36,6 +35,7 @@ from urllib.parse import quote
 from daemon import logs
 from daemon.folders import fsops, names
 from daemon.folders.names import ERROR_FILE
+from daemon.job.record import JobRecord
 from daemon.listeners.events import JobFinished
 
 PAGE = "index.html"
@@ -101,26 +101,23 @@ def _parse_time(value: object) -> datetime | None:
         return None
 
 
-def done_entry(folder: Path, outputs: Path, info: Mapping[str, Any]) -> Entry:
-    job = str(info.get("job") or folder.name)
-    recipes = info.get("recipes") or {}
+def done_entry(folder: Path, outputs: Path, record: JobRecord) -> Entry:
+    job = record.job or folder.name
     outs = tuple(
-        Output(str(name), r.get("file") if r.get("ok") else None, None if r.get("ok") else r.get("error"))
-        for name, r in recipes.items()
-        if isinstance(r, Mapping)
+        Output(str(name), r.file if r.ok else None, None if r.ok else r.error)
+        for name, r in record.recipes.items()
     )
     # The poster recipe may be renamed or dropped by the operator; link only a file that is there.
     candidates = [o.file for o in outs if o.recipe == "poster" and o.file] + [f"{job}.poster.png"]
     poster = next((c for c in candidates if (folder / c).is_file()), None)
-    params = info.get("parameters")
     return Entry(
         job=job,
         outcome="done",
         link=_link(folder, outputs),
-        when=_parse_time((info.get("timings") or {}).get("finished")),
-        prompt=_clip(info.get("prompt"), MAX_PROMPT),
-        parameters=dict(params) if isinstance(params, Mapping) else {},
-        master=info.get("master"),
+        when=_parse_time(record.timings.finished),
+        prompt=_clip(record.prompt, MAX_PROMPT),
+        parameters=record.parameters.model_dump(exclude_none=True),
+        master=record.master,
         poster=poster,
         outputs=outs,
     )
@@ -157,17 +154,10 @@ def failed_entry(folder: Path, outputs: Path, error: str | None, when: datetime 
     )
 
 
-def _read_info(folder: Path) -> dict[str, Any]:
-    info = json.loads((folder / f"{folder.name}.json").read_text(encoding="utf-8"))
-    if not isinstance(info, dict):
-        raise ValueError(f"{folder.name}.json is not a table")
-    return info
-
-
 def entry_from_event(event: JobFinished, outputs: Path) -> Entry:
     if event.outcome == "done":
-        info = event.info if event.info is not None else _read_info(event.folder)
-        return done_entry(event.folder, outputs, info)
+        record = event.record if event.record is not None else JobRecord.read(event.folder)
+        return done_entry(event.folder, outputs, record)
     return failed_entry(event.folder, outputs, event.error, datetime.now().astimezone())
 
 
@@ -201,7 +191,7 @@ def load_recent(outputs: Path, failed: Path, keep: int) -> list[Entry]:
     for key, path, outcome in newest:
         try:
             if outcome == "done":
-                entry = done_entry(path, outputs, _read_info(path))
+                entry = done_entry(path, outputs, JobRecord.read(path))
             elif (path / ERROR_FILE).is_file():
                 entry = failed_entry(path, outputs, None)
             else:

@@ -129,7 +129,7 @@ class WebhookSender:
         """
         self.start()
         if event.outcome == "done":
-            urls, payload = self.on_done, event.info or {"job": event.job}
+            urls, payload = self.on_done, (event.record.to_json() if event.record else {"job": event.job})
         else:
             urls = self.on_failed
             payload = {"event": "failed", "job": event.job, "error": event.error, "folder": str(event.folder)}

@@ -1,62 +1,61 @@
 """The daemon's main loop: one small ``step()`` called until a stop is asked for.
 
-Three threads, each doing one kind of work in order:
+Four threads (or more), each doing one kind of work in order:
 
-- the scanner thread looks at the inbox every poll interval (sooner when the watcher
-  sets ``wake``), also while a job generates: files dropped meanwhile are listed in the
-  status at once and their settle time runs; it only publishes what is ready;
-- the loop (the caller's thread) claims ready jobs and generates, one at a time, with
-  the model kept warm; claims happen on this thread only;
-- the encoder thread turns finished frames into files and files every job (done or
-  failed) in the order the loop finished them, so results keep their order.
+- the scanner thread (``scanning``) looks at the inbox all the time and says what is ready;
+- the loop (the caller's thread) claims ready jobs, checks and sizes them (``job.prepare``)
+  and hands them to the executor while fewer than its ``capacity`` are in flight; claims
+  happen on this thread only;
+- the executor's workers generate, with the model kept warm (``executor``: threads here,
+  or Ray workers elsewhere);
+- the filing thread (``filing``) encodes and files each job in the order it finished.
 
-Between loop and encoder a bounded queue: when the encoder falls behind, the loop waits,
-so the frames in memory stay bounded. Signal handlers only set flags (see ``cli``); the
-scanner thread is the one that says, at once, what a stop request will do.
+Signal handlers only set flags (see ``cli``); the scanner thread says at once, in the log,
+what a stop request will do. Listeners are called with one lock held, so never from two
+threads at once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from daemon import logs
 from daemon.config import Settings
 from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
+from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
-from daemon.folders import names
-from daemon.folders.jobs import Folders, Job, claim, finish_done, finish_failed, recover, release
-from daemon.folders.scan import Group, InboxScanner
+from daemon.folders.jobs import Folders, Job, claim, recover
+from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
-from daemon.generate import Generator
-from daemon.job.run import Generated, Result, encode_generated, generate_job
+from daemon.job.describe import Generated, Result
+from daemon.job.image import resolution_to_short_side
+from daemon.job.prepare import Prepared, prepare
+from daemon.job.record import Worker
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
-from daemon.status import write_status
+from daemon.service.executor import Cancelled, Executor, ThreadExecutor
+from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
+from daemon.service.lock import DaemonLocked, take_lock
+from daemon.service.scanning import InboxMonitor
+from daemon.service.status_file import write_status
 
-INTERNAL_ERROR = (
-    "Something went wrong inside the video daemon while making this clip; it is not a problem with "
-    "your files as far as we can tell. Move the files back into the inbox to try again, and if it "
-    "fails again tell the operator (the details are in the log beside this file)."
+__all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
+
+CRASH_LOOP_ERROR = (
+    "Making this clip stopped the video daemon {crashes} times in a row, so it was set aside to "
+    "protect the other jobs. Try a smaller resolution or fewer frames, or ask the operator to look "
+    "at the daemon's log."
 )
-
-
-class Aborted(Exception):
-    """Raised from the progress callback when a cold stop interrupts a generation."""
-
-
-class DaemonLocked(Exception):
-    """Another daemon already serves these folders."""
 
 
 class StartupError(Exception):
@@ -69,64 +68,74 @@ def folders_of(settings: Settings) -> Folders:
 
 
 @dataclass
-class _Failed:
-    """A job that failed before encoding; filed by the encoder thread to keep the order."""
-
-    job: Job
-    error: str | None  # None: interrupted, its files go back to the inbox
-
-
-_STOP_ENCODER = object()
+class _Flight:
+    prepared: Prepared
+    future: Future[GenerationResult]
+    submitted: float
 
 
 class Service:
     def __init__(
         self,
         settings: Settings,
-        generator: Generator,
+        executor: Executor | Generator,
         *,
         clock: Callable[[], float] = time.monotonic,
         watch: bool = True,
+        warm_up: bool = False,
         listeners: list[Listener] | None = None,
         reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        self.generator = generator
         self.clock = clock
+        self._work = threading.Event()  # for the loop: jobs ready, a job finished, progress, a stop
+        if isinstance(executor, Generator):
+            executor = ThreadExecutor([executor])
+        self.executor: Executor = executor
+        self.executor.board.on_change = self._work.set
+        self.executor.board.clock = clock
         self.folders = folders_of(settings)
-        self.scanner = self._make_scanner(settings)
         self.listeners: list[Listener] = list(listeners or [])
         self._reload_settings = reload
-        self.stop = threading.Event()  # warm stop: finish the current job, claim no more
-        self.abort = threading.Event()  # cold stop: interrupt the current job, return it to the inbox
+        self._warm_up = warm_up
+        self.stop = threading.Event()  # warm stop: finish the jobs in flight, claim no more
+        self.abort = threading.Event()  # cold stop: interrupt them, their files go back to the inbox
         self.wake = threading.Event()  # look at the inbox now: the watcher saw a change, or a signal came
-        self._work = threading.Event()  # for the loop: jobs are ready, or a stop or reload is asked for
         self.reload_requested = threading.Event()  # SIGHUP: re-read the config between jobs
         self.log = logs.get()
         self.results: deque[Result] = deque(maxlen=50)
-        self._ready: deque[Group] = deque()  # written by the scanner thread, taken by the loop
-        self._ready_lock = threading.Lock()
         self._resume: deque[Job] = deque()
-        self._scanning: threading.Thread | None = None
-        self._scan_stop = threading.Event()
-        # Scans started, and (number, ready, waiting) of the last one finished: run_once ends
-        # only on a scan begun after its last claim that saw nothing left.
-        self._scans_started = 0
-        self._last_scan: tuple[int, int, int] = (0, 0, 0)
-        self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
-        self._shown: tuple[Any, ...] | None = None  # the inbox as last published
+        self._flights: dict[str, _Flight] = {}  # in submission order
         self._stop_at: float | None = None
+        self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
+        self._cancelled = False
         self._lock: IO[str] | None = None
-        self._current: dict[str, Any] | None = None
         self._status_at = float("-inf")
-        # Listeners are called with this held, so never from two threads at once.
+        self._board_seen = -1
         self._status_lock = threading.RLock()
-        self._encode_q: queue.Queue[Any] = queue.Queue(maxsize=settings.output.encode_queue)
-        self._encoding: list[str] = []  # jobs handed to the encoder, oldest first
-        self._encoder: threading.Thread | None = None
         self._watch = watch
         self._once: list[Result] | None = None  # every result of a run_once, however many
         self._watcher: Watcher | None = None
+        self.monitor = InboxMonitor(
+            self._make_scanner(settings),
+            poll_interval=settings.watch.poll_interval,
+            wake=self.wake,
+            on_ready=self._work.set,
+            on_change=lambda: self.publish_status(),
+            each_round=self._explain_stop,
+        )
+        self.filer = Filer(
+            self.folders,
+            lambda: self.settings,
+            abort=self.abort,
+            where=self._where,
+            finished=self._finished,
+            size=settings.output.encode_queue,
+        )
+
+    @property
+    def scanner(self) -> InboxScanner:
+        return self.monitor.scanner
 
     def _make_scanner(self, settings: Settings) -> InboxScanner:
         return InboxScanner(
@@ -140,7 +149,14 @@ class Service:
     # -- set-up and tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
-        """Check ffmpeg and recipes, create the folders, take the lock, finish what a crash left, start."""
+        """Start the workers, check ffmpeg and recipes, take the folders, finish what a crash left."""
+        gen = self.settings.generation
+        try:
+            self.executor.start(
+                warm_up=(resolution_to_short_side(gen.resolution), gen.num_frames) if self._warm_up else None
+            )
+        except Exception as e:
+            raise StartupError(f"the model could not be loaded or warmed up: {e}") from e
         try:
             ffmpeg = select_ffmpeg(self.settings.output.ffmpeg)
         except FFmpegUnavailable as e:
@@ -158,58 +174,43 @@ class Service:
                 )
             )
         self.folders.ensure()
-        self._take_lock()
+        self._lock = take_lock(self.folders.state)
         # The page for the people on the share is part of the product, not an option.
         self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
-        self._encoder = threading.Thread(target=self._encode_loop, name="i2vd-encoder", daemon=True)
-        self._encoder.start()
+        self.filer.start()
         again, exhausted = recover(self.folders, self.settings.limits.max_attempts)
         for job in exhausted:
             crashes = job.attempts - 1
             self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
-            self._file(
-                _Failed(
-                    job,
-                    f"Making this clip stopped the video daemon {crashes} times in a row, so it was set "
-                    "aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask "
-                    "the operator to look at the daemon's log.",
-                )
-            )
+            self.filer.file_now(Failed(job, CRASH_LOOP_ERROR.format(crashes=crashes)))
         self._resume.extend(again)
         for job in again:
             self.log.warning("resuming job interrupted by a crash", job=job.name, attempt=job.attempts)
         if self._watch:
             self._watcher = Watcher(self.folders.inbox, self.wake, self.settings.watch.mode)
             self._watcher.start()
-        mode = self._watcher.mode if self._watcher else "poll"
+        model = self.executor.model
         self.log.info(
             "watching",
             inbox=str(self.folders.inbox),
             outputs=str(self.folders.outputs),
-            mode=mode,
-            model=self.generator.model_id,
-            device=getattr(self.generator, "device", None),
+            mode=self._watcher.mode if self._watcher else "poll",
+            model=model.model_id,
+            device=model.device,
+            capacity=self.executor.capacity,
         )
-        self.publish_status("idle")
-        self._scan_stop.clear()
-        self._scanning = threading.Thread(target=self._scan_loop, name="i2vd-scanner", daemon=True)
-        self._scanning.start()
+        self.publish_status()
+        self.monitor.start()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
 
     def teardown(self) -> None:
-        """Let the encoder file every generated job, then stop watching and release the lock."""
-        if self._scanning is not None:
-            self._scan_stop.set()
-            self.wake.set()
-            self._scanning.join()
-            self._scanning = None
+        """Stop looking, let the filing thread file every job handed over, release the folders."""
+        self.monitor.stop()
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        if self._encoder is not None:
-            self._encode_q.put(_STOP_ENCODER)
-            self._encoder.join()
-            self._encoder = None
+        self.filer.stop()
+        self.executor.close()
         if self._lock is not None:
             self.publish_status("stopped")
             self._lock.close()
@@ -220,28 +221,10 @@ class Service:
             except Exception:
                 self.log.exception("listener failed to close", listener=type(listener).__name__)
 
-    def _take_lock(self) -> None:
-        path = self.folders.state / names.LOCK_FILE
-        f = open(path, "a+")  # noqa: SIM115 - held open for the whole run: it is the lock
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise DaemonLocked(
-                f"another i2vd ({holder}) is already running on these folders (lock {path}); "
-                "run one daemon per set of folders"
-            ) from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._lock = f
-
     # -- the loop ------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """First call: warm stop (finish the current job within the grace). Second: cold stop.
+        """First call: warm stop (finish the jobs in flight within the grace). Second: cold stop.
 
         Only flags: it runs in a signal handler. The scanner thread logs what will happen.
         """
@@ -256,46 +239,49 @@ class Service:
     def run(self) -> None:
         self.setup()
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() or self._flights:
                 self.step()
         finally:
             self.teardown()
 
     def step(self) -> bool:
-        """Claim and generate one ready job and hand it to the encoder; else wait a little.
+        """Collect finished jobs, then claim, check and submit one if there is room; else wait.
 
         Returns whether a job was taken.
         """
         if self.reload_requested.is_set():
             self._reload()
         self._work.clear()
-        job = self._next_job()
-        if job is None:
-            if self.clock() - self._status_at > 30:
-                self.publish_status("idle")  # keeps status.json fresh so `i2vd status` can tell we live
-            self._work.wait(self.settings.watch.poll_interval)
-            return False
-        self._generate(*job)
-        return True
+        self._collect()
+        self._enforce_stop()
+        if not self.stop.is_set() and len(self._flights) < self.executor.capacity:
+            job = self._next_job()
+            if job is not None:
+                self._start(*job)
+                return True
+        if self.executor.board.version != self._board_seen and self.clock() - self._status_at >= 1.0:
+            self.publish_status()  # progress of the jobs in flight
+        elif self.clock() - self._status_at > 30:
+            self.publish_status()  # keeps status.json fresh so `i2vd status` can tell we live
+        self._work.wait(self.settings.watch.poll_interval)
+        return False
 
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
 
         Files are judged as the running daemon judges them: a pair once settled, an unpaired
         file after ``pair_timeout``. It ends on a scan begun after the last claim that finds
-        nothing ready and nothing waiting.
+        nothing ready and nothing waiting, with no job in flight.
         """
         self._once = []
         self.setup()
         try:
-            while not self.stop.is_set():
-                mark = self._scans_started
-                if self.step():
+            while not self.stop.is_set() or self._flights:
+                mark = self.monitor.started
+                if self.step() or self._flights or self._resume:
                     continue
-                with self._ready_lock:
-                    queued = bool(self._ready)
-                seq, ready, waiting = self._last_scan
-                if seq > mark and not queued and not self._resume and ready == 0 and waiting == 0:
+                seq, ready, waiting = self.monitor.last
+                if seq > mark and ready == 0 and waiting == 0 and self.monitor.queued()[1] == 0:
                     break
         finally:
             self.teardown()
@@ -316,27 +302,21 @@ class Service:
         finally:
             notify.ready()
         # These are built once at start (folders and lock, model, listeners).
-        fixed = ("paths", "model", "metrics", "webhooks")
-        if any(getattr(new, k) != getattr(self.settings, k) for k in fixed):
-            self.log.warning("changes to [paths], [model], [metrics] and [webhooks] need a restart")
-            new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed})
+        fixed = ("paths", "model", "metrics", "webhooks", "cluster")
+        if any(getattr(new, k, None) != getattr(self.settings, k, None) for k in fixed):
+            self.log.warning(
+                "changes to [paths], [model], [metrics], [webhooks] and [cluster] need a restart"
+            )
+            new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed if hasattr(new, k)})
         self.settings = new
-        scanner = self._make_scanner(new)
-        with self._ready_lock:
-            self.scanner = scanner  # the scanner thread takes it up at its next scan
-            self._ready.clear()
-        self.wake.set()
+        self.monitor.replace(self._make_scanner(new), new.watch.poll_interval)
         self.log.info("config reloaded")
 
     def _next_job(self) -> tuple[Job, datetime] | None:
         if self._resume:
             job = self._resume.popleft()
             return job, job.claimed_at
-        while not self.stop.is_set():
-            with self._ready_lock:
-                if not self._ready:
-                    return None
-                group = self._ready.popleft()
+        while not self.stop.is_set() and (group := self.monitor.take()) is not None:
             wall = datetime.now().astimezone()
             job = claim(self.folders, group, wall)
             if job is not None:
@@ -349,93 +329,139 @@ class Service:
                 return job, wall - timedelta(seconds=max(0.0, self.clock() - group.since))
         return None
 
-    # -- the scanner thread --------------------------------------------------------------
+    # -- one job: prepare and submit, then collect (loop thread) -------------------------
 
-    def _scan_loop(self) -> None:
-        """Look at the inbox until teardown: every poll interval, sooner when woken."""
-        while not self._scan_stop.is_set():
-            self.wake.clear()
-            self._explain_stop()
+    def _start(self, job: Job, queued_at: datetime) -> None:
+        """Check and size a claimed job and submit it; a job with bad input is filed as failed."""
+        log = self.log.bind(job=job.name)
+        logs.open_job_log(job.name, job.out / f"{job.name}.log")
+        try:
+            prepared = prepare(job, self.settings, self.executor.model, log, queued_at=queued_at)
+        except JobError as e:
+            log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
+            self.filer.put(Failed(job, str(e)))
+        except Exception:
+            log.exception("internal error", folder=self._where(self.folders.failed, job))
+            self.filer.put(Failed(job, INTERNAL_ERROR))
+        else:
+            future = self.executor.submit(job.name, prepared.request)
+            future.add_done_callback(lambda _f: self._work.set())
+            self._flights[job.name] = _Flight(prepared, future, self.clock())
+        self.publish_status()
+
+    def _collect(self) -> None:
+        """Hand every finished job to the filing thread, in the order they were submitted."""
+        for name, flight in list(self._flights.items()):
+            if not flight.future.done():
+                continue
+            del self._flights[name]
+            job = flight.prepared.job
+            log = self.log.bind(job=name)
+            item: Generated | Failed
             try:
-                due = self._scan()
-            except Exception:
-                # The loop must never go blind for good: log, and look again next time.
-                self.log.exception("scanning the inbox failed")
-                due = None
-            poll = self.settings.watch.poll_interval
-            # Wake when the next waiting pair is due to settle, not a whole poll later.
-            self.wake.wait(poll if due is None else max(0.0, min(poll, due)))
+                result = flight.future.result()
+            except Cancelled:
+                log.warning("job interrupted by shutdown; its files go back to the inbox")
+                item = Failed(job, None)
+            except JobError as e:
+                log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
+                item = Failed(job, str(e))
+            except Exception as e:
+                log.error(
+                    "internal error", error=repr(e), folder=self._where(self.folders.failed, job), exc_info=e
+                )
+                item = Failed(job, INTERNAL_ERROR)
+            else:
+                seconds = self.clock() - flight.submitted
+                log.info("frames generated", seconds=round(seconds, 2), clip_size=_size(result))
+                worker = Worker(**result.worker) if result.worker else None
+                item = Generated(flight.prepared, result, seconds, worker)
+            # Blocks while the filing thread is encode_queue jobs behind: bounded memory.
+            self.filer.put(item)
+            self.publish_status()
 
-    def _scan(self) -> float | None:
-        """One look at the inbox: publish what is ready to the loop and what waits to people."""
-        with self._ready_lock:
-            scanner = self.scanner
-        self._scans_started += 1
-        seq = self._scans_started
-        ready = scanner.scan()
-        with self._ready_lock:
-            if scanner is self.scanner:
-                # Rescanning replaces the list (no per-claim directory walk): a backlog of
-                # thousands costs one walk per poll interval, whatever the claim rate.
-                self._ready = deque(ready)
-        self._last_scan = (seq, len(ready), scanner.waiting)
-        if ready:
-            self._work.set()
-        shown = (
-            [(g.rel_dir / g.name).as_posix() for g in ready[:200]],
-            scanner.pending,
-            scanner.missing,
-        )
-        if shown != self._shown:
-            self._shown = shown
-            self.publish_status("busy" if self._current else "idle")
-        return scanner.next_ready_in
+    def _enforce_stop(self) -> None:
+        """Interrupt the jobs in flight on a cold stop, or when a warm stop's grace is over."""
+        if self._cancelled or not self._flights:
+            return
+        grace = self.settings.watch.stop_grace
+        if self._stop_at is not None and not self.abort.is_set() and self.clock() - self._stop_at > grace:
+            self.log.warning("stop grace is over; interrupting the jobs in flight", grace_seconds=grace)
+            self.abort.set()
+        if self.abort.is_set():
+            self._cancelled = True
+            self.executor.cancel()
 
     def _explain_stop(self) -> None:
-        """Say at once what a stop request will do (signal handlers only set flags)."""
+        """Say at once what a stop request will do (the signal handler only set flags)."""
         wanted = 2 if self.abort.is_set() else 1 if self.stop.is_set() else 0
         if wanted <= self._told_stop:
             return
         self._told_stop = wanted
-        current = (self._current or {}).get("job")
+        jobs = ", ".join(list(self._flights)) or None
         if wanted == 1:
             grace = self.settings.watch.stop_grace
-            if current:
-                text = (
-                    f"stop requested: finishing {current} (at most {grace:g} s more), then stopping; "
-                    "press Ctrl-C again (or send SIGTERM again) to interrupt it and put its files "
-                    "back in the inbox"
+            if jobs:
+                self.log.info(
+                    f"stop requested: finishing {jobs} (at most {grace:g} s more), then stopping; "
+                    "press Ctrl-C again (or send SIGTERM again) to interrupt and put the files back "
+                    "in the inbox"
                 )
             else:
-                text = "stop requested: no job is running; stopping"
-            self.log.info(text)
-            notify.stopping("finishing the current job (warm stop)" if current else "stopping")
+                self.log.info("stop requested: no job is running; stopping")
+            notify.stopping("finishing the current job (warm stop)" if jobs else "stopping")
         else:
             self.log.info(
-                f"interrupting {current} now; its files go back to the inbox" if current else "stopping now"
+                f"interrupting {jobs} now; the files go back to the inbox" if jobs else "stopping now"
             )
             notify.stopping("interrupting the current job (cold stop)")
 
     # -- status --------------------------------------------------------------------------
 
-    def publish_status(self, state: str) -> None:
-        with self._ready_lock:
-            queue = [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:200]]
-            queue_length = len(self._ready) + len(self._resume)
+    def publish_status(self, state: str | None = None) -> None:
+        now = self.clock()
+        workers = self.executor.board.snapshot()
+        running = [
+            {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
+            for w in workers
+            if w.job is not None
+        ]
+        # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
+        started = {r["job"] for r in running}
+        running += [
+            {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
+            for name in list(self._flights)
+            if name not in started
+        ]
+        queue, ready = self.monitor.queued()
+        scanner = self.monitor.scanner
         with self._status_lock:
-            self._status_at = self.clock()
+            self._status_at = now
+            self._board_seen = self.executor.board.version
             status = {
-                "state": state,
+                "state": state or ("busy" if self._flights else "idle"),
                 "pid": os.getpid(),
-                "model": self.generator.model_id,
-                "current": self._current,
-                "encoding": list(self._encoding),
+                "model": self.executor.model.model_id,
+                "current": running[0] if running else None,
+                "running": running,
+                "workers": [
+                    {
+                        "name": w.name,
+                        "host": w.host,
+                        "device": w.device,
+                        "state": w.state,
+                        "job": w.job,
+                        "error": w.error,
+                    }
+                    for w in workers
+                ],
+                "encoding": list(self.filer.encoding),
                 "queue": queue,
-                "queue_length": queue_length,
+                "queue_length": ready + len(self._resume),
                 # Seen but not ready: still being written, or waiting for the other file of its pair.
-                "arriving": [list(p) for p in self.scanner.pending],
-                "inbox_missing": self.scanner.missing,
-                "inbox_problem": self.scanner.missing_reason,
+                "arriving": [list(p) for p in scanner.pending],
+                "inbox_missing": scanner.missing,
+                "inbox_problem": scanner.missing_reason,
                 "recent": [
                     {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
                     for r in reversed(self.results)
@@ -445,119 +471,12 @@ class Service:
             self._tell(lambda listener: listener.on_status(status))
 
     def _tell(self, call: Callable[[Listener], None]) -> None:
-        for listener in self.listeners:
-            try:
-                call(listener)
-            except Exception:
-                self.log.exception("listener failed", listener=type(listener).__name__)
-
-    # -- one job: generation (loop thread) -----------------------------------------------
-
-    def _on_step(self, job: Job, log: Any) -> Callable[[int, int], None]:
-        t0 = self.clock()
-
-        def on_step(step: int, total: int) -> None:
-            now = self.clock()
-            grace = self.settings.watch.stop_grace
-            if self._stop_at is not None and now - self._stop_at > grace and not self.abort.is_set():
-                log.warning("stop grace is over; interrupting the job", grace_seconds=grace)
-                self.abort.set()
-            if self.abort.is_set():
-                raise Aborted()
-            eta = (now - t0) / step * (total - step) if step else None
-            self._current = {"job": job.name, "step": step, "total": total, "eta_seconds": eta}
-            log.debug("step", step=step, total=total)
-            if now - self._status_at >= 1.0 or step == total:
-                self.publish_status("busy")
-
-        return on_step
-
-    def _generate(self, job: Job, queued_at: datetime) -> None:
-        """Make one claimed job's frames and queue it for the encoder, whatever happens."""
-        log = self.log.bind(job=job.name)
-        logs.open_job_log(job.name, job.out / f"{job.name}.log")
-        self._current = {"job": job.name, "step": 0, "total": None, "eta_seconds": None}
-        self.publish_status("busy")
-        item: Generated | _Failed
-        try:
-            item = generate_job(
-                job, self.settings, self.generator, log, queued_at=queued_at, on_step=self._on_step(job, log)
-            )
-        except Aborted:
-            log.warning("job interrupted by shutdown; its files go back to the inbox")
-            item = _Failed(job, None)
-        except JobError as e:
-            log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
-            item = _Failed(job, str(e))
-        except Exception:
-            log.exception("internal error", folder=self._where(self.folders.failed, job))
-            item = _Failed(job, INTERNAL_ERROR)
-        self._current = None
-        self._encoding.append(job.name)
-        # Blocks while the encoder is encode_queue jobs behind: bounded memory.
-        self._encode_q.put(item)
-        self.publish_status("busy" if self._ready else "idle")
-
-    # -- one job: encoding and filing (encoder thread) ------------------------------------
-
-    def _encode_loop(self) -> None:
-        while True:
-            item = self._encode_q.get()
-            if item is _STOP_ENCODER:
-                return
-            try:
-                self._file(item)
-            except Exception:
-                # Filing failed (disk full, folder gone): the job stays claimed and is
-                # taken up again by recovery at the next start; nothing is lost.
-                self.log.exception("could not file job; it stays claimed until restart", job=item.job.name)
-                logs.close_job_log(item.job.name)
-            finally:
-                if item.job.name in self._encoding:
-                    self._encoding.remove(item.job.name)
-
-    def _file(self, item: Generated | _Failed) -> None:
-        """Encode if there are frames, then move the job to its final folders and tell listeners."""
-        job = item.job
-        log = self.log.bind(job=job.name)
-        if isinstance(item, Generated):
-            if self.abort.is_set():
-                log.warning("job interrupted by shutdown before encoding; its files go back to the inbox")
-                item = _Failed(job, None)
-            else:
+        with self._status_lock:
+            for listener in self.listeners:
                 try:
-                    result = encode_generated(item, self.settings, log)
-                except JobError as e:
-                    log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
-                    item = _Failed(job, str(e))
+                    call(listener)
                 except Exception:
-                    log.exception("internal error", folder=self._where(self.folders.failed, job))
-                    item = _Failed(job, INTERNAL_ERROR)
-                else:
-                    log.info(
-                        "job done",
-                        folder=self._where(self.folders.outputs, job),
-                        originals=self._where(self.folders.done, job),
-                        recipe_errors=sorted(result.recipe_errors) or None,
-                    )
-                    logs.close_job_log(job.name)
-                    folder = finish_done(self.folders, job)
-                    self._finished(result, JobFinished(job.name, "done", folder, result.info, None))
-                    return
-        log_path = job.out / f"{job.name}.log"
-        if item.error is None:
-            logs.close_job_log(job.name)
-            if not release(self.folders, job):
-                log.warning(
-                    "could not put the job back in the inbox; it stays claimed and resumes at next start"
-                )
-            return
-        logs.close_job_log(job.name)
-        folder = finish_failed(self.folders, job, item.error, log_path)
-        error_text = (folder / names.ERROR_FILE).read_text(errors="replace")
-        self._finished(
-            Result(job, ok=False, error=item.error), JobFinished(job.name, "failed", folder, None, error_text)
-        )
+                    self.log.exception("listener failed", listener=type(listener).__name__)
 
     def _where(self, base: Path, job: Job) -> str:
         """Where a job's files go, as people on the share see it (``outputs/team-a/cup_…``)."""
@@ -566,8 +485,14 @@ class Service:
         return path.relative_to(share).as_posix() if path.is_relative_to(share) else str(path)
 
     def _finished(self, result: Result, event: JobFinished) -> None:
+        """Called on the filing thread once a job is filed."""
         self.results.append(result)
         if self._once is not None:
             self._once.append(result)
         self._tell(lambda listener: listener.on_job_finished(event))
-        self.publish_status("busy" if self._current else "idle")
+        self.publish_status()
+
+
+def _size(result: GenerationResult) -> str:
+    height, width = result.frames.shape[1:3]
+    return f"{width}x{height}"

@@ -9,7 +9,7 @@ deliberate step that fills the cache:
 - ``tiny`` and the other tiny builds (``tiny-wan``, ...): built locally (no network);
 - a local folder: checked to hold a diffusers pipeline (``model_index.json``).
 
-torch and diffusers are imported lazily, as in ``daemon.generate``.
+torch and diffusers are imported lazily, as in ``daemon.engine.runner``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.tiny import TINY_VERSION, build_tiny
+from daemon.engine.tiny import TINY_VERSION, build_tiny
 
 
 def _offline() -> bool:
@@ -39,7 +39,8 @@ def fetch_model(
     Raises RuntimeError with a readable reason (offline, unknown model, no such revision, ...).
     """
     from daemon.engine import tiny_families
-    from daemon.generate import STUB_ID, TINY_ID
+    from daemon.engine.load import TINY_ID
+    from daemon.engine.stub import STUB_ID
     from daemon.logs import adopt_model_libraries
 
     if model_id == TINY_ID or model_id in tiny_families.BUILDERS:
@@ -66,14 +67,14 @@ def fetch_model(
     import torch
     from diffusers import DiffusionPipeline
 
-    from daemon.generate import _resolve_dtype, weights_variant
+    from daemon.engine.load import resolve_dtype, weights_variant
 
     adopt_model_libraries()  # library notices through our log; the download's own progress bars stay
 
     # As the daemon will resolve it, without requiring the GPU to be there now (fetching may be
     # done on another machine, or before the driver is installed).
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    variant = weights_variant(_resolve_dtype(dtype, torch.device("cuda" if cuda else "cpu")))
+    variant = weights_variant(resolve_dtype(dtype, torch.device("cuda" if cuda else "cpu")))
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     kwargs = {"revision": revision, "cache_dir": str(cache_dir)}
     try:

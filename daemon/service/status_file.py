@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from daemon.folders import fsops
+from daemon.service.lock import lock_held
 
 STATUS = "status.json"
-LOCK = "daemon.lock"
 # A running daemon rewrites its status at least this often, even when idle.
 STALE_AFTER = 120.0
 
@@ -21,20 +20,6 @@ def write_status(state_dir: Path, status: dict[str, Any]) -> None:
     fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()}, durable=False)
 
 
-def _lock_held(state_dir: Path) -> bool:
-    try:
-        # Read-only: an operator outside the daemon's group can still ask; flock needs no write.
-        with open(state_dir / LOCK) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return False
-
-
 def read_status(state_dir: Path) -> dict[str, Any]:
     """The last status written, with ``running`` false when no daemon holds the lock or it went quiet."""
     try:
@@ -42,7 +27,7 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         status = {"state": "unknown"}
     fresh = time.time() - float(status.get("updated_at", 0)) < STALE_AFTER
-    status["running"] = _lock_held(state_dir) and fresh
+    status["running"] = lock_held(state_dir) and fresh
     return status
 
 

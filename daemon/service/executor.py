@@ -1,0 +1,218 @@
+"""Where generation runs: the seam between the folders (one coordinator) and the GPUs.
+
+The loop hands an ``Executor`` a checked, sized ``GenerationRequest`` and gets a ``Future``
+back; it claims new jobs while fewer than ``capacity`` are in flight. Progress comes back
+through one channel, the ``ProgressBoard``: workers write to it (it never raises), the
+loop reads it for status, the share page and the metrics. A cold stop is ``cancel()``:
+every job in flight ends with ``Cancelled`` and its files go back to the inbox.
+
+``ThreadExecutor`` is the local one: one thread per generator, each generator a model kept
+warm (one GPU). With one generator it is the daemon's single-GPU behaviour; with several
+``StubGenerator``s it is how tests exercise many jobs in flight on a CPU. The Ray executor
+(``daemon.cluster``) is another implementation of the same protocol.
+"""
+
+from __future__ import annotations
+
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import structlog
+
+from daemon import logs
+from daemon.engine.interface import GenerationRequest, GenerationResult, Generator, ModelInfo
+
+
+class Cancelled(Exception):
+    """A job interrupted by a cold stop (or a stop whose grace ran out); its files go back to the inbox."""
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker as status, the share page, metrics and ``i2vd check`` show it."""
+
+    name: str  # "local", "ray-0", ...
+    host: str
+    device: str  # "cpu", "cuda:0", or the GPU's name
+    state: str = "idle"  # "loading", "idle", "busy", "lost"
+    job: str | None = None
+    step: int | None = None
+    total: int | None = None
+    started: float | None = None  # monotonic clock of the coordinator when the job started
+    error: str | None = None  # why a worker is lost or could not load the model
+
+    def eta(self, now: float) -> float | None:
+        if self.started is None or not self.step or not self.total:
+            return None
+        return (now - self.started) / self.step * (self.total - self.step)
+
+
+@dataclass
+class ProgressBoard:
+    """The one channel from workers to the coordinator: what each worker is doing, step by step.
+
+    Thread-safe and cheap; ``on_change`` is told of every change (it must only set a flag).
+    """
+
+    on_change: Callable[[], None] = lambda: None
+    clock: Callable[[], float] = time.monotonic
+    _workers: dict[str, WorkerState] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = 0
+
+    def put(self, worker: WorkerState) -> None:
+        with self._lock:
+            self._workers[worker.name] = worker
+            self.version += 1
+        self.on_change()
+
+    def update(self, name: str, **changes: Any) -> None:
+        with self._lock:
+            old = self._workers.get(name)
+            if old is None:
+                return
+            self._workers[name] = replace(old, **changes)
+            self.version += 1
+        self.on_change()
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._workers.pop(name, None)
+            self.version += 1
+        self.on_change()
+
+    def snapshot(self) -> list[WorkerState]:
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: w.name)
+
+    def job_started(self, name: str, job: str) -> None:
+        self.update(name, state="busy", job=job, step=0, total=None, started=self.clock())
+
+    def job_step(self, name: str, step: int, total: int) -> None:
+        self.update(name, step=step, total=total)
+
+    def job_ended(self, name: str) -> None:
+        self.update(name, state="idle", job=None, step=None, total=None, started=None)
+
+
+class Executor(Protocol):
+    """What the loop needs from wherever generation runs."""
+
+    board: ProgressBoard
+
+    @property
+    def model(self) -> ModelInfo:
+        """The model every worker runs, known before any job: the loop sizes jobs with it."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """Jobs that can run at once now (0 while no worker is available: jobs then wait)."""
+        ...
+
+    def start(self, *, warm_up: tuple[int, int] | None) -> None:
+        """Load the model on every worker; warm up with (short side, frames) when given."""
+        ...
+
+    def submit(self, job: str, request: GenerationRequest) -> Future[GenerationResult]:
+        """Run one job; the future raises ``Cancelled``, ``GenerationError`` or an internal error."""
+        ...
+
+    def cancel(self) -> None:
+        """Cold stop: interrupt every job in flight (their futures raise ``Cancelled``)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of every worker; no job is in flight any more."""
+        ...
+
+
+class ThreadExecutor:
+    """Generators in this process, one thread each; ``capacity`` is how many there are."""
+
+    def __init__(self, generators: Sequence[Generator], *, board: ProgressBoard | None = None) -> None:
+        if not generators:
+            raise ValueError("a ThreadExecutor needs at least one generator")
+        self.generators = list(generators)
+        self.board = board or ProgressBoard()
+        self._queue: queue.Queue[tuple[str, GenerationRequest, Future[GenerationResult]] | None] = (
+            queue.Queue()
+        )
+        self._abort = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._log = logs.get()
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.generators[0].info
+
+    @property
+    def capacity(self) -> int:
+        return len(self.generators)
+
+    def _name(self, index: int) -> str:
+        return "local" if len(self.generators) == 1 else f"local-{index}"
+
+    def start(self, *, warm_up: tuple[int, int] | None) -> None:
+        host = platform.node()
+        for i, gen in enumerate(self.generators):
+            name = self._name(i)
+            self.board.put(WorkerState(name, host, gen.info.device, state="loading"))
+            if warm_up is not None:
+                gen.warm_up(short_side=warm_up[0], num_frames=warm_up[1])
+            self.board.update(name, state="idle")
+            thread = threading.Thread(target=self._work, args=(name, gen), name=f"i2vd-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, job: str, request: GenerationRequest) -> Future[GenerationResult]:
+        future: Future[GenerationResult] = Future()
+        self._queue.put((job, request, future))
+        return future
+
+    def cancel(self) -> None:
+        self._abort.set()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        for gen in self.generators:
+            gen.close()
+
+    def _work(self, name: str, gen: Generator) -> None:
+        while (item := self._queue.get()) is not None:
+            job, request, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            if self._abort.is_set():
+                future.set_exception(Cancelled())
+                continue
+
+            def on_step(step: int, total: int, name: str = name) -> None:
+                # Runs in this worker's own thread, between denoising steps: raising here is
+                # how a generation is interrupted.
+                if self._abort.is_set():
+                    raise Cancelled()
+                self.board.job_step(name, step, total)
+
+            self.board.job_started(name, job)
+            where = {"name": name, "host": platform.node(), "device": gen.info.device}
+            try:
+                # Lines the engine logs (an out-of-memory retry) go to this job's JOB.log too.
+                with structlog.contextvars.bound_contextvars(job=job):
+                    result = gen.generate(request, on_step)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(replace(result, worker=where))
+            finally:
+                self.board.job_ended(name)

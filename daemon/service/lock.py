@@ -1,0 +1,48 @@
+"""One daemon per set of folders: an exclusive lock on a file in the state folder."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from daemon.folders.names import LOCK_FILE
+
+
+class DaemonLocked(Exception):
+    """Another daemon already serves these folders."""
+
+
+def take_lock(state: Path) -> IO[str]:
+    """Hold the lock (until the returned file is closed); DaemonLocked names the holder."""
+    path = state / LOCK_FILE
+    f = open(path, "a+")  # noqa: SIM115 - held open for the whole run: it is the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise DaemonLocked(
+            f"another i2vd ({holder}) is already running on these folders (lock {path}); "
+            "run one daemon per set of folders"
+        ) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def lock_held(state: Path) -> bool:
+    """Whether some process holds the lock now (for ``i2vd status``)."""
+    try:
+        with open(state / LOCK_FILE) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
