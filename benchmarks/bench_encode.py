@@ -132,7 +132,7 @@ def stub_frames(width: int, height: int, frames: int, fps: int) -> np.ndarray:
         guidance_scale=9.0,
         seed=1234,
     )
-    return StubGenerator().generate(request)
+    return StubGenerator().generate(request).frames
 
 
 def noise_frames(width: int, height: int, frames: int, seed: int = 7) -> np.ndarray:

@@ -76,7 +76,7 @@ def encode_seconds(settings: Any, repeat: int) -> float:
             guidance_scale=1.0,
             seed=1,
         )
-    )
+    ).frames
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):

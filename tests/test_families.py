@@ -76,14 +76,14 @@ def test_tiny_family_makes_frames_of_the_exact_shape_and_is_seeded(
     )
     steps: list[tuple[int, int]] = []
     req = _request(width, height, frames)
-    first = gen.generate(req, on_step=lambda done, total: steps.append((done, total)))
+    first = gen.generate(req, on_step=lambda done, total: steps.append((done, total))).frames
     assert first.dtype == np.uint8
     assert first.shape == (frames, height, width, 3)
     assert first.std() > 0
     assert steps == [(1, 2), (2, 2)]
     assert gen.last_run is not None and gen.last_run["ok"] and gen.last_run["family"] == family
-    assert np.array_equal(gen.generate(req), first)  # same seed, same frames
-    assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)), first)
+    assert np.array_equal(gen.generate(req).frames, first)  # same seed, same frames
+    assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)).frames, first)
 
 
 def test_svd_says_it_takes_no_prompt(generators: dict[str, DiffusersGenerator]) -> None:
@@ -194,4 +194,4 @@ def test_wide_clips_fit_the_position_tables(generators: dict[str, DiffusersGener
     # transformer whose position tables only cover small clips.
     _, _, _, frames, multiple = CASES[model_id]
     req = _request(1024, multiple, frames, steps=1)
-    assert generators[model_id].generate(req).shape == (frames, multiple, 1024, 3)
+    assert generators[model_id].generate(req).frames.shape == (frames, multiple, 1024, 3)

@@ -18,6 +18,7 @@ from urllib.request import url2pathname
 import pytest
 from PIL import Image
 
+from daemon.job.record import JobRecord
 from daemon.listeners import share_page as page_mod
 from daemon.listeners.events import JobFinished
 from daemon.listeners.share_page import PAGE, Entry, SharePage, load_recent, render
@@ -96,7 +97,7 @@ def job_info(job: str, prompt: str, *, seed: int = 1234, finished: datetime = AT
 
 def make_done(
     outputs: Path, rel: str, job: str, prompt: str, *, finished: datetime = AT, hue: int = 0
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, JobRecord]:
     folder = outputs / rel / job
     folder.mkdir(parents=True)
     info = job_info(job, prompt, finished=finished)
@@ -107,7 +108,7 @@ def make_done(
     make_png(folder / f"{job}.poster.png", hue=hue)
     (folder / f"{job}.log").write_text("log\n")
     (folder / f"{job}.json").write_text(json.dumps(info, ensure_ascii=False))
-    return folder, info
+    return folder, JobRecord.model_validate(info)
 
 
 def make_failed(failed: Path, rel: str, job: str, error: str, files: tuple[str, ...] = ()) -> Path:
@@ -367,13 +368,13 @@ def test_start_up_reads_only_the_newest_keep_jobs(tmp_path: Path, monkeypatch: p
     (outputs / ".hidden_20991231_235959").mkdir()  # dot-folders are not jobs
     (outputs / PAGE).write_text("old page")
     reads: list[Path] = []
-    real = page_mod._read_info
+    real = page_mod._read_record
 
-    def counting(folder: Path) -> dict[str, Any]:
+    def counting(folder: Path) -> JobRecord:
         reads.append(folder)
         return real(folder)
 
-    monkeypatch.setattr(page_mod, "_read_info", counting)
+    monkeypatch.setattr(page_mod, "_read_record", counting)
 
     recent = load_recent(outputs, failed, keep=6)
     assert len(reads) <= 6

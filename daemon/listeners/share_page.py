@@ -154,9 +154,13 @@ def failed_entry(folder: Path, outputs: Path, error: str | None, when: datetime 
     )
 
 
+def _read_record(folder: Path) -> JobRecord:
+    return JobRecord.read(folder)
+
+
 def entry_from_event(event: JobFinished, outputs: Path) -> Entry:
     if event.outcome == "done":
-        record = event.record if event.record is not None else JobRecord.read(event.folder)
+        record = event.record if event.record is not None else _read_record(event.folder)
         return done_entry(event.folder, outputs, record)
     return failed_entry(event.folder, outputs, event.error, datetime.now().astimezone())
 
@@ -191,7 +195,7 @@ def load_recent(outputs: Path, failed: Path, keep: int) -> list[Entry]:
     for key, path, outcome in newest:
         try:
             if outcome == "done":
-                entry = done_entry(path, outputs, JobRecord.read(path))
+                entry = done_entry(path, outputs, _read_record(path))
             elif (path / ERROR_FILE).is_file():
                 entry = failed_entry(path, outputs, None)
             else:
