@@ -37,10 +37,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config import OutputConfig
-from daemon.encode import MASTER_OPTIONS, encode_job, ffmpeg_exe, select_ffmpeg
+from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
+from daemon.encode.onepass import MASTER_OPTIONS, encode_job
+from daemon.encode.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
-from daemon.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
 
 #: The same global flags as the daemon's own ffmpeg runs.
 GLOBAL_ARGS = (

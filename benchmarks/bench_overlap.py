@@ -23,7 +23,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from daemon.config import load_settings
-from daemon.encode import encode_job, ffmpeg_version
+from daemon.encode.ffmpeg import ffmpeg_version
+from daemon.encode.onepass import encode_job
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daemon.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
+from daemon.encode.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
 
 # Searched in this order when neither --config nor $I2VD_CONFIG names a file.
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))

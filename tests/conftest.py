@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from daemon.encode import FFmpeg
+    from daemon.encode.ffmpeg import FFmpeg
 
 # Set before anything imports huggingface_hub, which reads it once at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -34,7 +34,7 @@ def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
     Operators may name a distribution's ffmpeg in ``[output] ffmpeg``; those builds differ (5.1
     exits 0 after writing an empty file), so what users get is checked against both.
     """
-    from daemon.encode import select_ffmpeg
+    from daemon.encode.ffmpeg import select_ffmpeg
 
     if request.param == "pinned":
         return select_ffmpeg(None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from daemon.config import load_settings
-from daemon.encode import FFmpeg, select_ffmpeg
+from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.engine.stub import StubGenerator
 from daemon.service.loop import Service
 from daemon.service.status_file import render

@@ -177,11 +177,14 @@ def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
     # 4:3 at 768p is 1024x768, at 640p 864x640, at 512p 672x512: fail above 672*512*2 pixel-frames.
     gen.inject_oom = InjectOOM(above=672 * 512 * 2)
     log_path = job.out / f"{job.name}.log"
-    with logs.job_log(job.name, log_path):
+    logs.open_job_log(job.name, log_path)
+    try:
         log = logs.get().bind(job=job.name)
         prepared = prepare(job, Settings(), gen.info, log, queued_at=datetime.now().astimezone())
         with structlog.contextvars.bound_contextvars(job=job.name):  # as the executor binds it
             result = gen.generate(prepared.request)
+    finally:
+        logs.close_job_log(job.name)
     described = describe(Generated(prepared, result, 1.0))
 
     assert gen.inject_oom.raised == 2

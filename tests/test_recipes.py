@@ -7,7 +7,7 @@ import tomllib
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from daemon.recipes import (
+from daemon.encode.recipes import (
     BUILTIN_RECIPES,
     ClipInfo,
     FrameCount,

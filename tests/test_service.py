@@ -13,7 +13,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
-from daemon.encode import FFmpeg
+from daemon.encode.ffmpeg import FFmpeg
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished

@@ -401,12 +401,6 @@ def _settle_inputs(folders: Folders, job: Job, state: JobState) -> Path:
     return target
 
 
-@dataclass
-class Recovered:
-    job: Job
-    state: JobState  # CLAIMED: run it again; DONE/FAILED: it was finished by recovery
-
-
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 

@@ -30,7 +30,8 @@ from typing import IO
 
 from daemon import logs
 from daemon.config import Settings
-from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
+from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
+from daemon.encode.onepass import validate_recipe
 from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
 from daemon.folders.jobs import Folders, Job, claim, recover
