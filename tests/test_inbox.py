@@ -143,7 +143,7 @@ def test_memory_follows_the_inbox(tmp_path: Path, scanner: InboxScanner, clock: 
 def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
     tmp_path: Path, scanner: InboxScanner, clock: Clock
 ) -> None:
-    from daemon.folders.jobs import _error_text
+    from daemon.folders.publish import _error_text
 
     returned = tmp_path / "team" / "cup_20261122_143005"
     returned.mkdir(parents=True)

@@ -12,7 +12,10 @@ import pytest
 from helpers import digest
 
 from daemon.folders import fsops
-from daemon.folders.jobs import RECORD, Folders, JobState, claim, finish_done, finish_failed, recover, release
+from daemon.folders.claim import claim, release
+from daemon.folders.jobs import RECORD, Folders, JobState
+from daemon.folders.publish import finish_done, finish_failed
+from daemon.folders.recover import recover
 from daemon.folders.scan import Group
 
 WHEN = datetime(2026, 11, 22, 14, 30, 5)

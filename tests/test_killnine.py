@@ -32,7 +32,10 @@ from PIL import Image
 from daemon.config import load_settings
 from daemon.engine.stub import StubGenerator
 from daemon.folders import fsops
-from daemon.folders.jobs import RECORD, RETURNING, Folders, claim, finish_done, recover, release
+from daemon.folders.claim import claim, release
+from daemon.folders.jobs import RECORD, RETURNING, Folders
+from daemon.folders.publish import finish_done
+from daemon.folders.recover import recover
 from daemon.folders.scan import Group, InboxScanner
 from daemon.service.loop import Service, folders_of
 

@@ -19,9 +19,11 @@ import pytest
 from PIL import Image
 
 from daemon.job.record import JobRecord
-from daemon.listeners import share_page as page_mod
+from daemon.listeners import page_entries, page_render
 from daemon.listeners.events import JobFinished
-from daemon.listeners.share_page import PAGE, Entry, SharePage, load_recent, render
+from daemon.listeners.page_entries import Entry, load_recent
+from daemon.listeners.page_render import render
+from daemon.listeners.share_page import PAGE, SharePage
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -173,8 +175,8 @@ def busy(
 def test_hostile_prompt_and_file_names_are_escaped_and_quoted(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, "sub dir", HOSTILE_JOB, HOSTILE_PROMPT)
-    entry = page_mod.done_entry(folder, outputs, info)
-    failed = page_mod.failed_entry(
+    entry = page_entries.done_entry(folder, outputs, info)
+    failed = page_entries.failed_entry(
         make_failed(tmp_path / "failed", ".", 'x"<img src=x onerror=alert(1)>_20240601_1', "bad"),
         outputs,
         '<b>"not an image"</b> & more',
@@ -217,9 +219,9 @@ def test_long_queue_is_cut_and_counted() -> None:
     status = {"state": "busy", "queue": [f"job{i}" for i in range(200)], "queue_length": 1000}
     out = render(status, [])
     items = li_texts(out)
-    assert len(items) == page_mod.QUEUE_SHOWN
-    assert items[0] == "1 job0" and items[-1] == f"{page_mod.QUEUE_SHOWN} job{page_mod.QUEUE_SHOWN - 1}"
-    assert f"and {1000 - page_mod.QUEUE_SHOWN} more waiting" in out
+    assert len(items) == page_render.QUEUE_SHOWN
+    assert items[0] == "1 job0" and items[-1] == f"{page_render.QUEUE_SHOWN} job{page_render.QUEUE_SHOWN - 1}"
+    assert f"and {1000 - page_render.QUEUE_SHOWN} more waiting" in out
     assert "Waiting (1000)" in out
 
 
@@ -251,13 +253,13 @@ def test_progress_before_first_step_and_idle() -> None:
     ],
 )
 def test_eta_words(seconds: float | None, text: str | None) -> None:
-    assert page_mod._eta(seconds) == text
+    assert page_render._eta(seconds) == text
 
 
 def test_finished_card_shows_prompt_parameters_and_links(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, ".", "cat_20240601_120000", "the cat waves")
-    out = render({"state": "idle"}, [page_mod.done_entry(folder, outputs, info)])
+    out = render({"state": "idle"}, [page_entries.done_entry(folder, outputs, info)])
     text = Dom(out).all_text
     for part in (
         "the cat waves",
@@ -283,7 +285,7 @@ def test_poster_only_when_the_file_exists(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, ".", "cat_20240601_120000", "p")
     (folder / "cat_20240601_120000.poster.png").unlink()
-    out = render({"state": "idle"}, [page_mod.done_entry(folder, outputs, info)])
+    out = render({"state": "idle"}, [page_entries.done_entry(folder, outputs, info)])
     assert "<img" not in out and "no preview picture" in out
 
 
@@ -368,13 +370,13 @@ def test_start_up_reads_only_the_newest_keep_jobs(tmp_path: Path, monkeypatch: p
     (outputs / ".hidden_20991231_235959").mkdir()  # dot-folders are not jobs
     (outputs / PAGE).write_text("old page")
     reads: list[Path] = []
-    real = page_mod._read_record
+    real = page_entries._read_record
 
     def counting(folder: Path) -> JobRecord:
         reads.append(folder)
         return real(folder)
 
-    monkeypatch.setattr(page_mod, "_read_record", counting)
+    monkeypatch.setattr(page_entries, "_read_record", counting)
 
     recent = load_recent(outputs, failed, keep=6)
     assert len(reads) <= 6

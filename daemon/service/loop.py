@@ -34,7 +34,9 @@ from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.onepass import validate_recipe
 from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
-from daemon.folders.jobs import Folders, Job, claim, recover
+from daemon.folders.claim import claim
+from daemon.folders.jobs import Folders, Job
+from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Generated, Result
@@ -91,7 +93,7 @@ class Service:
         self.clock = clock
         self._work = threading.Event()  # for the loop: jobs ready, a job finished, progress, a stop
         if isinstance(executor, Generator):
-            executor = ThreadExecutor([executor])
+            executor = ThreadExecutor([executor], owned=False)  # the caller keeps its model
         self.executor: Executor = executor
         self.executor.board.on_change = self._work.set
         self.executor.board.clock = clock
