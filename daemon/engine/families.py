@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from daemon.engine.choices import FAMILY_CHOICES
 from daemon.errors import GenerationError
 
 # Names accepted by ``[model] family``.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
-FAMILY_CHOICES = ("auto", I2VGENXL, SVD, LTX, WAN, COGVIDEOX)
+
 
 # model_index.json ``_class_name`` -> family.
 CLASS_NAMES = {

@@ -55,9 +55,6 @@ KNOWN_KEYS = (
     "recipes",
 )
 
-# What a recipe name may look like before it is even compared with the configured ones.
-RECIPE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
 # C0 controls other than tab and line feed (CR is normalised away first), DEL and the C1 range:
 # a text file never holds them, binary data nearly always does.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -431,7 +428,7 @@ def _check_recipes(
             problems.append(
                 f"recipes: {_show(item)} is {_kind(item)}; each recipe is a name in double quotes."
             )
-        elif not RECIPE_NAME_RE.fullmatch(item) or item not in known:
+        elif item not in known:  # the configured names obey daemon.encode.recipes' one naming rule
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."
             problems.append(f"recipes: there is no recipe called {_show(item)}{hint} Available: {available}.")

@@ -34,6 +34,7 @@ from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.onepass import validate_recipe
 from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
+from daemon.folders import fsops
 from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.recover import recover
@@ -178,6 +179,10 @@ class Service:
             )
         self.folders.ensure()
         self._lock = take_lock(self.folders.state)
+        # What a kill -9 mid-write left beside status.json, the share page and the webhook spool;
+        # claimed jobs' leftovers are recovery's.
+        for folder in (self.folders.state, self.folders.outputs, self.folders.state / "webhooks"):
+            fsops.sweep_temps(folder)
         # The page for the people on the share is part of the product, not an option.
         self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
         self.filer.start()
