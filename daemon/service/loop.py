@@ -110,6 +110,7 @@ class Service:
         self.results: deque[Result] = deque(maxlen=50)
         self._resume: deque[Job] = deque()
         self._flights: dict[str, _Flight] = {}  # in submission order
+        self._done: deque[str] = deque()  # jobs whose generation ended, in that order
         self._stop_at: float | None = None
         self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
         self._cancelled = False
@@ -353,16 +354,22 @@ class Service:
             self.filer.put(Failed(job, INTERNAL_ERROR))
         else:
             future = self.executor.submit(job.name, prepared.request)
-            future.add_done_callback(lambda _f: self._work.set())
+            future.add_done_callback(lambda _f, name=job.name: self._finished_order(name))
             self._flights[job.name] = _Flight(prepared, future, self.clock())
         self.publish_status()
 
+    def _finished_order(self, name: str) -> None:
+        """A future's done callback (on the worker's thread): note the order, wake the loop."""
+        self._done.append(name)
+        self._work.set()
+
     def _collect(self) -> None:
-        """Hand every finished job to the filing thread, in the order they were submitted."""
-        for name, flight in list(self._flights.items()):
-            if not flight.future.done():
+        """Hand every finished job to the filing thread, in the order they finished."""
+        while self._done:
+            name = self._done.popleft()
+            flight = self._flights.pop(name, None)
+            if flight is None:
                 continue
-            del self._flights[name]
             job = flight.prepared.job
             log = self.log.bind(job=name)
             item: Generated | Failed
