@@ -168,6 +168,7 @@ def test_every_bad_input_fails_clearly_and_the_next_good_job_succeeds(
     assert not any(settings.paths.outputs.glob("*/*.tmp*"))
 
 
+@pytest.mark.slow
 def test_cli_run_once_exit_codes_and_check(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = write_config(tmp_path, str(tiny_model_dir))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -216,6 +217,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.state_dir == tmp_path / ".i2vd"
 
 
+@pytest.mark.slow
 def test_another_family_end_to_end_and_a_default_it_cannot_take(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "daemon.cli"]

@@ -173,7 +173,9 @@ def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, 
 
 def test_tiny_still_is_i2vgenxl(tiny_model_dir: Path) -> None:
     gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
-    assert isinstance(gen, DiffusersGenerator)
+    assert gen.info.family.name == "i2vgenxl" and gen.info.model_id == "tiny"
+    assert type(gen._pipe).__name__ == "DaemonI2VGenXLPipeline"  # the repaired prompt encoding
+    assert gen.generate(_request(64, 64, 2)).frames.shape == (2, 64, 64, 3)
 
 
 def test_build_is_reused(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:

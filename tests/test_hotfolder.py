@@ -33,6 +33,9 @@ from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
 from daemon.service.loop import Service, folders_of
 
+# Real observers, writers and CLI subprocesses: seconds each (`pytest -m 'not slow'` leaves it out).
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "daemon.cli"]
 # Small clips and no recipes: each job costs one tiny ffmpeg run.
 FAST_GENERATION = {"num_frames": 2, "steps": 1, "fps": 8}

@@ -13,7 +13,7 @@ from helpers import digest
 
 from daemon.folders import fsops
 from daemon.folders.claim import claim, release
-from daemon.folders.jobs import RECORD, Folders, JobState
+from daemon.folders.jobs import RECORD, Folders
 from daemon.folders.publish import finish_done, finish_failed
 from daemon.folders.recover import recover
 from daemon.folders.scan import Group
@@ -36,10 +36,6 @@ def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:
     (d / f"{name}.png").write_bytes(os.urandom(5000))
     (d / f"{name}.txt").write_text("a cat yawns")
     return Group(Path(rel), name, images=[d / f"{name}.png"], sidecars=[d / f"{name}.txt"])
-
-
-def test_state_values_are_folder_names() -> None:
-    assert [s.value for s in JobState] == ["inbox", "claimed", "done", "failed"]
 
 
 def test_claim_then_done_keeps_inputs_byte_identical(folders: Folders) -> None:

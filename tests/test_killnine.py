@@ -39,6 +39,9 @@ from daemon.folders.recover import recover
 from daemon.folders.scan import Group, InboxScanner
 from daemon.service.loop import Service, folders_of
 
+# Drives kill -9 of real daemon processes: seconds each (`pytest -m 'not slow'` leaves it out).
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "daemon.cli"]
 PAIRS = 40
 KILLS = 15

@@ -399,8 +399,10 @@ def test_rendering_problems_never_raise(tmp_path: Path) -> None:
     sp.on_job_finished(JobFinished("j_20240601_120000", "done", tmp_path / "nowhere", None, None))
     sp.close()
     assert sp.renders == 0
-    # Odd values from a future status still render.
-    render({"state": 3, "current": {"job": "j", "step": "a", "total": 0}, "queue": None}, [])
+    # Odd values from a future status still render, as a page that says what it can.
+    out = render({"state": 3, "current": {"job": "j", "step": "a", "total": 0}, "queue": None}, [])
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "Getting ready" in out and "No files are waiting" in out
 
 
 # -- a real browser -----------------------------------------------------------------------------
@@ -424,6 +426,7 @@ def chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
     exe = find_chromium()
     if exe is None:
