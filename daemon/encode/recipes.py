@@ -488,9 +488,14 @@ def filter_names(text: str) -> list[str]:
     return names
 
 
+def is_recipe_name(name: str) -> bool:
+    """Whether ``name`` has the shape of a recipe name (the one rule; config and sidecars use it)."""
+    return isinstance(name, str) and _RECIPE_NAME_RE.fullmatch(name) is not None
+
+
 def check_recipe_name(name: str) -> str:
     """Return ``name`` if it is a valid recipe name, else raise RecipeError naming the rule."""
-    if not isinstance(name, str) or not _RECIPE_NAME_RE.fullmatch(name):
+    if not is_recipe_name(name):
         raise RecipeError(
             f"recipe name {name!r} must be 1 to 32 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
 
 if TYPE_CHECKING:
@@ -428,7 +429,7 @@ def _check_recipes(
             problems.append(
                 f"recipes: {_show(item)} is {_kind(item)}; each recipe is a name in double quotes."
             )
-        elif item not in known:  # the configured names obey daemon.encode.recipes' one naming rule
+        elif not is_recipe_name(item) or item not in known:  # shape first: never trust a name
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."
             problems.append(f"recipes: there is no recipe called {_show(item)}{hint} Available: {available}.")
