@@ -37,9 +37,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config import OutputConfig
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES
 from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
 from daemon.encode.onepass import MASTER_OPTIONS, encode_job
-from daemon.encode.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
+from daemon.encode.recipes import ClipInfo, RecipeConfig
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 

@@ -18,7 +18,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daemon.encode.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
+from daemon.encode.recipes import RecipeConfig, RecipeName
 from daemon.engine.choices import (
     Attention,
     Cache,

@@ -17,7 +17,6 @@ threads at once.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -51,7 +50,7 @@ from daemon.service.executor import Cancelled, Executor, ThreadExecutor
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.scanning import InboxMonitor
-from daemon.service.status_file import write_status
+from daemon.service.status_file import build_status, write_status
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
@@ -435,53 +434,25 @@ class Service:
 
     def publish_status(self, state: str | None = None) -> None:
         now = self.clock()
-        workers = self.executor.board.snapshot()
-        running = [
-            {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
-            for w in workers
-            if w.job is not None
-        ]
-        # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
-        started = {r["job"] for r in running}
-        running += [
-            {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
-            for name in list(self._flights)
-            if name not in started
-        ]
         queue, ready = self.monitor.queued()
-        scanner = self.monitor.scanner
         with self._status_lock:
             self._status_at = now
             self._board_seen = self.executor.board.version
-            status = {
-                "state": state or ("busy" if self._flights else "idle"),
-                "pid": os.getpid(),
-                "model": self.executor.model.model_id,
-                "current": running[0] if running else None,
-                "running": running,
-                "workers": [
-                    {
-                        "name": w.name,
-                        "host": w.host,
-                        "device": w.device,
-                        "state": w.state,
-                        "job": w.job,
-                        "error": w.error,
-                    }
-                    for w in workers
-                ],
-                "encoding": list(self.filer.encoding),
-                "queue": queue,
-                "queue_length": ready + len(self._resume),
-                # Seen but not ready: still being written, or waiting for the other file of its pair.
-                "arriving": [list(p) for p in scanner.pending],
-                "inbox_missing": scanner.missing,
-                "inbox_problem": scanner.missing_reason,
-                "recent": [
+            status = build_status(
+                state=state or ("busy" if self._flights else "idle"),
+                model=self.executor.model.model_id,
+                workers=self.executor.board.snapshot(),
+                in_flight=list(self._flights),
+                encoding=list(self.filer.encoding),
+                queue=queue,
+                queue_length=ready + len(self._resume),
+                scanner=self.monitor.scanner,
+                recent=[
                     {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
                     for r in reversed(self.results)
                 ][:20],
-            }
+                now=now,
+            )
             write_status(self.folders.state, status)
             self._tell(lambda listener: listener.on_status(status))
 

@@ -3,16 +3,76 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.folders import fsops
+
+if TYPE_CHECKING:  # `i2vd status` reads this module: it must not pull in numpy and PIL
+    from daemon.folders.scan import InboxScanner
+    from daemon.service.executor import WorkerState
 from daemon.service.lock import lock_held
 
 STATUS = "status.json"
 # A running daemon rewrites its status at least this often, even when idle.
 STALE_AFTER = 120.0
+
+
+def build_status(
+    *,
+    state: str,
+    model: str,
+    workers: list[WorkerState],
+    in_flight: list[str],
+    encoding: list[str],
+    queue: list[str],
+    queue_length: int,
+    scanner: InboxScanner,
+    recent: list[dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
+    """What status.json holds (and listeners get): the state, every job in flight with its worker
+    and progress, the workers, what waits and what is arriving, and the recent results."""
+    running = [
+        {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
+        for w in workers
+        if w.job is not None
+    ]
+    started = {r["job"] for r in running}
+    # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
+    running += [
+        {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
+        for name in in_flight
+        if name not in started
+    ]
+    return {
+        "state": state,
+        "pid": os.getpid(),
+        "model": model,
+        "current": running[0] if running else None,
+        "running": running,
+        "workers": [
+            {
+                "name": w.name,
+                "host": w.host,
+                "device": w.device,
+                "state": w.state,
+                "job": w.job,
+                "error": w.error,
+            }
+            for w in workers
+        ],
+        "encoding": encoding,
+        "queue": queue,
+        "queue_length": queue_length,
+        # Seen but not ready: still being written, or waiting for the other file of its pair.
+        "arriving": [list(p) for p in scanner.pending],
+        "inbox_missing": scanner.missing,
+        "inbox_problem": scanner.missing_reason,
+        "recent": recent,
+    }
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
