@@ -10,6 +10,8 @@ import pytest
 
 if TYPE_CHECKING:
     from daemon.encode.ffmpeg import FFmpeg
+    from daemon.engine.runner import DiffusersGenerator
+    from daemon.folders.jobs import Folders
 
 # Set before anything imports huggingface_hub, which reads it once at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,6 +23,39 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daemon.engine.tiny import TINY_VERSION, build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_model_dir: Path) -> DiffusersGenerator:
+    """The tiny model loaded once for the session, as the daemon keeps its model warm.
+
+    Tests that change a generator (fault injection, options) load their own.
+    """
+    from daemon.engine.load import load_generator
+    from daemon.engine.runner import DiffusersGenerator
+
+    # "tiny" with the session build's parent as cache: the id -> build_tiny path, reusing the build.
+    gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
+    assert isinstance(gen, DiffusersGenerator)
+    return gen
+
+
+@pytest.fixture(scope="session")
+def tiny_families_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tiny builds of the other families, built on first use, for every module."""
+    return tmp_path_factory.mktemp("family-models")
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    """A fresh set of the daemon's folders, made."""
+    from daemon.folders.jobs import Folders
+
+    f = Folders(
+        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / ".i2vd"
+    )
+    f.ensure()
+    return f
 
 
 #: Debian's ffmpeg package (5.1 on bookworm); scripts/test.sh installs it where it may.

@@ -14,6 +14,16 @@ import numpy as np
 from PIL import Image
 
 
+class Clock:
+    """An injected clock that moves only when a test moves it (``clock.t += 3``)."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def digest(data: bytes | Path) -> str:
     """SHA-256 of bytes or of a file's content: how tests prove originals stay byte-identical."""
     return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()

@@ -15,7 +15,6 @@ from helpers import digest
 from PIL import Image
 
 from daemon.config import Settings, load_settings
-from daemon.engine.load import load_generator
 from daemon.service.loop import Service
 
 FAST = {"num_frames": 4, "steps": 2, "fps": 8}
@@ -29,13 +28,6 @@ def png(path: Path, size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Pa
     Image.new(mode, size, 120).save(path)
     return path
 
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    # Loaded once for the module: the daemon keeps its model warm the same way.
-    return load_generator(
-        str(tiny_model_dir), revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir
-    )
 
 
 def make_service(settings: Settings, generator) -> Service:  # type: ignore[no-untyped-def]

@@ -31,8 +31,8 @@ TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("engine-models")
+def cache(tiny_families_dir: Path) -> Path:
+    return tiny_families_dir
 
 
 def _load(folder: Path, model_id: str, **options: Any) -> DiffusersGenerator:

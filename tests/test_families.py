@@ -48,8 +48,8 @@ def _request(width: int, height: int, num_frames: int, **changes: object) -> Gen
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("family-models")
+def cache(tiny_families_dir: Path) -> Path:
+    return tiny_families_dir
 
 
 @pytest.fixture(scope="module")

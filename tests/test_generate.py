@@ -36,13 +36,10 @@ class _Abort(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> DiffusersGenerator:
-    # "tiny" with the session build's parent as cache: exercises the id -> build_tiny path, reusing the build.
-    gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
-    assert isinstance(gen, DiffusersGenerator)
-    return gen
 
+@pytest.fixture
+def tiny(tiny_generator: DiffusersGenerator) -> DiffusersGenerator:
+    return tiny_generator
 
 def test_tiny_loads_through_the_real_pipeline(tiny_model_dir: Path) -> None:
     pipe = I2VGenXLPipeline.from_pretrained(tiny_model_dir)

@@ -6,17 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import Clock
 
 from daemon.config import DEFAULT_IGNORE
 from daemon.folders.scan import InboxScanner, split_name
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -21,14 +21,6 @@ from daemon.folders.scan import Group
 WHEN = datetime(2026, 11, 22, 14, 30, 5)
 
 
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders(
-        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / ".i2vd"
-    )
-    f.ensure()
-    return f
-
 
 def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:
     d = folders.inbox / rel

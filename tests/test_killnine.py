@@ -177,14 +177,6 @@ def test_kill_nine_at_random_moments_loses_doubles_and_half_writes_nothing(tmp_p
 # -- each crash point, visited deliberately -----------------------------------------------------
 
 
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders(
-        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / "st"
-    )
-    f.ensure()
-    return f
-
 
 def ready_group(folders: Folders, name: str = "cat", rel: str = ".") -> tuple[Group, dict[str, str]]:
     """Drop a pair and let the real scanner judge it ready (settle 0)."""

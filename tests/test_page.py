@@ -16,6 +16,7 @@ from urllib.parse import unquote, urljoin, urlparse
 from urllib.request import url2pathname
 
 import pytest
+from helpers import Clock
 from PIL import Image
 
 from daemon.job.record import JobRecord
@@ -121,14 +122,6 @@ def make_failed(failed: Path, rel: str, job: str, error: str, files: tuple[str, 
     (folder / "error.txt").write_text(error + "\n\nTo try again, fix the problem and move the files back.\n")
     (folder / f"{job}.log").write_text("log\n")
     return folder
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Dom(HTMLParser):
