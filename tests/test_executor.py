@@ -200,3 +200,43 @@ def test_jobs_a_crash_left_claimed_all_resume_at_capacity_3(tmp_path: Path) -> N
     done = {f.name: digest(f) for f in settings.paths.done.rglob("*") if f.is_file()}
     assert done == originals
     assert not list(settings.paths.outputs.rglob("partial.mp4"))
+
+
+class _Overlap:
+    """A listener that notices being called from two threads at once."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.most = 0
+        self.threads: set[str] = set()
+        self.calls = 0
+
+    def _enter(self) -> None:
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+        self.threads.add(threading.current_thread().name)
+        self.calls += 1
+        threading.Event().wait(0.002)  # widen the window an unlocked caller would show
+        self.inside -= 1
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        self._enter()
+
+    def on_job_finished(self, event: Any) -> None:
+        self._enter()
+
+    def close(self) -> None:
+        pass
+
+
+def test_listeners_are_never_called_from_two_threads_at_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    drop(settings.paths.inbox, [f"j{i}" for i in range(6)])
+    overlap = _Overlap()
+    service = Service(settings, ThreadExecutor([StubGenerator(0.3) for _ in range(3)]), watch=False)
+    service.listeners.append(overlap)
+    results = service.run_once()
+    assert len(results) == 6 and all(r.ok for r in results)
+    # Called from the loop, the scanner and the filing thread, but one at a time.
+    assert {"i2vd-scanner", "i2vd-filing"} <= overlap.threads and overlap.calls > 12
+    assert overlap.most == 1

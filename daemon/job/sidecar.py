@@ -1,27 +1,9 @@
-"""The prompt file ("sidecar") that comes with each image: reading and checking it.
+"""The prompt file ("sidecar") beside each image: reading it and checking every value.
 
-A sidecar is ``NAME.txt`` (the whole file is the prompt), ``NAME.toml`` or ``NAME.json`` (a table of
-generation settings, see SPEC.md "Sidecar"). This module only parses: the values a user wrote are
-checked against the configured limits and returned as plain data, never evaluated, formatted into
-commands or used as paths.
-
-Rules worth knowing (README material):
-
-- The file is read once, at most ``limits.max_sidecar_bytes`` bytes; a bigger file is refused.
-- Text encodings: UTF-8 with or without BOM, UTF-16 LE/BE with BOM (Windows Notepad). Anything else,
-  and any file holding control characters (binary data), is refused with "save it as UTF-8".
-  CRLF and lone CR line ends become LF.
-- ``.txt``: surrounding white space is trimmed; an empty prompt is refused.
-- ``prompt`` and ``negative_prompt`` are trimmed and hold at most ``limits.max_prompt_chars``
-  characters each; ``negative_prompt = ""`` means "no negative prompt".
-- Whole-number keys (``num_frames``, ``fps``, ``steps``, ``seed``) must be written without a
-  decimal point: ``16.0`` is refused (with a hint to write ``16``), and so are ``true``/``false``.
-  ``guidance_scale`` accepts ``9`` or ``9.0``; NaN and infinities are refused.
-- ``resolution`` must be one of ``limits.resolutions``, written exactly (``"512p"``).
-- ``recipes``: a list of recipe names known to the config (letters, digits, ``_``, ``-``; at most
-  64 characters). A name listed twice runs once. An empty list means "the master clip only".
-- JSON: the top level must be an object; duplicate keys and NaN/Infinity are refused.
-- Every problem of a file is reported at once, one line each.
+``NAME.txt`` is the whole prompt; ``NAME.toml`` and ``NAME.json`` are tables of generation
+settings. Values are checked against ``[limits]`` and returned as plain data, never evaluated,
+formatted into commands or used as paths; every problem of a file is reported at once, one line
+each, naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
