@@ -52,7 +52,7 @@ def build_status(
         "pid": os.getpid(),
         "model": model,
         "current": running[0] if running else None,
-        "running": running,
+        "in_flight": running,
         "workers": [
             {
                 "name": w.name,
@@ -113,18 +113,26 @@ def render(status: dict[str, Any]) -> str:
     if status.get("inbox_missing"):
         problem = one_line(str(status.get("inbox_problem") or "share not mounted?"), 80)
         lines.append(f"inbox    MISSING, waiting for it ({problem})")
-    cur = status.get("current")
-    if cur:
+    in_flight = status.get("in_flight") if isinstance(status.get("in_flight"), list) else None
+    jobs = in_flight if in_flight is not None else ([status["current"]] if status.get("current") else [])
+    for i, cur in enumerate(jobs):
         step, total = cur.get("step") or 0, cur.get("total")
         # Before the first step the total is not known yet (the model is still setting up).
         progress = "starting" if not step and not total else f"step {step}/{total or '?'}"
         eta = f", about {cur['eta_seconds']:.0f} s left" if cur.get("eta_seconds") is not None else ""
-        lines.append(f"current  {one_line(str(cur['job']), 60)}  {progress}{eta}")
-    else:
+        where = f"  on {cur['worker']}" if cur.get("worker") and len(jobs) > 1 else ""
+        label = "current " if i == 0 else "        "
+        lines.append(f"{label} {one_line(str(cur['job']), 60)}  {progress}{eta}{where}")
+    if not jobs:
         lines.append("current  -")
     queue = status.get("queue", [])
     shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
-    lines.append(f"queue    {len(queue)} waiting" + (": " + shown if queue else ""))
+    total = max(len(queue), int(status.get("queue_length") or 0))
+    lines.append(f"queue    {total} ready" + (": " + shown if queue else ""))
+    arriving = [a for a in status.get("arriving", []) if isinstance(a, list) and len(a) == 2]
+    if arriving:
+        shown = ", ".join(f"{one_line(str(n), 40)} ({s})" for n, s in arriving[:5])
+        lines.append(f"arriving {len(arriving)}: {shown}" + (", …" if len(arriving) > 5 else ""))
     for r in status.get("recent", [])[:10]:
         error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
         lines.append(f"  {r['outcome']:<7} {one_line(str(r['job']), 60)}{error}")
