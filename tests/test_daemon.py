@@ -73,7 +73,7 @@ def test_good_job_makes_clip_recipes_metadata_and_keeps_originals(
     assert meta["parameters"]["steps"] == FAST["steps"]
     assert meta["recipes"]["poster"]["ok"] and meta["recipes"]["h264"]["ok"]
     assert set(meta["timings"]) >= {"queued", "started", "generated", "finished"}
-    assert meta["model"]["id"] == str(tiny_model_dir) and "diffusers" in meta["versions"]
+    assert meta["model"]["id"] == tiny_generator.info.model_id and "diffusers" in meta["versions"]
     assert "job started" in (out / f"{job}.log").read_text()
 
     done = settings.paths.done / job
