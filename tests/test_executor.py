@@ -185,6 +185,7 @@ def test_jobs_a_crash_left_claimed_all_resume_at_capacity_3(tmp_path: Path) -> N
     originals = drop(settings.paths.inbox, ["a", "b", "c", "d"])
     folders = folders_of(settings)
     folders.ensure()
+    # Judged at once: these claims stand for what a crash left, not for readiness.
     scanner = InboxScanner(folders.inbox, ignore=[".*"], settle_seconds=0, pair_timeout=0, clock=lambda: 0.0)
     from datetime import datetime
 

@@ -267,6 +267,7 @@ def test_a_file_written_to_between_scan_and_claim_is_left_to_settle_again(tmp_pa
     settings = settings_for(tmp_path)
     inbox = settings.paths.inbox
     drop_pair(inbox, "late")
+    # A scanner that judges at once: the test is about the claim re-checking, not settling.
     scanner = InboxScanner(
         inbox, ignore=DEFAULT_IGNORE, settle_seconds=0, pair_timeout=0, clock=time.monotonic
     )
@@ -305,6 +306,7 @@ BURST = 300  # the benchmark drops 1,000; this keeps the test within a minute or
 
 
 def test_a_burst_of_pairs_ends_with_every_input_in_exactly_one_place(tmp_path: Path) -> None:
+    # A short settle keeps 300 pairs within CI's time; the shipped 3 s is in test_user_flows.
     settings = settings_for(tmp_path, watch={"mode": "inotify", "settle_seconds": 0.2, "pair_timeout": 60})
     inbox = settings.paths.inbox
     image = png_bytes(4, (16, 16))

@@ -50,6 +50,8 @@ WHEN = datetime(2026, 11, 22, 14, 30, 5)
 
 
 def write_config(root: Path) -> Path:
+    # About crash points, not readiness: files are taken as soon as they are seen, so the kills
+    # land on claims, generations and filings rather than on waiting.
     config = root / "config.toml"
     config.write_text(
         "\n".join(
@@ -179,7 +181,7 @@ def test_kill_nine_at_random_moments_loses_doubles_and_half_writes_nothing(tmp_p
 
 
 def ready_group(folders: Folders, name: str = "cat", rel: str = ".") -> tuple[Group, dict[str, str]]:
-    """Drop a pair and let the real scanner judge it ready (settle 0)."""
+    """Drop a pair and let the real scanner judge it ready (settle 0: these tests visit crash points)."""
     d = folders.inbox / rel
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.png").write_bytes(png_bytes(1))
@@ -192,7 +194,8 @@ def ready_group(folders: Folders, name: str = "cat", rel: str = ".") -> tuple[Gr
 
 
 def run_recovered(folders: Folders, tmp_path: Path) -> None:
-    """What a restart does: recover, then process what is ready (the real Service, stub model)."""
+    """What a restart does: recover, then process what is ready (the real Service, stub model;
+    no settle wait: this is about what recovery left, not about readiness)."""
     config = tmp_path / "config.toml"
     config.write_text(
         f'[paths]\ninbox = "{folders.inbox}"\noutputs = "{folders.outputs}"\ndone = "{folders.done}"\n'

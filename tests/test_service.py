@@ -21,6 +21,8 @@ from daemon.service.loop import Service, StartupError
 
 
 def config(tmp_path: Path, extra: str = "") -> Settings:
+    # About the loop (overlap, order, stops, recipes), not readiness: files are taken as soon as
+    # they are seen. Readiness with the shipped values: test_user_flows, test_hotfolder.
     path = tmp_path / "config.toml"
     path.write_text(
         '[model]\nid = "stub"\n'
