@@ -81,7 +81,7 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
         device=settings.model.device,
         dtype=settings.model.dtype,
         cache_dir=settings.model_cache_dir,
-        options=EngineOptions.from_config(settings.model),
+        options=EngineOptions.from_config(settings.model, settings.loras),
         family=settings.model.family,
     )
 
@@ -259,7 +259,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         sidecar_tmp = Path(tmp) / "job.json"
         sidecar_tmp.write_text(json.dumps(table, ensure_ascii=False))
         try:
-            read_sidecar(sidecar_tmp, settings.generation, settings.limits, set(settings.recipe_table()))
+            known = set(settings.recipe_table())
+            read_sidecar(sidecar_tmp, settings.generation, settings.limits, known, set(settings.loras))
         except JobError as e:
             raise UsageError(_options_problem(str(e), sidecar_tmp.name)) from None
         image_tmp = Path(tmp) / ("image" + image.suffix.lower())

@@ -13,9 +13,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daemon.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
@@ -39,6 +47,10 @@ DEFAULT_IGNORE = [
     "*.tmp",
     "*.crdownload",
 ]
+
+
+# An adapter's name, as [loras.NAME], [model] loras and a prompt file's ``loras`` write it.
+AdapterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class ConfigError(Exception):
@@ -78,7 +90,7 @@ class ModelConfig(_Section):
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
     # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
-    family: Literal["auto", "i2vgenxl", "svd", "ltx", "wan", "cogvideox"] = "auto"
+    family: Literal["auto", "i2vgenxl", "svd", "ltx", "wan", "wan22_a14b", "wan22_ti2v", "cogvideox"] = "auto"
     # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
     # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
     attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager"] = (
@@ -103,6 +115,17 @@ class ModelConfig(_Section):
     )
     oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
     oom_min_frames: int = Field(8, ge=1)
+    # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
+    loras: list[AdapterName] = Field(default_factory=list)
+    # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
+    quantize: Literal["none", "int8", "fp8"] = "none"
+
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each adapter may appear only once")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -127,13 +150,41 @@ class ModelConfig(_Section):
         return v
 
 
+class LoraConfig(_Section):
+    """One ``[loras.NAME]`` table: a LoRA adapter the model may run with (daemon/engine/adapters.py)."""
+
+    # A Hugging Face Hub id ("owner/name", fetched by `i2vd fetch-model`) or a local .safetensors file.
+    id: str = Field(min_length=1)
+    # The file inside a Hub repository holding the adapter (None: the repository's only one).
+    weight_name: str | None = None
+    # How strongly it applies (1.0: as trained; 0.0: not at all).
+    scale: float = Field(1.0, ge=-10, le=10)
+    # What the adapter needs (a distilled 4-step adapter: steps = 4, guidance_scale = 1.0); used
+    # when the job's prompt file does not set them, over [generation] and the model's defaults.
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if v.startswith(("/", ".", "~")) or v.endswith(".safetensors"):
+            if path.suffix != ".safetensors":
+                raise ValueError(f"{v!r}: a local adapter must be a .safetensors file")
+            return str(path)
+        if v.count("/") != 1:
+            raise ValueError(f"{v!r} is neither a Hub id (owner/name) nor a local .safetensors file")
+        return v
+
+
 class GenerationConfig(_Section):
     negative_prompt: str = "blurry, low quality, distorted, watermark, text"
     resolution: str = "512p"
     num_frames: int = 16
     fps: int = 8
-    steps: int = 50
-    guidance_scale: float = 9.0
+    # None (unset): the adapter's, else the model family's published value (daemon/engine/families.py).
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int | None = None
     # Used for an image that has no prompt file after watch.pair_timeout; None fails it.
     default_prompt: str | None = None
@@ -247,6 +298,8 @@ class Settings(BaseSettings):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
+    # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.
+    loras: dict[AdapterName, LoraConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -276,10 +329,17 @@ class Settings(BaseSettings):
         lim, gen = self.limits, self.generation
         for key in ("num_frames", "fps", "steps", "guidance_scale"):
             lo, hi, val = getattr(lim, f"min_{key}"), getattr(lim, f"max_{key}"), getattr(gen, key)
-            if not lo <= val <= hi:
+            if val is not None and not lo <= val <= hi:
                 raise ValueError(
                     f"generation.{key} = {val} is outside limits.min_{key}..max_{key} ({lo}..{hi})"
                 )
+        missing = [name for name in self.model.loras if name not in self.loras]
+        if missing:
+            defined = ", ".join(sorted(self.loras)) or "none"
+            raise ValueError(
+                f"model.loras names {', '.join(missing)}, which no [loras.NAME] table defines"
+                f" (defined: {defined})"
+            )
         return self
 
     def recipe_table(self) -> dict[str, RecipeConfig]:

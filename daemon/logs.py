@@ -109,6 +109,8 @@ class _DropShutdownNoise(logging.Filter):
 _LIBRARY_LEVELS = {
     "diffusers": logging.ERROR,
     "transformers": logging.ERROR,
+    # torchao (model.quantize) logs each GPU kernel library it cannot load on this machine, at import.
+    "torchao": logging.ERROR,
     "huggingface_hub": logging.WARNING,
     "watchdog": logging.WARNING,
     "py.warnings": logging.WARNING,
