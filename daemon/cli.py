@@ -171,7 +171,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from daemon.engine.fetch import fetch_model
+    from daemon.engine.adapters import AdapterSpec
+    from daemon.engine.fetch import fetch_adapters, fetch_model
 
     _, settings = _settings(args)
     m = settings.model
@@ -179,10 +180,13 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
         path = fetch_model(
             m.id, revision=m.revision, cache_dir=settings.model_cache_dir, dtype=m.dtype, device=m.device
         )
+        adapters = fetch_adapters(AdapterSpec.from_config(settings.loras), cache_dir=settings.model_cache_dir)
     except RuntimeError as e:
         print(f"i2vd: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(path)
+    for adapter in adapters:
+        print(adapter)
     return EXIT_OK
 
 

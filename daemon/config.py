@@ -155,7 +155,8 @@ class LoraConfig(_Section):
 
     # A Hugging Face Hub id ("owner/name", fetched by `i2vd fetch-model`) or a local .safetensors file.
     id: str = Field(min_length=1)
-    # The file inside a Hub repository holding the adapter (None: the repository's only one).
+    # The file inside a Hub repository holding the adapter (required for a Hub id: the daemon loads
+    # offline, and diffusers can only guess the file by asking the Hub).
     weight_name: str | None = None
     # How strongly it applies (1.0: as trained; 0.0: not at all).
     scale: float = Field(1.0, ge=-10, le=10)
@@ -175,6 +176,15 @@ class LoraConfig(_Section):
         if v.count("/") != 1:
             raise ValueError(f"{v!r} is neither a Hub id (owner/name) nor a local .safetensors file")
         return v
+
+    @model_validator(mode="after")
+    def _hub_file(self) -> LoraConfig:
+        if not self.id.endswith(".safetensors") and not self.weight_name:
+            raise ValueError(
+                f"the Hub adapter {self.id!r} needs weight_name: the file in the repository that holds it"
+                ' (e.g. weight_name = "lora.safetensors"), since the daemon loads adapters offline'
+            )
+        return self
 
 
 class GenerationConfig(_Section):

@@ -153,12 +153,20 @@ def _load_one(pipe: Any, spec: AdapterSpec, targets: list[str], cache_dir: Path 
             raise RuntimeError(
                 f"{what} is not in the model cache: run `i2vd fetch-model` where the Hub can be reached."
             ) from exc
-        raise RuntimeError(f"{what} does not fit this model: {first_line(exc)}") from exc
+        raise RuntimeError(f"{what} does not fit this model: {_why(exc)}") from exc
     listed = pipe.get_list_adapters()
     for target in targets:
         if spec.name not in listed.get(target, []):
             # diffusers only warns when none of an adapter's keys match the model's layers.
             raise RuntimeError(f"{what} does not fit this model: none of its weights match the {target}.")
+
+
+def _why(exc: BaseException) -> str:
+    """peft's reasons in a few words: its "Target modules {...} not found" lists every layer."""
+    text = first_line(exc)
+    if "Target modules" in text and "not found" in text:
+        return "the layers it adapts are not in this model (it was made for another model)."
+    return text if len(text) <= 240 else text[:239] + "…"
 
 
 def _not_cached(exc: BaseException) -> bool:

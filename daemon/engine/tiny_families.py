@@ -445,3 +445,33 @@ def build(model_id: str, dest: Path) -> Path:
         raise ValueError(f"no tiny build {model_id!r}; known: {', '.join(BUILDERS)}")
     marker = {"version": TINY_FAMILIES_VERSION, "seed": _SEED, "model": model_id}
     return tiny.build_once(dest, BUILDERS[model_id][1], marker)
+
+
+def make_random_lora(model_id: str, dest: Path, *, seed: int = 1, rank: int = 4) -> Path:
+    """A LoRA adapter with random weights for tiny ``model_id``'s transformer, saved as ``dest``.
+
+    Made with peft as a trained one would be (attention projections, diffusers' own
+    ``save_lora_weights`` layout), but random in both matrices (peft's default zero-initialises one,
+    which changes nothing): loading it changes the frames. For tests and benchmarks of adapters.
+    """
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    if model_id not in BUILDERS:
+        raise ValueError(f"no tiny build {model_id!r}; known: {', '.join(BUILDERS)}")
+    pipe = BUILDERS[model_id][1]()
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = inject_adapter_in_model(config, pipe.transformer)
+    layers = get_peft_model_state_dict(transformer)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(dest.parent, transformer_lora_layers=layers, weight_name=dest.name)
+    return dest
