@@ -108,7 +108,8 @@ def fetch_adapters(adapters: Iterable[AdapterSpec], *, cache_dir: Path) -> list[
             continue
         if _offline():
             raise RuntimeError(
-                f"HF_HUB_OFFLINE is set, so {what} cannot be downloaded. Run the command with HF_HUB_OFFLINE=0."
+                f"HF_HUB_OFFLINE is set, so {what} cannot be downloaded. Run the command with"
+                " HF_HUB_OFFLINE=0."
             )
         from huggingface_hub import hf_hub_download
 
