@@ -164,7 +164,7 @@ def _load_one(pipe: Any, spec: AdapterSpec, targets: list[str], cache_dir: Path 
 def _why(exc: BaseException) -> str:
     """peft's reasons in a few words: its "Target modules {...} not found" lists every layer."""
     text = first_line(exc)
-    if "Target modules" in text and "not found" in text:
+    if "Target modules" in str(exc) and "not found" in str(exc):
         return "the layers it adapts are not in this model (it was made for another model)."
     return text if len(text) <= 240 else text[:239] + "…"
 

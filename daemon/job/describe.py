@@ -65,7 +65,7 @@ def describe(gen: Generated) -> JobRecord:
         guidance_scale_from=p.effective.guidance_scale_from if p.effective else None,
         seed=asked.seed,
         seed_from="sidecar" if p.params.seed is not None else "random",
-        loras=list(p.effective.loras) if p.effective else None,
+        loras=(list(p.effective.loras) or None) if p.effective else None,
     )
     record.timings.generated = datetime.now().astimezone().isoformat(timespec="seconds")
     record.timings.generate_seconds = round(gen.generate_seconds, 3)
