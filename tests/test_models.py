@@ -1,7 +1,7 @@
 """LoRA adapters, quantization, per-model defaults and the Wan 2.2 families, on the tiny builds (CPU).
 
-Adapters are random-weight LoRA files made with peft in the session (``random_lora``), loaded the
-way the daemon loads a configured one.
+Adapters are random-weight LoRA files made in code in peft's layout, once per session
+(``random_lora``), and loaded through diffusers and peft the way the daemon loads a configured one.
 """
 
 from __future__ import annotations
@@ -339,3 +339,32 @@ def test_wan22_end_to_end_with_a_distilled_adapter_picked_by_name(
     error = (failed / "error.txt").read_text()
     assert "there is no adapter called \"fats\" — did you mean 'fast'? Available: fast." in error
     assert digest(failed / "typo.png") == originals["typo.png"]
+
+
+def test_generation_benchmark_runs_an_adapter_and_int8_on_a_tiny_wan22(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import runpy
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    bench = runpy.run_path(str(path), run_name="bench_generate")
+    argv = [
+        "--model",
+        "tiny-wan22-ti2v",
+        "--device",
+        "cpu",
+        "--resolution",
+        "64p",
+        "--frames",
+        "5",
+        "--steps",
+        "2",
+    ]
+    assert bench["main"]([*argv, "--lora", "random", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "model     tiny-wan22-ti2v (built in code), LoRA random" in out
+    assert "quantize=int8:weight_only" in out and "loras={'fused': ['bench'], 'switchable': []}" in out
+    assert "job       64x64, 5 frames, 2 steps, guidance 5" in out  # the family's published guidance
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines() if line[36:].strip()}
+    assert float(rows["i2vd, tuned settings"][0]) > 0
+    assert "reference: RTX 4090 (see below)" not in rows  # an I2VGen-XL figure, not this model's
