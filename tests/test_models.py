@@ -368,3 +368,58 @@ def test_generation_benchmark_runs_an_adapter_and_int8_on_a_tiny_wan22(
     rows = {line[:36].strip(): line[36:].split() for line in out.splitlines() if line[36:].strip()}
     assert float(rows["i2vd, tuned settings"][0]) > 0
     assert "reference: RTX 4090 (see below)" not in rows  # an I2VGen-XL figure, not this model's
+
+
+# -- configuration and fetch-model --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("loras", "model", "expected"),
+    [
+        ({"x": {"id": "owner/repo"}}, {}, "the Hub adapter 'owner/repo' needs weight_name"),
+        ({"x": {"id": "/srv/loras/x.bin"}}, {}, "a local adapter must be a .safetensors file"),
+        ({"x": {"id": "not-a-hub-id"}}, {}, "neither a Hub id (owner/name) nor a local .safetensors file"),
+        ({"x": {"id": "/a.safetensors", "steps": 0}}, {}, "loras.x.steps"),
+        (
+            {},
+            {"loras": ["fast"]},
+            "model.loras names fast, which no [loras.NAME] table defines (defined: none)",
+        ),
+        ({"x": {"id": "/a.safetensors"}}, {"quantize": "fp4"}, "model.quantize"),
+    ],
+)
+def test_bad_adapter_and_quantize_settings_fail_at_load_naming_the_key(
+    tmp_path: Path, loras: dict[str, Any], model: dict[str, Any], expected: str
+) -> None:
+    from daemon.config import ConfigError, load_settings
+
+    lines = ["[model]", *(f"{k} = {json.dumps(v)}" for k, v in model.items())]
+    for name, table in loras.items():
+        lines += [f"[loras.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert expected in str(exc.value)
+
+
+def test_fetch_model_checks_local_adapters_and_refuses_hub_ones_offline(
+    tmp_path: Path, random_lora: Any
+) -> None:
+    from daemon.engine.fetch import fetch_adapters
+
+    lora = random_lora("tiny-wan")
+    assert fetch_adapters([AdapterSpec("a", str(lora))], cache_dir=tmp_path) == [lora]
+    with pytest.raises(RuntimeError, match=r"LoRA adapter 'gone' .*no such file; fix \[loras\.gone\] id"):
+        fetch_adapters([AdapterSpec("gone", str(tmp_path / "gone.safetensors"))], cache_dir=tmp_path)
+    with pytest.raises(
+        RuntimeError, match="HF_HUB_OFFLINE is set, so LoRA adapter 'hub'"
+    ):  # conftest sets it
+        fetch_adapters([AdapterSpec("hub", "owner/repo", "a.safetensors")], cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+    # A Hub adapter that was never fetched stops the start, naming the command.
+    with pytest.raises(RuntimeError) as exc:
+        _load("tiny-wan", tmp_path, loras=(AdapterSpec("hub", "owner/repo", "a.safetensors"),))
+    assert "LoRA adapter 'hub' (owner/repo) is not in the model cache: run `i2vd fetch-model`" in str(
+        exc.value
+    )

@@ -144,15 +144,16 @@ def _load_one(pipe: Any, spec: AdapterSpec, targets: list[str], cache_dir: Path 
         kwargs = {"cache_dir": str(cache_dir) if cache_dir else None, "local_files_only": True}
         if spec.weight_name:
             kwargs["weight_name"] = spec.weight_name
+        if not _in_cache(spec, cache_dir):
+            # The daemon never downloads (as for the model itself): one line naming the command.
+            raise RuntimeError(
+                f"{what} is not in the model cache: run `i2vd fetch-model` where the Hub can be reached."
+            )
     try:
         for target in targets:
             extra = {"load_into_transformer_2": True} if target == "transformer_2" else {}
             pipe.load_lora_weights(source, adapter_name=spec.name, **kwargs, **extra)
     except Exception as exc:
-        if not spec.is_file and _not_cached(exc):
-            raise RuntimeError(
-                f"{what} is not in the model cache: run `i2vd fetch-model` where the Hub can be reached."
-            ) from exc
         raise RuntimeError(f"{what} does not fit this model: {_why(exc)}") from exc
     listed = pipe.get_list_adapters()
     for target in targets:
@@ -169,6 +170,14 @@ def _why(exc: BaseException) -> str:
     return text if len(text) <= 240 else text[:239] + "…"
 
 
-def _not_cached(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}"
-    return any(k in text for k in ("LocalEntryNotFound", "local_files_only", "offline", "Cannot find"))
+def _in_cache(spec: AdapterSpec, cache_dir: Path | None) -> bool:
+    """Whether ``i2vd fetch-model`` (or any download) has put the adapter's file into ``cache_dir``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(
+            spec.id, spec.weight_name or "", cache_dir=str(cache_dir) if cache_dir else None
+        )
+    except Exception:  # an id the hub library rejects: let diffusers say what is wrong with it
+        return True
+    return isinstance(found, str)
