@@ -37,10 +37,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config import OutputConfig
-from daemon.encode import MASTER_OPTIONS, encode_job, ffmpeg_exe, select_ffmpeg
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
+from daemon.encode.onepass import MASTER_OPTIONS, encode_job
+from daemon.encode.recipes import ClipInfo, RecipeConfig
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
-from daemon.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
 
 #: The same global flags as the daemon's own ffmpeg runs.
 GLOBAL_ARGS = (
@@ -132,7 +134,7 @@ def stub_frames(width: int, height: int, frames: int, fps: int) -> np.ndarray:
         guidance_scale=9.0,
         seed=1234,
     )
-    return StubGenerator().generate(request)
+    return StubGenerator().generate(request).frames
 
 
 def noise_frames(width: int, height: int, frames: int, seed: int = 7) -> np.ndarray:

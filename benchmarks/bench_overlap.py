@@ -23,7 +23,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from daemon.config import load_settings
-from daemon.encode import encode_job, ffmpeg_version
+from daemon.encode.ffmpeg import ffmpeg_version
+from daemon.encode.onepass import encode_job
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished
@@ -76,7 +77,7 @@ def encode_seconds(settings: Any, repeat: int) -> float:
             guidance_scale=1.0,
             seed=1,
         )
-    )
+    ).frames
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):

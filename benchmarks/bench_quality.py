@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.encode import encode_job, ffmpeg_exe
-from daemon.recipes import BUILTIN_RECIPES, ClipInfo, RecipeConfig
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.ffmpeg import ffmpeg_exe
+from daemon.encode.onepass import encode_job
+from daemon.encode.recipes import ClipInfo, RecipeConfig
 
 try:  # python -m benchmarks.bench_quality
     from benchmarks.bench_encode import (

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.encode import FFmpeg, count_frames, encode_job, select_ffmpeg
-from daemon.recipes import BUILTIN_RECIPES
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.ffmpeg import FFmpeg, count_frames, select_ffmpeg
+from daemon.encode.onepass import encode_job
 
 WIDTH, HEIGHT, FRAMES, FPS = 704, 512, 16, 8
 SYSTEM_FFMPEG = Path("/usr/bin/ffmpeg")

@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.doctor import run_checks
+    from daemon.service.check import run_checks
 
     _, settings = _settings(args)
     ok = True

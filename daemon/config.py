@@ -26,7 +26,19 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daemon.recipes import BUILTIN_RECIPES, RecipeConfig, RecipeName, effective_recipes
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
+from daemon.encode.recipes import RecipeConfig, RecipeName
+from daemon.engine.choices import (
+    Attention,
+    Cache,
+    CompileMode,
+    CompileScope,
+    FamilyChoice,
+    Offload,
+    OomRung,
+    Quantize,
+    check_device,
+)
 
 # Searched in this order when neither --config nor $I2VD_CONFIG names a file.
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
@@ -90,27 +102,25 @@ class ModelConfig(_Section):
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
     # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
-    family: Literal["auto", "i2vgenxl", "svd", "ltx", "wan", "wan22_a14b", "wan22_ti2v", "cogvideox"] = "auto"
+    family: FamilyChoice = "auto"
     # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
     # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
-    attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager"] = (
-        "auto"
-    )
+    attention: Attention = "auto"
     compile: bool | Literal["auto"] = "auto"
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    compile_scope: Literal["regional", "full"] = "regional"
+    compile_mode: CompileMode = "default"
+    compile_scope: CompileScope = "regional"
     # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
-    cache: Literal["none", "first_block", "pyramid", "taylorseer"] = "none"
+    cache: Cache = "none"
     cache_threshold: float = Field(0.05, gt=0, le=1)
     cache_interval: int = Field(2, ge=2, le=10)
     vae_slicing: bool = False
     vae_tiling: bool = False
-    offload: Literal["none", "model", "sequential", "group"] = "none"
+    offload: Offload = "none"
     channels_last: bool = False
     decode_chunk_size: int = Field(8, ge=1, le=256)
     warmup: bool = True
     # Out of memory: retry smaller, rung by rung (daemon/oom.py), before failing the job.
-    oom_ladder: list[Literal["lower_resolution", "fewer_frames", "cpu_offload"]] = Field(
+    oom_ladder: list[OomRung] = Field(
         default_factory=lambda: ["lower_resolution", "fewer_frames", "cpu_offload"]
     )
     oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
@@ -118,7 +128,7 @@ class ModelConfig(_Section):
     # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
     loras: list[AdapterName] = Field(default_factory=list)
     # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
-    quantize: Literal["none", "int8", "fp8"] = "none"
+    quantize: Quantize = "none"
 
     @field_validator("loras")
     @classmethod
@@ -130,9 +140,7 @@ class ModelConfig(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return check_device(v)
 
     @field_validator("oom_ladder")
     @classmethod

@@ -11,8 +11,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -182,13 +181,3 @@ def close_job_log(job: str) -> None:
         sink = _sinks.pop(job, None)
     if sink is not None:
         sink.close()
-
-
-@contextmanager
-def job_log(job: str, path: Path) -> Iterator[Path]:
-    """While open, every line bound to ``job`` is also appended to ``path``."""
-    open_job_log(job, path)
-    try:
-        yield path
-    finally:
-        close_job_log(job)

@@ -10,12 +10,16 @@ scripts/setup.sh test
 #   systemd         tests/test_systemd.py runs systemd-analyze verify on the units
 #   samba smbclient tests/test_samba.py uploads through a private smbd on loopback
 #   ffmpeg          the encode tests run against Debian's ffmpeg as well as the pinned one
+#   debootstrap systemd-container
+#                   tests/test_systemd_boot.py installs the service in a Debian booted by nspawn
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 { command -v smbd >/dev/null || [ -x /usr/sbin/smbd ]; } || missing+=(samba)
 command -v smbclient >/dev/null || missing+=(smbclient)
 [ -x /usr/bin/ffmpeg ] || missing+=(ffmpeg)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

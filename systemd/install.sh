@@ -7,6 +7,8 @@
 #
 # Usage: sudo systemd/install.sh [--folders DIR] [--model ID] [--no-start]
 #        systemd/install.sh --print-config [--folders DIR] [--model ID]   (no root needed)
+# The venv is made with $PYTHON (default: python3.11 on PATH), which must live outside
+# /root, /home and /run/user; a pyenv or conda one there is replaced by the system's own.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
         --model) MODEL=${2:?--model needs a model id}; shift 2 ;;
         --no-start) START=0; shift ;;
         --print-config) PRINT_CONFIG=1; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -67,6 +69,42 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 command -v systemctl >/dev/null || { echo "install.sh: systemctl not found; is this a systemd machine?" >&2; exit 1; }
+
+# The interpreter, chosen before anything changes. The unit hides /root, /home and /run/user
+# (ProtectHome=yes) and the i2vd user may not enter them anyway, so a venv made from a pyenv or
+# conda Python there leaves a service that cannot even exec its interpreter.
+python_paths() {
+    # Where the interpreter really is: its binary and its standard library (a venv's base).
+    "$1" -c 'import os, sys; assert sys.version_info >= (3, 11)
+print(os.path.realpath(sys.executable)); print(os.path.realpath(sys.base_prefix))' 2>/dev/null
+}
+hidden_from_service() {
+    local path
+    while read -r path; do
+        case $path in /root | /root/* | /home | /home/* | /run/user | /run/user/*) return 0 ;; esac
+    done <<<"$1"
+    return 1
+}
+pick_python() {
+    local asked=${PYTHON:-python3.11} found paths candidate
+    found=$(command -v "$asked" || true)
+    if [ -n "$found" ] && paths=$(python_paths "$found") && ! hidden_from_service "$paths"; then
+        echo "$found"
+        return
+    fi
+    if [ -z "${PYTHON:-}" ]; then
+        for candidate in /usr/bin/python3.11 /usr/local/bin/python3.11 /usr/bin/python3 /usr/local/bin/python3; do
+            if [ -x "$candidate" ] && paths=$(python_paths "$candidate") && ! hidden_from_service "$paths"; then
+                [ -n "$found" ] && echo "install.sh: $found is not usable by the service (in a home folder, or older than 3.11); using $candidate" >&2
+                echo "$candidate"
+                return
+            fi
+        done
+    fi
+    echo "install.sh: no Python 3.11+ outside /root, /home and /run/user${found:+ ($found is in one, or too old)}, which the service cannot see (ProtectHome=yes): install one (apt-get install python3 python3-venv) or run again with PYTHON=/path/to/python3.11 outside them" >&2
+    exit 1
+}
+PY=$(pick_python)
 # What we install must be readable by the service user whatever root's umask is.
 umask 022
 
@@ -89,7 +127,13 @@ if [ "$SRC" != "$PREFIX" ]; then
         --exclude=./inbox --exclude=./outputs --exclude=./done --exclude=./failed --exclude=./config.toml . \
         | tar -C "$PREFIX" -xf - --no-same-owner
 fi
-"$PREFIX/scripts/setup.sh"
+# A venv made from another interpreter (say from a pyenv one by an older install.sh) is remade.
+if [ -x "$PREFIX/.venv/bin/python" ] \
+    && [ "$(python_paths "$PREFIX/.venv/bin/python" | tail -n 1)" != "$(python_paths "$PY" | tail -n 1)" ]; then
+    echo "the venv in $PREFIX was made from another Python: making it again with $PY"
+    rm -rf "$PREFIX/.venv"
+fi
+PYTHON=$PY "$PREFIX/scripts/setup.sh"
 "$PREFIX/.venv/bin/i2vd" --version
 
 echo "== config $CONFIG_DIR/config.toml"

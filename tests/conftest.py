@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from daemon.encode import FFmpeg
+    from daemon.encode.ffmpeg import FFmpeg
+    from daemon.engine.runner import DiffusersGenerator
+    from daemon.folders.jobs import Folders
 
 # Set before anything imports huggingface_hub, which reads it once at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -23,6 +25,39 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
 
 
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_model_dir: Path) -> DiffusersGenerator:
+    """The tiny model loaded once for the session, as the daemon keeps its model warm.
+
+    Tests that change a generator (fault injection, options) load their own.
+    """
+    from daemon.engine.load import load_generator
+    from daemon.engine.runner import DiffusersGenerator
+
+    # "tiny" with the session build's parent as cache: the id -> build_tiny path, reusing the build.
+    gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
+    assert isinstance(gen, DiffusersGenerator)
+    return gen
+
+
+@pytest.fixture(scope="session")
+def tiny_families_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tiny builds of the other families, built on first use, for every module."""
+    return tmp_path_factory.mktemp("family-models")
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    """A fresh set of the daemon's folders, made."""
+    from daemon.folders.jobs import Folders
+
+    f = Folders(
+        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / ".i2vd"
+    )
+    f.ensure()
+    return f
+
+
 #: Debian's ffmpeg package (5.1 on bookworm); scripts/test.sh installs it where it may.
 SYSTEM_FFMPEG = Path("/usr/bin/ffmpeg")
 
@@ -34,19 +69,13 @@ def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
     Operators may name a distribution's ffmpeg in ``[output] ffmpeg``; those builds differ (5.1
     exits 0 after writing an empty file), so what users get is checked against both.
     """
-    from daemon.encode import select_ffmpeg
+    from daemon.encode.ffmpeg import select_ffmpeg
 
     if request.param == "pinned":
         return select_ffmpeg(None)
     if not SYSTEM_FFMPEG.is_file():
         pytest.skip(f"{SYSTEM_FFMPEG} is absent: `apt-get install ffmpeg` (scripts/test.sh does) to test it")
     return select_ffmpeg(SYSTEM_FFMPEG)
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One model cache for the session: each tiny family build is made once and loaded from there."""
-    return tmp_path_factory.mktemp("tiny-cache")
 
 
 @pytest.fixture(scope="session")

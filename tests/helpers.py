@@ -6,11 +6,22 @@ import hashlib
 import io
 import json
 import tomllib
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+class Clock:
+    """An injected clock that moves only when a test moves it (``clock.t += 3``)."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
 
 
 def digest(data: bytes | Path) -> str:
@@ -74,3 +85,41 @@ def write_config(
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def probe(path: Path | str) -> dict[str, Any]:
+    """Describe the first video stream of ``path`` by decoding it with PyAV.
+
+    Returns codec, pix_fmt, width, height, frames (decoded, so exact), fps (Fraction, the
+    stream's average rate) and duration (seconds from the last frame's end, float).
+    """
+    import av  # Imported here: only tests and diagnostics need it, not the encode path.
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        count = 0
+        last_time: float | None = None
+        pix_fmt = None
+        width = height = 0
+        for frame in container.decode(stream):
+            count += 1
+            last_time = frame.time
+            pix_fmt = frame.format.name
+            width, height = frame.width, frame.height
+        fmt = container.format.name
+    fps_fraction = Fraction(fps) if fps else None
+    duration = None
+    if last_time is not None and fps_fraction:
+        duration = last_time + float(1 / fps_fraction)
+    return {
+        "format": fmt,
+        "codec": codec,
+        "pix_fmt": pix_fmt,
+        "width": width,
+        "height": height,
+        "frames": count,
+        "fps": fps_fraction,
+        "duration": duration,
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from daemon.config import load_settings
-from daemon.encode import FFmpeg, select_ffmpeg
+from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.engine.stub import StubGenerator
 from daemon.service.loop import Service
 from daemon.service.status_file import render
@@ -280,3 +280,25 @@ def test_run_once_fails_an_empty_recipe_output_and_check_names_the_ffmpeg(
     meta = json.loads((out / f"{out.name}.json").read_text())
     assert meta["recipes"]["late"]["ok"] is False and meta["recipes"]["poster"]["ok"] is True
     assert not list(out.glob("*.late.*"))
+
+
+def test_status_shows_every_job_in_flight_and_what_is_arriving() -> None:
+    text = render(
+        {
+            "running": True,
+            "state": "busy",
+            "in_flight": [
+                {"job": "cat_1", "worker": "ray-0", "step": 3, "total": 50, "eta_seconds": 94.0},
+                {"job": "dog_1", "worker": "ray-1", "step": 0, "total": None, "eta_seconds": None},
+            ],
+            "queue": ["fox"],
+            "queue_length": 1,
+            "arriving": [["team/cup", "arriving"], ["owl", "waiting for its prompt file"]],
+            "recent": [],
+        }
+    )
+    lines = text.splitlines()
+    assert lines[1] == "current  cat_1  step 3/50, about 94 s left  on ray-0"
+    assert lines[2] == "         dog_1  starting  on ray-1"
+    assert lines[3] == "queue    1 ready: fox"
+    assert lines[4] == "arriving 2: team/cup (arriving), owl (waiting for its prompt file)"

@@ -15,7 +15,6 @@ from helpers import digest
 from PIL import Image
 
 from daemon.config import Settings, load_settings
-from daemon.engine.load import load_generator
 from daemon.service.loop import Service
 
 FAST = {"num_frames": 4, "steps": 2, "fps": 8}
@@ -29,13 +28,6 @@ def png(path: Path, size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Pa
     Image.new(mode, size, 120).save(path)
     return path
 
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    # Loaded once for the module: the daemon keeps its model warm the same way.
-    return load_generator(
-        str(tiny_model_dir), revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir
-    )
 
 
 def make_service(settings: Settings, generator) -> Service:  # type: ignore[no-untyped-def]
@@ -168,6 +160,7 @@ def test_every_bad_input_fails_clearly_and_the_next_good_job_succeeds(
     assert not any(settings.paths.outputs.glob("*/*.tmp*"))
 
 
+@pytest.mark.slow
 def test_cli_run_once_exit_codes_and_check(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = write_config(tmp_path, str(tiny_model_dir))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -216,6 +209,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.state_dir == tmp_path / ".i2vd"
 
 
+@pytest.mark.slow
 def test_another_family_end_to_end_and_a_default_it_cannot_take(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "daemon.cli"]

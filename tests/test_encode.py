@@ -13,21 +13,14 @@ import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from helpers import probe
 from PIL import Image
 
-from daemon.encode import (
-    EncodeResult,
-    FFmpeg,
-    FFmpegUnavailable,
-    count_frames,
-    encode_job,
-    ffmpeg_exe,
-    probe,
-    select_ffmpeg,
-    validate_recipe,
-)
+from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.ffmpeg import FFmpeg, FFmpegUnavailable, count_frames, ffmpeg_exe, select_ffmpeg
+from daemon.encode.onepass import EncodeResult, encode_job, validate_recipe
+from daemon.encode.recipes import RecipeConfig
 from daemon.errors import EncodeError
-from daemon.recipes import BUILTIN_RECIPES, RecipeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 8

@@ -31,8 +31,8 @@ TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("engine-models")
+def cache(tiny_families_dir: Path) -> Path:
+    return tiny_families_dir
 
 
 def _load(folder: Path, model_id: str, **options: Any) -> DiffusersGenerator:
@@ -79,7 +79,7 @@ def test_every_family_walks_down_to_fewer_frames_it_can_take(
     gen.inject_oom = InjectOOM(above=width * height * frames - 1)  # the asked-for clip does not fit
     gen._ladder = Ladder(rungs=("fewer_frames",), min_frames=1)
     try:
-        out = gen.generate(_req(model_id))
+        out = gen.generate(_req(model_id)).frames
     finally:
         gen._ladder = gen.options.ladder
     made = gen.family.fit_frames(frames // 2, at_least=1)
@@ -101,7 +101,7 @@ def test_a_transformer_family_goes_down_in_resolution_keeping_its_multiple(
     gen.inject_oom = InjectOOM(above=48 * 32 * 5 - 1)
     gen._ladder = Ladder(rungs=("lower_resolution",), short_sides=(16,))
     try:
-        out = gen.generate(_req("tiny-wan", width=48, height=32))
+        out = gen.generate(_req("tiny-wan", width=48, height=32)).frames
     finally:
         gen._ladder = gen.options.ladder
     # 3:2 at a 16-pixel short side, in multiples of 16: 32x16 (24 rounds to 32).
@@ -120,7 +120,7 @@ def test_out_of_memory_at_every_rung_fails_with_frame_advice_the_family_takes(
     assert "17 frames; 64x32 with 9 frames" in str(failed.value)
     assert "num_frames = 1" in str(failed.value)
     gen.inject_oom = None
-    assert gen.generate(_req("tiny-ltx")).shape == (9, 32, 64, 3)  # and the next job runs
+    assert gen.generate(_req("tiny-ltx")).frames.shape == (9, 32, 64, 3)  # and the next job runs
 
 
 def test_svd_decode_out_of_memory_decodes_fewer_frames_at_once(
@@ -130,7 +130,7 @@ def test_svd_decode_out_of_memory_decodes_fewer_frames_at_once(
     steps: list[int] = []
     # 48x32 is 6x4 = 24 latent pixels a frame: only one frame at a time fits.
     gen.inject_oom = InjectOOM(decode_above=24)
-    out = gen.generate(_req("tiny-svd"), on_step=lambda i, n: steps.append(i))
+    out = gen.generate(_req("tiny-svd"), on_step=lambda i, n: steps.append(i)).frames
     assert out.shape == (4, 32, 48, 3) and steps == [1, 2]  # denoised once
     run = gen.last_run
     assert run is not None and run["decode_chunk_size"] == 1 and len(run["attempts"]) == 1
@@ -154,7 +154,7 @@ def test_video_vae_decode_out_of_memory_is_rescued_by_tiling(
         out = gen.generate(
             _req(model_id, width=width, height=height, num_frames=frames, steps=1),
             lambda i, n: steps.append(i),
-        )
+        ).frames
     assert out.shape == (frames, height, width, 3) and steps == [1]
     run = gen.last_run
     assert run is not None and run["vae_tiling"] is True and len(run["attempts"]) == 1
@@ -196,8 +196,8 @@ def test_caching_skips_work_and_is_reset_between_jobs(
     gen = _load(cache, model_id, cache=method, **extra)
     assert gen.engine["cache"].startswith(method)
     req = _req(model_id, steps=6)
-    reference = plain[model_id].generate(req)
-    first = gen.generate(req)
+    reference = plain[model_id].generate(req).frames
+    first = gen.generate(req).frames
     assert first.shape == reference.shape
     assert not np.array_equal(first, reference)  # the cache changed what was computed
     assert _attention_work(gen, req) < _attention_work(plain[model_id], req)
@@ -208,7 +208,7 @@ def test_caching_skips_work_and_is_reset_between_jobs(
 
     with pytest.raises(KeyboardInterrupt):  # a job cut short leaves the cache half-filled
         gen.generate(req, on_step=stop_at_step_3)
-    assert np.array_equal(gen.generate(req), first)  # which the next job must not see
+    assert np.array_equal(gen.generate(req).frames, first)  # which the next job must not see
 
 
 def test_caching_on_a_unet_family_is_ignored_with_a_log_line(cache: Path) -> None:
@@ -230,7 +230,7 @@ def test_options_on_a_transformer_family(cache: Path, plain: dict[str, Diffusers
     assert gen.engine["vae_slicing"] is True and gen._pipe.vae.use_slicing
     assert gen.engine["decode_chunk_size"] is None  # the video VAEs decode the whole clip
     req = _req("tiny-wan")
-    assert np.abs(gen.generate(req).astype(int) - plain["tiny-wan"].generate(req)).max() <= 1
+    assert np.abs(gen.generate(req).frames.astype(int) - plain["tiny-wan"].generate(req).frames).max() <= 1
     with structlog.testing.capture_logs() as logs:
         svd = _load(cache, "tiny-svd", vae_tiling=True)
     assert svd.engine["vae_tiling"] is False  # SVD's temporal decoder cannot tile
@@ -287,7 +287,7 @@ def test_a_compiler_that_fails_at_the_warm_up_is_undone(cache: Path) -> None:
     assert gen.engine["compile"] is False
     assert any(e["event"] == "torch.compile failed; the model runs without it" for e in logs)
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in denoiser.modules())
-    assert gen.generate(_req("tiny-ltx")).shape == (9, 32, 64, 3)
+    assert gen.generate(_req("tiny-ltx")).frames.shape == (9, 32, 64, 3)
 
 
 # -- a model that makes one clip size only -----------------------------------------------------------
@@ -317,7 +317,7 @@ def fixed_cogvideox(plain: dict[str, DiffusersGenerator]) -> DiffusersGenerator:
 def test_a_fixed_size_model_takes_only_its_size(fixed_cogvideox: DiffusersGenerator) -> None:
     gen = fixed_cogvideox
     assert gen.fixed_size == (32, 16)
-    assert gen.generate(_req("tiny-cogvideox")).shape == (9, 16, 32, 3)
+    assert gen.generate(_req("tiny-cogvideox")).frames.shape == (9, 16, 32, 3)
     with pytest.raises(GenerationError, match="makes 32x16 clips only"):
         gen.generate(_req("tiny-cogvideox", width=64, height=32))
     assert "lower_resolution" not in gen._ladder.rungs  # no smaller size to fall back to

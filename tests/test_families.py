@@ -50,8 +50,8 @@ def _request(width: int, height: int, num_frames: int, **changes: object) -> Gen
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("family-models")
+def cache(tiny_families_dir: Path) -> Path:
+    return tiny_families_dir
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,14 @@ def test_tiny_family_makes_frames_of_the_exact_shape_and_is_seeded(
     )
     steps: list[tuple[int, int]] = []
     req = _request(width, height, frames)
-    first = gen.generate(req, on_step=lambda done, total: steps.append((done, total)))
+    first = gen.generate(req, on_step=lambda done, total: steps.append((done, total))).frames
     assert first.dtype == np.uint8
     assert first.shape == (frames, height, width, 3)
     assert first.std() > 0
     assert steps == [(1, 2), (2, 2)]
     assert gen.last_run is not None and gen.last_run["ok"] and gen.last_run["family"] == family
-    assert np.array_equal(gen.generate(req), first)  # same seed, same frames
-    assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)), first)
+    assert np.array_equal(gen.generate(req).frames, first)  # same seed, same frames
+    assert not np.array_equal(gen.generate(_request(width, height, frames, seed=99)).frames, first)
 
 
 def test_svd_says_it_takes_no_prompt(generators: dict[str, DiffusersGenerator]) -> None:
@@ -175,7 +175,9 @@ def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, 
 
 def test_tiny_still_is_i2vgenxl(tiny_model_dir: Path) -> None:
     gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
-    assert isinstance(gen, DiffusersGenerator)
+    assert gen.info.family.name == "i2vgenxl" and gen.info.model_id == "tiny"
+    assert type(gen._pipe).__name__ == "DaemonI2VGenXLPipeline"  # the repaired prompt encoding
+    assert gen.generate(_request(64, 64, 2)).frames.shape == (2, 64, 64, 3)
 
 
 def test_build_is_reused(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
@@ -196,4 +198,4 @@ def test_wide_clips_fit_the_position_tables(generators: dict[str, DiffusersGener
     # transformer whose position tables only cover small clips.
     _, _, _, frames, multiple = CASES[model_id]
     req = _request(1024, multiple, frames, steps=1)
-    assert generators[model_id].generate(req).shape == (frames, multiple, 1024, 3)
+    assert generators[model_id].generate(req).frames.shape == (frames, multiple, 1024, 3)

@@ -36,13 +36,10 @@ class _Abort(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> DiffusersGenerator:
-    # "tiny" with the session build's parent as cache: exercises the id -> build_tiny path, reusing the build.
-    gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
-    assert isinstance(gen, DiffusersGenerator)
-    return gen
 
+@pytest.fixture
+def tiny(tiny_generator: DiffusersGenerator) -> DiffusersGenerator:
+    return tiny_generator
 
 def test_tiny_loads_through_the_real_pipeline(tiny_model_dir: Path) -> None:
     pipe = I2VGenXLPipeline.from_pretrained(tiny_model_dir)
@@ -55,16 +52,16 @@ def test_tiny_loads_through_the_real_pipeline(tiny_model_dir: Path) -> None:
 
 def test_small_job_returns_uint8_frames_of_the_exact_shape(tiny: DiffusersGenerator) -> None:
     assert (tiny.model_id, tiny.device, tiny.size_multiple) == ("tiny", "cpu", 32)
-    frames = tiny.generate(_request())
+    frames = tiny.generate(_request()).frames
     assert frames.dtype == np.uint8
     assert frames.shape == (4, 96, 64, 3)
     assert frames.std() > 0  # not a blank clip
 
 
 def test_same_seed_same_frames_other_seed_other_frames(tiny: DiffusersGenerator) -> None:
-    a = tiny.generate(_request(seed=5))
-    b = tiny.generate(_request(seed=5))
-    c = tiny.generate(_request(seed=6))
+    a = tiny.generate(_request(seed=5)).frames
+    b = tiny.generate(_request(seed=5)).frames
+    c = tiny.generate(_request(seed=6)).frames
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -84,7 +81,7 @@ def test_on_step_reports_each_step_and_its_exception_aborts(tiny: DiffusersGener
         tiny.generate(_request(steps=3), on_step=stop)
     assert seen == [1]
     # The aborted job leaves no callback behind: the next one runs to the end without it.
-    assert tiny.generate(_request()).shape == (4, 96, 64, 3)
+    assert tiny.generate(_request()).frames.shape == (4, 96, 64, 3)
 
 
 def test_size_that_does_not_suit_the_model_is_a_job_error(tiny: DiffusersGenerator) -> None:
@@ -157,13 +154,14 @@ def test_build_tiny_is_idempotent_deterministic_and_replaces_a_broken_build(
 def test_stub_generator_shape_determinism_and_steps() -> None:
     stub = load_generator("stub:0.01", revision=None, device="auto", dtype="auto", cache_dir=Path("unused"))
     assert isinstance(stub, StubGenerator) and stub.seconds == 0.01
-    assert (stub.model_id, stub.device, stub.size_multiple) == ("stub", "cpu", 8)
+    assert (stub.info.model_id, stub.info.device, stub.info.size_multiple) == ("stub", "cpu", 8)
     calls: list[tuple[int, int]] = []
-    a = stub.generate(_request(40, 24, num_frames=5, steps=4), on_step=lambda i, n: calls.append((i, n)))
+    req = _request(40, 24, num_frames=5, steps=4)
+    a = stub.generate(req, on_step=lambda i, n: calls.append((i, n))).frames
     assert a.shape == (5, 24, 40, 3) and a.dtype == np.uint8
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert np.array_equal(a, StubGenerator().generate(_request(40, 24, num_frames=5, steps=4)))
-    assert not np.array_equal(a, StubGenerator().generate(_request(40, 24, num_frames=5, seed=9)))
+    assert np.array_equal(a, StubGenerator().generate(_request(40, 24, num_frames=5, steps=4)).frames)
+    assert not np.array_equal(a, StubGenerator().generate(_request(40, 24, num_frames=5, seed=9)).frames)
     assert not np.array_equal(a[0], a[1])  # the frames move
     with pytest.raises(GenerationError):
         stub.generate(_request(width=44, height=24))
@@ -223,7 +221,7 @@ def test_cuda_only_options_are_ignored_on_the_cpu_with_a_log_line(tiny_model_dir
     assert ignored == {"model.compile", "model.offload", "model.attention"}
     assert (gen.engine["compile"], gen.engine["offload"], gen.engine["attention"]) == (False, "none", "auto")
     assert not hasattr(gen._pipe.unet, "_hf_hook")  # no offload hooks: all weights stay put
-    frames = gen.generate(_request(64, 64, num_frames=2, steps=1))
+    frames = gen.generate(_request(64, 64, num_frames=2, steps=1)).frames
     assert frames.shape == (2, 64, 64, 3)
     assert gen.last_run is not None and gen.last_run["engine"] == gen.engine
 
@@ -232,7 +230,7 @@ def test_speed_options_change_the_engine_not_the_clip(tiny: DiffusersGenerator, 
     from diffusers.models.attention_processor import AttnProcessor
 
     req = _request(64, 64, num_frames=2, steps=1)
-    base = tiny.generate(req)
+    base = tiny.generate(req).frames
     gen = _tiny_with(
         tiny_model_dir, attention="eager", channels_last=True, vae_slicing=True, decode_chunk_size=1
     )
@@ -240,12 +238,12 @@ def test_speed_options_change_the_engine_not_the_clip(tiny: DiffusersGenerator, 
     convs = [m for m in gen._pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert gen._pipe.vae.use_slicing
-    frames = gen.generate(req)
+    frames = gen.generate(req).frames
     assert gen.last_run is not None and gen.last_run["decode_chunk_size"] == 1
     # Other kernels, other rounding: the same clip within one grey level.
     assert frames.shape == base.shape and np.abs(frames.astype(int) - base).max() <= 1
     tiled = _tiny_with(tiny_model_dir, vae_tiling=True)
-    assert tiled._pipe.vae.use_tiling and tiled.generate(req).shape == base.shape
+    assert tiled._pipe.vae.use_tiling and tiled.generate(req).frames.shape == base.shape
 
 
 def test_warm_up_runs_one_small_generation_and_leaves_no_job_record(tiny: DiffusersGenerator) -> None:
@@ -267,7 +265,7 @@ def test_in_memory_pipeline_is_wrapped_and_half_precision_loads_with_the_plain_f
     pipe = I2VGenXLPipeline.from_pretrained(tiny_model_dir)
     gen = DiffusersGenerator.from_pipeline(pipe, model_id="in-memory", device="cpu")
     assert isinstance(gen._pipe, DaemonI2VGenXLPipeline) and gen._pipe.unet is pipe.unet
-    assert gen.generate(_request(64, 64, num_frames=2, steps=1)).shape == (2, 64, 64, 3)
+    assert gen.generate(_request(64, 64, num_frames=2, steps=1)).frames.shape == (2, 64, 64, 3)
     # float16 asks for the fp16 files first; the tiny folder has only the plain ones, which then load.
     half = load_generator(
         str(tiny_model_dir), revision=None, device="cpu", dtype="float16", cache_dir=tiny_model_dir

@@ -27,10 +27,14 @@ from helpers import digest, png_bytes
 
 from daemon.config import DEFAULT_IGNORE, Settings, load_settings
 from daemon.engine.stub import StubGenerator
-from daemon.folders.jobs import JOB_NAME_MAX, claim
+from daemon.folders.claim import claim
+from daemon.folders.jobs import JOB_NAME_MAX
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
 from daemon.service.loop import Service, folders_of
+
+# Real observers, writers and CLI subprocesses: seconds each (`pytest -m 'not slow'` leaves it out).
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 # Small clips and no recipes: each job costs one tiny ffmpeg run.

@@ -6,17 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import Clock
 
 from daemon.config import DEFAULT_IGNORE
 from daemon.folders.scan import InboxScanner, split_name
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -143,7 +136,7 @@ def test_memory_follows_the_inbox(tmp_path: Path, scanner: InboxScanner, clock: 
 def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
     tmp_path: Path, scanner: InboxScanner, clock: Clock
 ) -> None:
-    from daemon.folders.jobs import _error_text
+    from daemon.folders.publish import _error_text
 
     returned = tmp_path / "team" / "cup_20261122_143005"
     returned.mkdir(parents=True)

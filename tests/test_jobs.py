@@ -12,19 +12,14 @@ import pytest
 from helpers import digest
 
 from daemon.folders import fsops
-from daemon.folders.jobs import RECORD, Folders, JobState, claim, finish_done, finish_failed, recover, release
+from daemon.folders.claim import claim, release
+from daemon.folders.jobs import RECORD, Folders
+from daemon.folders.publish import finish_done, finish_failed
+from daemon.folders.recover import recover
 from daemon.folders.scan import Group
 
 WHEN = datetime(2026, 11, 22, 14, 30, 5)
 
-
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders(
-        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / ".i2vd"
-    )
-    f.ensure()
-    return f
 
 
 def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:
@@ -33,10 +28,6 @@ def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:
     (d / f"{name}.png").write_bytes(os.urandom(5000))
     (d / f"{name}.txt").write_text("a cat yawns")
     return Group(Path(rel), name, images=[d / f"{name}.png"], sidecars=[d / f"{name}.txt"])
-
-
-def test_state_values_are_folder_names() -> None:
-    assert [s.value for s in JobState] == ["inbox", "claimed", "done", "failed"]
 
 
 def test_claim_then_done_keeps_inputs_byte_identical(folders: Folders) -> None:

@@ -32,9 +32,15 @@ from PIL import Image
 from daemon.config import load_settings
 from daemon.engine.stub import StubGenerator
 from daemon.folders import fsops
-from daemon.folders.jobs import RECORD, RETURNING, Folders, claim, finish_done, recover, release
+from daemon.folders.claim import claim, release
+from daemon.folders.jobs import RECORD, RETURNING, Folders
+from daemon.folders.publish import finish_done
+from daemon.folders.recover import recover
 from daemon.folders.scan import Group, InboxScanner
 from daemon.service.loop import Service, folders_of
+
+# Drives kill -9 of real daemon processes: seconds each (`pytest -m 'not slow'` leaves it out).
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 PAIRS = 40
@@ -170,14 +176,6 @@ def test_kill_nine_at_random_moments_loses_doubles_and_half_writes_nothing(tmp_p
 
 # -- each crash point, visited deliberately -----------------------------------------------------
 
-
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders(
-        tmp_path / "inbox", tmp_path / "outputs", tmp_path / "done", tmp_path / "failed", tmp_path / "st"
-    )
-    f.ensure()
-    return f
 
 
 def ready_group(folders: Folders, name: str = "cat", rel: str = ".") -> tuple[Group, dict[str, str]]:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, load_settings
+from daemon.job.record import JobRecord
 from daemon.listeners.events import JobFinished
 from daemon.listeners.metrics import MetricsListener, parse_address
 
@@ -63,10 +64,11 @@ def test_endpoint_reports_jobs_and_progress(listener: MetricsListener, tmp_path:
         }
     )
     info = {
+        "job": "cat_1",
         "timings": {"generate_seconds": 42.5, "encode_seconds": 1.5},
         "recipes": {"poster": {"ok": True}, "gif": {"ok": False, "error": "boom"}},
     }
-    listener.on_job_finished(JobFinished("cat_1", "done", tmp_path, info, None))
+    listener.on_job_finished(JobFinished("cat_1", "done", tmp_path, JobRecord.model_validate(info), None))
     listener.on_job_finished(JobFinished("dog_1", "failed", tmp_path, None, "not an image"))
 
     after = scrape(listener.port)
@@ -95,7 +97,7 @@ def test_endpoint_reports_jobs_and_progress(listener: MetricsListener, tmp_path:
 
 def test_listener_survives_odd_input(listener: MetricsListener, tmp_path: Path) -> None:
     listener.on_status({"state": "busy", "current": {"job": "x", "step": "?"}})  # must not raise
-    listener.on_job_finished(JobFinished("x", "done", tmp_path, {"timings": "garbage"}, None))
+    listener.on_job_finished(JobFinished("x", "done", tmp_path, JobRecord(job="x"), None))  # no timings
     assert scrape(listener.port)[("i2vd_jobs_total", (("outcome", "done"),))] == 1
 
 

@@ -61,10 +61,12 @@ def _frames(gen: DiffusersGenerator, req: Any) -> np.ndarray:
 
 @pytest.mark.parametrize("model_id", list(LORA_CASES))
 def test_a_random_lora_changes_the_frames_at_scale_1_and_not_at_0(
-    tiny_cache: Path, random_lora: Any, model_id: str
+    tiny_families_dir: Path, random_lora: Any, model_id: str
 ) -> None:
     lora = str(random_lora(model_id))
-    gen = _load(model_id, tiny_cache, loras=(AdapterSpec("one", lora), AdapterSpec("zero", lora, scale=0.0)))
+    gen = _load(
+        model_id, tiny_families_dir, loras=(AdapterSpec("one", lora), AdapterSpec("zero", lora, scale=0.0))
+    )
     req = _request(model_id)
     plain = _frames(gen, req)
     at_one = _frames(gen, replace(req, loras=("one",)))
@@ -83,29 +85,31 @@ def test_a_random_lora_changes_the_frames_at_scale_1_and_not_at_0(
     )
 
 
-def test_jobs_with_other_adapters_give_what_fresh_runs_give(tiny_cache: Path, random_lora: Any) -> None:
+def test_jobs_with_other_adapters_give_what_fresh_runs_give(
+    tiny_families_dir: Path, random_lora: Any
+) -> None:
     """Job A with adapter a, job B with b, job C with none, on one warm model: each makes the frames
     a freshly loaded model makes for it alone (nothing leaks from one job into the next)."""
     model_id = "tiny-wan22"
     specs = (AdapterSpec("a", str(random_lora(model_id, 1))), AdapterSpec("b", str(random_lora(model_id, 2))))
-    warm = _load(model_id, tiny_cache, loras=specs)
+    warm = _load(model_id, tiny_families_dir, loras=specs)
     modules = (warm._pipe.transformer, warm._pipe.transformer_2)
     req = _request(model_id)
     jobs = [("a",), ("b",), ()]
     made = [_frames(warm, replace(req, loras=picked)) for picked in jobs]
     assert (warm._pipe.transformer, warm._pipe.transformer_2) == modules  # switched, not reloaded
     for picked, frames in zip(jobs, made, strict=True):
-        fresh = _load(model_id, tiny_cache, loras=specs)
+        fresh = _load(model_id, tiny_families_dir, loras=specs)
         assert np.array_equal(_frames(fresh, replace(req, loras=picked)), frames), picked
     assert not np.array_equal(made[0], made[1])
-    assert np.array_equal(_frames(_load(model_id, tiny_cache), req), made[2])  # as if never loaded
+    assert np.array_equal(_frames(_load(model_id, tiny_families_dir), req), made[2])  # as if never loaded
 
 
-def test_an_always_on_adapter_is_fused_once_at_load(tiny_cache: Path, random_lora: Any) -> None:
+def test_an_always_on_adapter_is_fused_once_at_load(tiny_families_dir: Path, random_lora: Any) -> None:
     model_id = "tiny-wan22"
     spec = AdapterSpec("a", str(random_lora(model_id, 1)))
-    fused = _load(model_id, tiny_cache, loras=(spec,), always_on=("a",))
-    switched = _load(model_id, tiny_cache, loras=(spec,))
+    fused = _load(model_id, tiny_families_dir, loras=(spec,), always_on=("a",))
+    switched = _load(model_id, tiny_families_dir, loras=(spec,))
     assert fused.engine["loras"] == {"fused": ["a"], "switchable": []}
     # No LoRA layers left in either expert: the fused adapter costs nothing per step.
     for denoiser in (fused._pipe.transformer, fused._pipe.transformer_2):
@@ -119,15 +123,19 @@ def test_an_always_on_adapter_is_fused_once_at_load(tiny_cache: Path, random_lor
 
 
 def test_an_adapter_that_does_not_fit_stops_the_start_with_one_line(
-    tiny_cache: Path, random_lora: Any
+    tiny_families_dir: Path, random_lora: Any
 ) -> None:
     ltx_lora = str(random_lora("tiny-ltx"))
     with pytest.raises(RuntimeError) as made_for_another:
-        _load("tiny-wan22", tiny_cache, loras=(AdapterSpec("ltx", ltx_lora),))
+        _load("tiny-wan22", tiny_families_dir, loras=(AdapterSpec("ltx", ltx_lora),))
     with pytest.raises(RuntimeError) as no_loader:
-        _load("tiny", tiny_cache, loras=(AdapterSpec("ltx", ltx_lora),))
+        _load("tiny", tiny_families_dir, loras=(AdapterSpec("ltx", ltx_lora),))
     with pytest.raises(RuntimeError) as missing:
-        _load("tiny-wan", tiny_cache, loras=(AdapterSpec("gone", str(tiny_cache / "gone.safetensors")),))
+        _load(
+            "tiny-wan",
+            tiny_families_dir,
+            loras=(AdapterSpec("gone", str(tiny_families_dir / "gone.safetensors")),),
+        )
     for exc, expected in (
         (made_for_another, "LoRA adapter 'ltx' ("),
         (made_for_another, "does not fit this model: the layers it adapts are not in this model"),
@@ -142,19 +150,19 @@ def test_an_adapter_that_does_not_fit_stops_the_start_with_one_line(
 # -- quantization -------------------------------------------------------------------------------------
 
 
-def test_int8_quantization_runs_on_the_cpu_beside_adapters(tiny_cache: Path, random_lora: Any) -> None:
+def test_int8_quantization_runs_on_the_cpu_beside_adapters(tiny_families_dir: Path, random_lora: Any) -> None:
     from torchao.quantization import Int8Tensor
 
     model_id = "tiny-wan22"
     spec = AdapterSpec("a", str(random_lora(model_id, 1)))
-    quantized = _load(model_id, tiny_cache, quantize="int8", loras=(spec,))
+    quantized = _load(model_id, tiny_families_dir, quantize="int8", loras=(spec,))
     assert quantized.engine["quantize"] == "int8:weight_only"
     for denoiser in (quantized._pipe.transformer, quantized._pipe.transformer_2):
         to_q = denoiser.blocks[0].attn1.to_q
         assert isinstance(to_q.base_layer.weight, Int8Tensor)  # the model's own weights: int8
         assert not isinstance(to_q.lora_A["a"].weight, Int8Tensor)  # the adapter's: full precision
     req = _request(model_id)
-    plain = _frames(_load(model_id, tiny_cache), req)
+    plain = _frames(_load(model_id, tiny_families_dir), req)
     q_plain = _frames(quantized, req)
     q_lora = _frames(quantized, replace(req, loras=("a",)))
     assert q_plain.shape == plain.shape and q_plain.std() > 0
@@ -162,9 +170,9 @@ def test_int8_quantization_runs_on_the_cpu_beside_adapters(tiny_cache: Path, ran
     assert not np.array_equal(q_lora, q_plain)  # the adapter still applies
 
 
-def test_fp8_without_an_fp8_gpu_stops_the_start_with_one_line(tiny_cache: Path) -> None:
+def test_fp8_without_an_fp8_gpu_stops_the_start_with_one_line(tiny_families_dir: Path) -> None:
     with pytest.raises(RuntimeError) as exc:
-        _load("tiny-wan", tiny_cache, quantize="fp8")
+        _load("tiny-wan", tiny_families_dir, quantize="fp8")
     message = str(exc.value)
     assert "model.quantize = 'fp8' needs a CUDA GPU with FP8 support (compute capability 8.9" in message
     assert "runs on the CPU" in message and "\n" not in message
@@ -283,7 +291,7 @@ def _run_once(config: Path, cache: Path) -> subprocess.CompletedProcess[bytes]:
 )
 def test_wan22_end_to_end_with_a_distilled_adapter_picked_by_name(
     tmp_path: Path,
-    tiny_cache: Path,
+    tiny_families_dir: Path,
     random_lora: Any,
     model_id: str,
     family: str,
@@ -308,7 +316,7 @@ def test_wan22_end_to_end_with_a_distilled_adapter_picked_by_name(
     (inbox / "typo.toml").write_text('prompt = "a paper boat drifts"\nloras = ["fats"]\n')
     originals = {p.name: digest(p) for p in inbox.iterdir()}
 
-    done = _run_once(config, tiny_cache)
+    done = _run_once(config, tiny_families_dir)
     assert done.returncode == 1, done.stderr.decode()[-3000:]  # the typo job failed; the others did not
 
     records = {}

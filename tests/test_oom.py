@@ -15,6 +15,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+import structlog
 import torch
 from PIL import Image
 
@@ -27,8 +28,9 @@ from daemon.engine.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_mes
 from daemon.engine.runner import DiffusersGenerator
 from daemon.errors import GenerationError
 from daemon.folders.jobs import Job
+from daemon.job.describe import Generated, describe
 from daemon.job.image import fit_to
-from daemon.job.run import generate_job
+from daemon.job.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +177,20 @@ def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
     # 4:3 at 768p is 1024x768, at 640p 864x640, at 512p 672x512: fail above 672*512*2 pixel-frames.
     gen.inject_oom = InjectOOM(above=672 * 512 * 2)
     log_path = job.out / f"{job.name}.log"
-    with logs.job_log(job.name, log_path):
-        done = generate_job(
-            job, Settings(), gen, logs.get().bind(job=job.name), queued_at=datetime.now().astimezone()
-        )
+    logs.open_job_log(job.name, log_path)
+    try:
+        log = logs.get().bind(job=job.name)
+        prepared = prepare(job, Settings(), gen.info, log, queued_at=datetime.now().astimezone())
+        with structlog.contextvars.bound_contextvars(job=job.name):  # as the executor binds it
+            result = gen.generate(prepared.request)
+    finally:
+        logs.close_job_log(job.name)
+    described = describe(Generated(prepared, result, 1.0))
 
     assert gen.inject_oom.raised == 2
-    assert done.frames.shape == (2, 512, 672, 3)
-    record = done.info["generation"]
+    assert result.frames.shape == (2, 512, 672, 3)
+    record = described.generation
+    assert record is not None
     tries = [
         (a["width"], a["height"], a["num_frames"], a["change"], a["outcome"]) for a in record["attempts"]
     ]
@@ -202,8 +210,8 @@ def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
         "height": 768,
         "num_frames": 2,
     }
-    params = done.info["parameters"]
-    assert (params["resolution"], params["width"], params["height"], params["num_frames"]) == (
+    params = described.parameters
+    assert (params.resolution, params.width, params.height, params.num_frames) == (
         "512p",
         672,
         512,
@@ -223,11 +231,11 @@ def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
             512,
             image=fit_to(frame_768, 672, 512),
             prompt="boats rock",
-            negative_prompt=done.params.negative_prompt,
+            negative_prompt=prepared.params.negative_prompt,
             seed=7,
         )
-    )
-    assert np.array_equal(done.frames, direct)
+    ).frames
+    assert np.array_equal(result.frames, direct)
 
 
 def test_exhausted_ladder_fails_the_job_with_advice_and_the_generator_recovers(
@@ -248,7 +256,7 @@ def test_exhausted_ladder_fails_the_job_with_advice_and_the_generator_recovers(
 
     # The injector's hooks are gone with it; the next job runs normally, the callback reset.
     injector, gen.inject_oom = gen.inject_oom, None
-    assert gen.generate(_request(64, 64)).shape == (2, 64, 64, 3)
+    assert gen.generate(_request(64, 64)).frames.shape == (2, 64, 64, 3)
     assert injector.raised == 4 and gen._pipe.step_callback is None
     assert gen.last_run is not None and gen.last_run["ok"] and not gen.last_run["fallback"]
 
@@ -256,12 +264,12 @@ def test_exhausted_ladder_fails_the_job_with_advice_and_the_generator_recovers(
 def test_decode_out_of_memory_halves_the_chunk_without_denoising_again(injected: DiffusersGenerator) -> None:
     gen = injected
     req = _request(64, 64, num_frames=2, steps=2)
-    normal = gen.generate(req)
+    normal = gen.generate(req).frames
     assert gen.last_run is not None and gen.last_run["decode_chunk_size"] == 2  # min(8, frames)
     # 64x64 is 8x8 latent pixels a frame: two frames at once (128) fail, one at a time (64) fits.
     gen.inject_oom = InjectOOM(decode_above=64)
     steps: list[int] = []
-    frames = gen.generate(req, on_step=lambda i, n: steps.append(i))
+    frames = gen.generate(req, on_step=lambda i, n: steps.append(i)).frames
     assert gen.inject_oom.raised == 1
     assert steps == [1, 2]  # the denoising ran once
     run = gen.last_run

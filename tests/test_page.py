@@ -16,11 +16,15 @@ from urllib.parse import unquote, urljoin, urlparse
 from urllib.request import url2pathname
 
 import pytest
+from helpers import Clock
 from PIL import Image
 
-from daemon.listeners import share_page as page_mod
+from daemon.job.record import JobRecord
+from daemon.listeners import page_entries, page_render
 from daemon.listeners.events import JobFinished
-from daemon.listeners.share_page import PAGE, Entry, SharePage, load_recent, render
+from daemon.listeners.page_entries import Entry, load_recent
+from daemon.listeners.page_render import render
+from daemon.listeners.share_page import PAGE, SharePage
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -96,7 +100,7 @@ def job_info(job: str, prompt: str, *, seed: int = 1234, finished: datetime = AT
 
 def make_done(
     outputs: Path, rel: str, job: str, prompt: str, *, finished: datetime = AT, hue: int = 0
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, JobRecord]:
     folder = outputs / rel / job
     folder.mkdir(parents=True)
     info = job_info(job, prompt, finished=finished)
@@ -107,7 +111,7 @@ def make_done(
     make_png(folder / f"{job}.poster.png", hue=hue)
     (folder / f"{job}.log").write_text("log\n")
     (folder / f"{job}.json").write_text(json.dumps(info, ensure_ascii=False))
-    return folder, info
+    return folder, JobRecord.model_validate(info)
 
 
 def make_failed(failed: Path, rel: str, job: str, error: str, files: tuple[str, ...] = ()) -> Path:
@@ -118,14 +122,6 @@ def make_failed(failed: Path, rel: str, job: str, error: str, files: tuple[str, 
     (folder / "error.txt").write_text(error + "\n\nTo try again, fix the problem and move the files back.\n")
     (folder / f"{job}.log").write_text("log\n")
     return folder
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Dom(HTMLParser):
@@ -172,8 +168,8 @@ def busy(
 def test_hostile_prompt_and_file_names_are_escaped_and_quoted(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, "sub dir", HOSTILE_JOB, HOSTILE_PROMPT)
-    entry = page_mod.done_entry(folder, outputs, info)
-    failed = page_mod.failed_entry(
+    entry = page_entries.done_entry(folder, outputs, info)
+    failed = page_entries.failed_entry(
         make_failed(tmp_path / "failed", ".", 'x"<img src=x onerror=alert(1)>_20240601_1', "bad"),
         outputs,
         '<b>"not an image"</b> & more',
@@ -216,9 +212,9 @@ def test_long_queue_is_cut_and_counted() -> None:
     status = {"state": "busy", "queue": [f"job{i}" for i in range(200)], "queue_length": 1000}
     out = render(status, [])
     items = li_texts(out)
-    assert len(items) == page_mod.QUEUE_SHOWN
-    assert items[0] == "1 job0" and items[-1] == f"{page_mod.QUEUE_SHOWN} job{page_mod.QUEUE_SHOWN - 1}"
-    assert f"and {1000 - page_mod.QUEUE_SHOWN} more waiting" in out
+    assert len(items) == page_render.QUEUE_SHOWN
+    assert items[0] == "1 job0" and items[-1] == f"{page_render.QUEUE_SHOWN} job{page_render.QUEUE_SHOWN - 1}"
+    assert f"and {1000 - page_render.QUEUE_SHOWN} more waiting" in out
     assert "Waiting (1000)" in out
 
 
@@ -250,13 +246,13 @@ def test_progress_before_first_step_and_idle() -> None:
     ],
 )
 def test_eta_words(seconds: float | None, text: str | None) -> None:
-    assert page_mod._eta(seconds) == text
+    assert page_render._eta(seconds) == text
 
 
 def test_finished_card_shows_prompt_parameters_and_links(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, ".", "cat_20240601_120000", "the cat waves")
-    out = render({"state": "idle"}, [page_mod.done_entry(folder, outputs, info)])
+    out = render({"state": "idle"}, [page_entries.done_entry(folder, outputs, info)])
     text = Dom(out).all_text
     for part in (
         "the cat waves",
@@ -282,7 +278,7 @@ def test_poster_only_when_the_file_exists(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     folder, info = make_done(outputs, ".", "cat_20240601_120000", "p")
     (folder / "cat_20240601_120000.poster.png").unlink()
-    out = render({"state": "idle"}, [page_mod.done_entry(folder, outputs, info)])
+    out = render({"state": "idle"}, [page_entries.done_entry(folder, outputs, info)])
     assert "<img" not in out and "no preview picture" in out
 
 
@@ -367,13 +363,13 @@ def test_start_up_reads_only_the_newest_keep_jobs(tmp_path: Path, monkeypatch: p
     (outputs / ".hidden_20991231_235959").mkdir()  # dot-folders are not jobs
     (outputs / PAGE).write_text("old page")
     reads: list[Path] = []
-    real = page_mod._read_info
+    real = page_entries._read_record
 
-    def counting(folder: Path) -> dict[str, Any]:
+    def counting(folder: Path) -> JobRecord:
         reads.append(folder)
         return real(folder)
 
-    monkeypatch.setattr(page_mod, "_read_info", counting)
+    monkeypatch.setattr(page_entries, "_read_record", counting)
 
     recent = load_recent(outputs, failed, keep=6)
     assert len(reads) <= 6
@@ -396,8 +392,10 @@ def test_rendering_problems_never_raise(tmp_path: Path) -> None:
     sp.on_job_finished(JobFinished("j_20240601_120000", "done", tmp_path / "nowhere", None, None))
     sp.close()
     assert sp.renders == 0
-    # Odd values from a future status still render.
-    render({"state": 3, "current": {"job": "j", "step": "a", "total": 0}, "queue": None}, [])
+    # Odd values from a future status still render, as a page that says what it can.
+    out = render({"state": 3, "current": {"job": "j", "step": "a", "total": 0}, "queue": None}, [])
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "Getting ready" in out and "No files are waiting" in out
 
 
 # -- a real browser -----------------------------------------------------------------------------
@@ -421,6 +419,7 @@ def chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
     exe = find_chromium()
     if exe is None:

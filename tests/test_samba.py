@@ -25,6 +25,9 @@ from test_hotfolder import Running, entries, filed, settings_for, wait_for
 
 from daemon.config import Settings
 
+# Drives a private smbd: seconds each (`pytest -m 'not slow'` leaves it out).
+pytestmark = pytest.mark.slow
+
 MiB = 1 << 20
 SETTLE = 2.0
 

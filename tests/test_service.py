@@ -13,7 +13,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
-from daemon.encode import FFmpeg
+from daemon.encode.ffmpeg import FFmpeg
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 from daemon.listeners.events import JobFinished
@@ -193,3 +193,22 @@ def test_recipe_failing_on_a_job_keeps_the_clip_and_other_outputs(
     assert "late" in (out / f"{out.name}.recipe-errors.txt").read_text()
     done = settings.paths.done / out.name
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in done.iterdir()} == before
+
+
+def test_start_sweeps_temporary_files_a_kill_left_beside_status_page_and_spool(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    state, outputs = settings.state_dir, settings.paths.outputs
+    (state / "webhooks").mkdir(parents=True)
+    outputs.mkdir(parents=True)
+    left = [
+        state / ".status.json.0badc0de.tmp",
+        outputs / ".index.html.12345678.tmp",
+        state / "webhooks" / ".4f2a.json.abcdef01.tmp",
+    ]
+    for path in left:
+        path.write_text("half written")
+    kept = outputs / "notes.tmp"  # not one of ours: no dot, no random suffix
+    kept.write_text("keep")
+    Service(settings, StubGenerator(), watch=False).run_once()
+    assert [p for p in left if p.exists()] == []
+    assert kept.read_text() == "keep"

@@ -9,7 +9,7 @@ import pytest
 
 from daemon.config import GenerationConfig, LimitsConfig
 from daemon.errors import SidecarError
-from daemon.job.sidecar import KNOWN_KEYS, SIDECAR_EXTS, JobParams, read_sidecar
+from daemon.job.sidecar import KNOWN_KEYS, JobParams, read_sidecar
 
 GEN = GenerationConfig(
     negative_prompt="blurry",
@@ -59,10 +59,6 @@ def error_of(path: Path, limits: LimitsConfig = LIMITS) -> str:
 
 def toml_error(tmp_path: Path, body: str) -> str:
     return error_of(write(tmp_path, "job.toml", 'prompt = "a cat"\n' + body))
-
-
-def test_sidecar_exts() -> None:
-    assert SIDECAR_EXTS == (".txt", ".toml", ".json")
 
 
 # --- .txt and encodings -------------------------------------------------------------------------

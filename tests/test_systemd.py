@@ -102,6 +102,10 @@ def test_unit_settings(name: str) -> None:
     assert any("nvidia-uvm" in v for v in d["DeviceAllow"])
     assert "/srv/i2vd" in d["ReadWritePaths"]
     assert "MemoryDenyWriteExecute" not in d and "PrivateDevices" not in d  # both break CUDA
+    # One capability, CAP_LEASE: leases on share users' files tell a stalled upload from a
+    # finished one (tests/test_systemd_boot.py proves it under a real systemd).
+    assert d["CapabilityBoundingSet"] == ["CAP_LEASE"] and d["AmbientCapabilities"] == ["CAP_LEASE"]
+    assert d["NoNewPrivileges"] == ["yes"] and d["ProtectHome"] == ["yes"]
 
 
 @pytest.mark.parametrize("name", ["i2vd.service", "i2vd@.service"])

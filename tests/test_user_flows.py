@@ -288,7 +288,7 @@ def test_a_second_ctrl_c_interrupts_and_puts_the_files_back(
     wait_for(lambda: lines.find("stop requested"), 5, "the warm stop to be explained")
     daemon.send_signal(signal.SIGINT)
     said = wait_for(lambda: lines.find("interrupting"), 5, "the cold stop to be explained")
-    assert "its files go back to the inbox" in str(said["event"])
+    assert "the files go back to the inbox" in str(said["event"])
     assert daemon.wait(30) == 0
     assert {p.name: digest(p) for p in inbox.glob("long.*")} == before
     assert jobs_in(share / "outputs") == [] and jobs_in(share / "failed") == []

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.config import ConfigError, load_settings
+from daemon.job.record import JobRecord
 from daemon.listeners.events import JobFinished
 from daemon.listeners.webhooks import WebhookSender
 
@@ -108,7 +109,9 @@ def receiver(receivers: list[Receiver], **kwargs: Any) -> Receiver:
 
 
 def done_event(tmp_path: Path, job: str = "cat_20260101_120000") -> JobFinished:
-    return JobFinished(job, "done", tmp_path / "outputs" / job, {**INFO, "job": job}, None)
+    return JobFinished(
+        job, "done", tmp_path / "outputs" / job, JobRecord.model_validate({**INFO, "job": job}), None
+    )
 
 
 def test_done_and_failed_are_delivered(tmp_path: Path, receivers: list[Receiver]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.engine.choices import FAMILY_CHOICES
 from daemon.errors import GenerationError
 
 # Names accepted by ``[model] family``.
@@ -35,7 +36,6 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 # ``boundary_ratio``; TI2V-5B has a 16x VAE and conditions on the image through its first latent
 # frame (``expand_timesteps``).
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
-FAMILY_CHOICES = ("auto", I2VGENXL, SVD, LTX, WAN, WAN22_A14B, WAN22_TI2V, COGVIDEOX)
 
 # model_index.json ``_class_name`` -> family.
 CLASS_NAMES = {

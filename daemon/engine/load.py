@@ -7,10 +7,10 @@ to run. torch and diffusers are imported lazily.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from daemon.engine.choices import check_device
 from daemon.engine.families import I2VGENXL, Family, detect_family
 from daemon.engine.interface import Generator
 from daemon.engine.options import EngineOptions
@@ -40,7 +40,6 @@ def model_kind(model_id: str) -> ModelKind:
     return "hub"
 
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _DTYPE_NAMES = {
     "float16": "float16",
     "fp16": "float16",
@@ -57,8 +56,10 @@ def resolve_device(device: str) -> torch.device:
     import torch
 
     name = device.strip().lower()
-    if not _DEVICE_RE.match(name):
-        raise ValueError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {device!r}.")
+    try:
+        check_device(name)
+    except ValueError as e:
+        raise ValueError(f"model.device {e}, not {device!r}.") from None
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):

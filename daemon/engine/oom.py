@@ -1,31 +1,12 @@
-"""Out of memory: recognise it, free what can be freed, and plan the next, smaller try.
+"""Out of memory: recognising it, freeing what can be freed, and planning the next, smaller try.
 
-When the GPU runs out of memory in the middle of a job, ``DiffusersGenerator.generate`` does not
-fail the job at once, whatever the model family. It frees memory and walks down the configured
-ladder (``model.oom_ladder``), one rung at a time, each rung as often as it still applies:
-
-- ``lower_resolution``: the next smaller short side of ``model.oom_resolutions`` (by default
-  1024 -> 768 -> 640 -> 512 -> 384); the long side keeps the clip's aspect ratio and the model's
-  size multiple, and the image is centre-cropped to the new size again (never stretched);
-- ``fewer_frames``: half the frames, down to ``model.oom_min_frames``, rounded to a count the model
-  family takes (Wan 81 -> 37 -> 17 -> 9: 4k+1);
-- ``cpu_offload``: keep only the running part of the model on the GPU (``model`` offload; CUDA
-  only, slower, and a no-op rung when offload is already on).
-
-Only when no rung applies any more does the job fail, with an ``error.txt`` that says which
-settings to lower. Whatever finally worked is recorded in the job's JOB.json (``generation``).
-
-Out-of-memory in the VAE decode (after all denoising steps) is cheaper to rescue and is handled
-before this ladder, inside the pipeline's own call: ``rescued_decode`` repeats the failed decode
-in halves (the UNet families decode frames in batches), then tiled, keeping the denoised latents.
-
-A GPU's out-of-memory error cannot be provoked on a CPU-only machine, so this module also ships
-the fault injector the tests use: ``InjectOOM`` (or the ``I2VD_INJECT_OOM`` environment variable)
-raises a genuine ``torch.OutOfMemoryError`` from inside the real pipeline (its denoiser or its VAE
-decoder) when the work is larger than a threshold. It is never active unless a test (or an
-operator rehearsing failures) turns it on.
-
-torch is imported lazily here, like everywhere outside ``DiffusersGenerator``.
+Owns the ladder (``model.oom_ladder``: lower resolution, fewer frames, CPU offload) that
+``DiffusersGenerator.generate`` walks down, the decode rescue (``rescued_decode``: a failed VAE
+decode repeated in halves, then tiled, inside the pipeline's own call) and the words of the
+``error.txt`` when nothing is left. Also the fault injector ``InjectOOM`` (or the
+``I2VD_INJECT_OOM`` variable), which raises a genuine ``torch.OutOfMemoryError`` from inside the
+real pipeline above a size: how tests (and operators rehearsing) reach these paths without a
+GPU. torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -100,7 +81,7 @@ class Setting:
     width: int
     height: int
     num_frames: int
-    offload: str  # "none" | "model" | "sequential"
+    offload: str  # "none" | "model" | "sequential" | "group"
 
     @property
     def short_side(self) -> int:

@@ -29,15 +29,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.engine.adapters import AdapterSpec
+from daemon.engine.choices import (
+    ATTENTION_CHOICES,
+    CACHE_CHOICES,
+    COMPILE_MODES,
+    COMPILE_SCOPES,
+    OFFLOAD_CHOICES,
+    QUANTIZE_CHOICES,
+)
 from daemon.engine.families import Family
 from daemon.engine.oom import Ladder, first_line, parse_short_sides
-from daemon.engine.quantize import QUANTIZE_CHOICES, quantize_denoisers
+from daemon.engine.quantize import quantize_denoisers
 
-ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "xformers", "eager")
-OFFLOAD_CHOICES = ("none", "model", "sequential", "group")
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-COMPILE_SCOPES = ("regional", "full")
-CACHE_CHOICES = ("none", "first_block", "pyramid", "taylorseer")
 # torch.compile keeps one compiled graph per clip shape; its default limit of 8 would silently fall
 # back to eager for the ninth aspect ratio. Sizes are bucketed, so a daemon sees a bounded set.
 RECOMPILE_LIMIT = 64

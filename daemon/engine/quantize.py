@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from daemon.engine.choices import QUANTIZE_CHOICES
 from daemon.engine.families import Family
 
-QUANTIZE_CHOICES = ("none", "int8", "fp8")
 FP8_CAPABILITY = (8, 9)  # Ada Lovelace and Hopper: the first GPUs with FP8 tensor cores
 
 

@@ -214,28 +214,3 @@ def build_tiny(dest: Path) -> Path:
     Returns ``dest``, loadable with ``I2VGenXLPipeline.from_pretrained(dest)``.
     """
     return build_once(dest, _build_pipeline, {"version": TINY_VERSION, "seed": _SEED})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling on the same file system, so the final rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is not secret and other users may load it
-    try:
-        pipe = _build_pipeline()
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        marker = json.dumps({"version": TINY_VERSION, "seed": _SEED}) + "\n"
-        (tmp / MARKER).write_text(marker, encoding="utf-8")
-        if dest.exists() and not is_complete(dest):
-            # A half-written or outdated build (older recipe, or a copy interrupted by hand): replace it.
-            # Renamed aside first so no reader ever sees a folder that is being deleted.
-            stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
-            with contextlib.suppress(FileNotFoundError):  # someone else removed it meanwhile
-                os.rename(dest, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # Another process finished first (dest is now a non-empty folder): use its build.
-            if not is_complete(dest):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest

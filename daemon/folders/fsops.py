@@ -14,6 +14,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import unicodedata
 import uuid
@@ -94,6 +95,24 @@ def remove_temps(target: Path) -> None:
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 Path(entry.path).unlink(missing_ok=True)
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def sweep_temps(folder: Path) -> int:
+    """Remove every temporary file a kill -9 mid-write left in ``folder`` (the daemon's own folders
+    only: status.json's, the share page's, the webhook spool's); returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:

@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from daemon.config import Settings
-from daemon.encode import EncodeResult, encode_job, select_ffmpeg
+from daemon.encode.ffmpeg import select_ffmpeg
+from daemon.encode.onepass import EncodeResult, encode_job
 from daemon.engine.interface import GenerationResult
 from daemon.folders import fsops
 from daemon.folders.jobs import Job

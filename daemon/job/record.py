@@ -104,7 +104,7 @@ class JobRecord(_Part):
     recipes: dict[str, RecipeOutcome] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=False)
+        return self.model_dump(mode="json", exclude_unset=True)
 
     @classmethod
     def read(cls, folder: Path) -> JobRecord:

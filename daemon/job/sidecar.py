@@ -1,32 +1,14 @@
-"""The prompt file ("sidecar") that comes with each image: reading and checking it.
+"""The prompt file ("sidecar") beside each image: reading it and checking every value.
 
-A sidecar is ``NAME.txt`` (the whole file is the prompt), ``NAME.toml`` or ``NAME.json`` (a table of
-generation settings, see SPEC.md "Sidecar"). This module only parses: the values a user wrote are
-checked against the configured limits and returned as plain data, never evaluated, formatted into
-commands or used as paths.
+``NAME.txt`` is the whole prompt; ``NAME.toml`` and ``NAME.json`` are tables of generation
+settings. Values are checked against ``[limits]`` and returned as plain data, never evaluated,
+formatted into commands or used as paths; every problem of a file is reported at once, one line
+each, naming the key, the value and what is allowed.
 
-Rules worth knowing (README material):
-
-- The file is read once, at most ``limits.max_sidecar_bytes`` bytes; a bigger file is refused.
-- Text encodings: UTF-8 with or without BOM, UTF-16 LE/BE with BOM (Windows Notepad). Anything else,
-  and any file holding control characters (binary data), is refused with "save it as UTF-8".
-  CRLF and lone CR line ends become LF.
-- ``.txt``: surrounding white space is trimmed; an empty prompt is refused.
-- ``prompt`` and ``negative_prompt`` are trimmed and hold at most ``limits.max_prompt_chars``
-  characters each; ``negative_prompt = ""`` means "no negative prompt".
-- Whole-number keys (``num_frames``, ``fps``, ``steps``, ``seed``) must be written without a
-  decimal point: ``16.0`` is refused (with a hint to write ``16``), and so are ``true``/``false``.
-  ``guidance_scale`` accepts ``9`` or ``9.0``; NaN and infinities are refused.
-- ``resolution`` must be one of ``limits.resolutions``, written exactly (``"512p"``).
-- ``recipes``: a list of recipe names known to the config (letters, digits, ``_``, ``-``; at most
-  64 characters). A name listed twice runs once. An empty list means "the master clip only".
-- ``loras``: a list of LoRA adapter names the config defines (``[loras.NAME]``), added to the
-  always-on ones for this job only. Names only: a path or a Hub id is refused, so a prompt file can
-  never make the daemon read a file of its choosing.
-- ``steps`` and ``guidance_scale`` left out: the adapter's, the config's or the model's published
-  value (decided in ``daemon.job.prepare``; JOB.json records which).
-- JSON: the top level must be an object; duplicate keys and NaN/Infinity are refused.
-- Every problem of a file is reported at once, one line each.
+``loras`` names adapters the config defines (``[loras.NAME]``), added for this job only; names
+only, so a prompt file can never make the daemon read a file of its choosing. ``steps`` and
+``guidance_scale`` left out are decided in ``daemon.job.prepare`` (an adapter's, the config's or
+the model's published value; JOB.json records which).
 """
 
 from __future__ import annotations
@@ -41,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
 
 if TYPE_CHECKING:
@@ -60,9 +43,6 @@ KNOWN_KEYS = (
     "recipes",
     "loras",
 )
-
-# What a recipe name may look like before it is even compared with the configured ones.
-RECIPE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 # C0 controls other than tab and line feed (CR is normalised away first), DEL and the C1 range:
 # a text file never holds them, binary data nearly always does.
@@ -476,7 +456,7 @@ def _check_recipes(
             problems.append(
                 f"recipes: {_show(item)} is {_kind(item)}; each recipe is a name in double quotes."
             )
-        elif not RECIPE_NAME_RE.fullmatch(item) or item not in known:
+        elif not is_recipe_name(item) or item not in known:  # shape first: never trust a name
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."
             problems.append(f"recipes: there is no recipe called {_show(item)}{hint} Available: {available}.")

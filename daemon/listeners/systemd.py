@@ -80,11 +80,6 @@ def reloading() -> bool:
     return notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
 
-def extend_timeout(seconds: float) -> bool:
-    """Ask for ``seconds`` more before systemd gives up on a start or stop in progress."""
-    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-
-
 def _watchdog_usec() -> int | None:
     try:
         usec = int(os.environ.get("WATCHDOG_USEC", ""))

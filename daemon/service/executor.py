@@ -136,10 +136,13 @@ class Executor(Protocol):
 class ThreadExecutor:
     """Generators in this process, one thread each; ``capacity`` is how many there are."""
 
-    def __init__(self, generators: Sequence[Generator], *, board: ProgressBoard | None = None) -> None:
+    def __init__(
+        self, generators: Sequence[Generator], *, board: ProgressBoard | None = None, owned: bool = True
+    ) -> None:
         if not generators:
             raise ValueError("a ThreadExecutor needs at least one generator")
         self.generators = list(generators)
+        self._owned = owned  # close() lets go of the models too (not when the caller keeps them)
         self.board = board or ProgressBoard()
         self._queue: queue.Queue[tuple[str, GenerationRequest, Future[GenerationResult]] | None] = (
             queue.Queue()
@@ -185,8 +188,9 @@ class ThreadExecutor:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
-        for gen in self.generators:
-            gen.close()
+        if self._owned:
+            for gen in self.generators:
+                gen.close()
 
     def _work(self, name: str, gen: Generator) -> None:
         while (item := self._queue.get()) is not None:

@@ -17,7 +17,6 @@ threads at once.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -30,10 +29,14 @@ from typing import IO
 
 from daemon import logs
 from daemon.config import Settings
-from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
+from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
+from daemon.encode.onepass import validate_recipe
 from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
-from daemon.folders.jobs import Folders, Job, claim, recover
+from daemon.folders import fsops
+from daemon.folders.claim import claim
+from daemon.folders.jobs import Folders, Job
+from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Generated, Result
@@ -47,7 +50,7 @@ from daemon.service.executor import Cancelled, Executor, ThreadExecutor
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.scanning import InboxMonitor
-from daemon.service.status_file import write_status
+from daemon.service.status_file import build_status, write_status
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
@@ -90,7 +93,7 @@ class Service:
         self.clock = clock
         self._work = threading.Event()  # for the loop: jobs ready, a job finished, progress, a stop
         if isinstance(executor, Generator):
-            executor = ThreadExecutor([executor])
+            executor = ThreadExecutor([executor], owned=False)  # the caller keeps its model
         self.executor: Executor = executor
         self.executor.board.on_change = self._work.set
         self.executor.board.clock = clock
@@ -106,6 +109,7 @@ class Service:
         self.results: deque[Result] = deque(maxlen=50)
         self._resume: deque[Job] = deque()
         self._flights: dict[str, _Flight] = {}  # in submission order
+        self._done: deque[str] = deque()  # jobs whose generation ended, in that order
         self._stop_at: float | None = None
         self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
         self._cancelled = False
@@ -175,6 +179,10 @@ class Service:
             )
         self.folders.ensure()
         self._lock = take_lock(self.folders.state)
+        # What a kill -9 mid-write left beside status.json, the share page and the webhook spool;
+        # claimed jobs' leftovers are recovery's.
+        for folder in (self.folders.state, self.folders.outputs, self.folders.state / "webhooks"):
+            fsops.sweep_temps(folder)
         # The page for the people on the share is part of the product, not an option.
         self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
         self.filer.start()
@@ -345,16 +353,22 @@ class Service:
             self.filer.put(Failed(job, INTERNAL_ERROR))
         else:
             future = self.executor.submit(job.name, prepared.request)
-            future.add_done_callback(lambda _f: self._work.set())
+            future.add_done_callback(lambda _f, name=job.name: self._finished_order(name))
             self._flights[job.name] = _Flight(prepared, future, self.clock())
         self.publish_status()
 
+    def _finished_order(self, name: str) -> None:
+        """A future's done callback (on the worker's thread): note the order, wake the loop."""
+        self._done.append(name)
+        self._work.set()
+
     def _collect(self) -> None:
-        """Hand every finished job to the filing thread, in the order they were submitted."""
-        for name, flight in list(self._flights.items()):
-            if not flight.future.done():
+        """Hand every finished job to the filing thread, in the order they finished."""
+        while self._done:
+            name = self._done.popleft()
+            flight = self._flights.pop(name, None)
+            if flight is None:
                 continue
-            del self._flights[name]
             job = flight.prepared.job
             log = self.log.bind(job=name)
             item: Generated | Failed
@@ -420,53 +434,25 @@ class Service:
 
     def publish_status(self, state: str | None = None) -> None:
         now = self.clock()
-        workers = self.executor.board.snapshot()
-        running = [
-            {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
-            for w in workers
-            if w.job is not None
-        ]
-        # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
-        started = {r["job"] for r in running}
-        running += [
-            {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
-            for name in list(self._flights)
-            if name not in started
-        ]
         queue, ready = self.monitor.queued()
-        scanner = self.monitor.scanner
         with self._status_lock:
             self._status_at = now
             self._board_seen = self.executor.board.version
-            status = {
-                "state": state or ("busy" if self._flights else "idle"),
-                "pid": os.getpid(),
-                "model": self.executor.model.model_id,
-                "current": running[0] if running else None,
-                "running": running,
-                "workers": [
-                    {
-                        "name": w.name,
-                        "host": w.host,
-                        "device": w.device,
-                        "state": w.state,
-                        "job": w.job,
-                        "error": w.error,
-                    }
-                    for w in workers
-                ],
-                "encoding": list(self.filer.encoding),
-                "queue": queue,
-                "queue_length": ready + len(self._resume),
-                # Seen but not ready: still being written, or waiting for the other file of its pair.
-                "arriving": [list(p) for p in scanner.pending],
-                "inbox_missing": scanner.missing,
-                "inbox_problem": scanner.missing_reason,
-                "recent": [
+            status = build_status(
+                state=state or ("busy" if self._flights else "idle"),
+                model=self.executor.model.model_id,
+                workers=self.executor.board.snapshot(),
+                in_flight=list(self._flights),
+                encoding=list(self.filer.encoding),
+                queue=queue,
+                queue_length=ready + len(self._resume),
+                scanner=self.monitor.scanner,
+                recent=[
                     {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
                     for r in reversed(self.results)
                 ][:20],
-            }
+                now=now,
+            )
             write_status(self.folders.state, status)
             self._tell(lambda listener: listener.on_status(status))
 

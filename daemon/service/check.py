@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
-from daemon.encode import FFmpegUnavailable, select_ffmpeg, validate_recipe
+from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
+from daemon.encode.onepass import validate_recipe
 from daemon.engine.families import defaults_problem
 from daemon.folders.watch import filesystem_type, watch_mode
 

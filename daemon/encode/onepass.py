@@ -7,18 +7,15 @@ decode, with the frames it should have) and renamed into place only then, so not
 half-written or empty. When the combined run fails, the master and then each failed recipe are
 retried alone, so one broken recipe costs only its own file.
 
-The ffmpeg is a deliberate choice (``select_ffmpeg``): the binary pinned with imageio-ffmpeg, or
-the one ``[output] ffmpeg`` names; never whatever is on PATH.
+Which ffmpeg runs, and the read-back check, are in ``daemon.encode.ffmpeg``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import secrets
-import subprocess
 import tempfile
 import threading
 import time
@@ -26,7 +23,6 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,9 +30,10 @@ import ffmpeg
 import numpy as np
 from ffmpeg.nodes import FilterNode
 
+from daemon.encode.ffmpeg import ADDRESS_RE, NOISE_RE, FFmpeg, count_frames, select_ffmpeg
+from daemon.encode.recipes import ClipInfo, FrameCount, RecipeConfig, check_recipe_name
 from daemon.errors import EncodeError
 from daemon.folders.fsops import fsync_dir
-from daemon.recipes import ClipInfo, FrameCount, RecipeConfig, check_recipe_name
 
 MASTER_KEY = "master"
 #: The master is the clip users keep; it gets more bits than the CRF-23 delivery recipes.
@@ -56,118 +53,6 @@ _ERROR_LINES = 4
 # instead of a valid-looking file with no frames. Not every build honours it for one output of
 # several (Debian's 5.1 exits 0 with a 262-byte mp4), hence the read-back check as well.
 _GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-abort_on", "empty_output")
-
-
-class FFmpegUnavailable(EncodeError, RuntimeError):
-    """The ffmpeg to use is missing, does not run, or cannot encode H.264.
-
-    Also a RuntimeError, which is what imageio-ffmpeg raises for the same problem, so callers
-    that check the set-up catch either.
-    """
-
-
-# --- choosing ffmpeg ------------------------------------------------------------------------
-
-#: The config key that names another ffmpeg; messages name it so the operator knows what to change.
-FFMPEG_KEY = "output.ffmpeg"
-
-
-@dataclass(frozen=True)
-class FFmpeg:
-    """The ffmpeg binary in use, and why it was chosen."""
-
-    path: str
-    #: What ``ffmpeg -version`` calls itself, e.g. ``5.1.9-0+deb12u1``.
-    version: str
-    #: "imageio-ffmpeg 0.8.1" for the pinned binary, or the config key that named it.
-    chosen_by: str
-
-    def describe(self) -> str:
-        return f"{self.path} (ffmpeg {self.version}, from {self.chosen_by})"
-
-
-def _pinned_path() -> tuple[str, str]:
-    """The ffmpeg binary inside the installed imageio-ffmpeg wheel, and that wheel's version.
-
-    Not ``imageio_ffmpeg.get_ffmpeg_exe()``: that honours $IMAGEIO_FFMPEG_EXE and falls back to
-    whatever ffmpeg is on PATH, the very machine-to-machine difference the pin exists to remove.
-    """
-    try:
-        from importlib import metadata, resources
-
-        version = metadata.version("imageio-ffmpeg")
-        folder = resources.files("imageio_ffmpeg.binaries")
-        found = sorted(
-            str(entry) for entry in folder.iterdir() if entry.name.startswith("ffmpeg") and entry.is_file()
-        )
-    except (ImportError, metadata.PackageNotFoundError, OSError):
-        raise FFmpegUnavailable(
-            "imageio-ffmpeg is not installed, so i2vd has no ffmpeg of its own: reinstall i2vd "
-            f"(pip install i2v-daemon), or set {FFMPEG_KEY} to an ffmpeg built with libx264"
-        ) from None
-    if not found:
-        raise FFmpegUnavailable(
-            f"imageio-ffmpeg {version} has no ffmpeg binary for this platform: set {FFMPEG_KEY} "
-            'to an ffmpeg built with libx264 (e.g. "/usr/bin/ffmpeg")'
-        )
-    return found[0], version
-
-
-@functools.cache
-def select_ffmpeg(configured: str | os.PathLike[str] | None = None) -> FFmpeg:
-    """The ffmpeg to run: the one imageio-ffmpeg pins, or ``configured`` ([output] ffmpeg).
-
-    Never whatever happens to be on PATH: Debian's ffmpeg 5.1 writes an empty file for a split
-    output that got no frames and exits 0, Fedora's has no libx264, and a job must come out the
-    same on every machine. Checked once per binary: it runs, and it can encode H.264 (the master).
-    """
-    if configured is None:
-        path, wheel = _pinned_path()
-        chosen_by = f"imageio-ffmpeg {wheel}"
-        fix = f'set {FFMPEG_KEY} to an ffmpeg built with libx264 (e.g. "/usr/bin/ffmpeg")'
-    else:
-        path, chosen_by = str(configured), FFMPEG_KEY
-        fix = f"set {FFMPEG_KEY} to an ffmpeg built with libx264, or remove it to use the one i2vd ships"
-        if not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise FFmpegUnavailable(f"{FFMPEG_KEY} = {path!r} is not an executable file: {fix}")
-    try:
-        proc = subprocess.run(
-            [path, "-hide_banner", "-nostdin", "-version"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise FFmpegUnavailable(f"ffmpeg {path} ({chosen_by}) does not run: {exc}; {fix}") from None
-    match = re.match(r"ffmpeg version (\S+)", proc.stdout)
-    if proc.returncode != 0 or match is None:
-        raise FFmpegUnavailable(f"{path} ({chosen_by}) is not a working ffmpeg; {fix}")
-    if not _has_libx264(path):
-        raise FFmpegUnavailable(
-            f"ffmpeg {path} ({chosen_by}) cannot encode H.264 (it has no libx264 encoder); {fix}"
-        )
-    return FFmpeg(path=path, version=match.group(1), chosen_by=chosen_by)
-
-
-def ffmpeg_exe() -> str:
-    """Path of the default ffmpeg (the pinned one), for benchmarks and diagnostics."""
-    return select_ffmpeg(None).path
-
-
-def ffmpeg_version() -> str:
-    """Version of the default ffmpeg (the pinned one), e.g. for benchmark headers."""
-    return select_ffmpeg(None).version
-
-
-def _has_libx264(exe: str) -> bool:
-    try:
-        proc = subprocess.run(
-            [exe, "-hide_banner", "-nostdin", "-encoders"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0 and re.search(r"^\s*V\S*\s+libx264\s", proc.stdout, re.MULTILINE) is not None
 
 
 # --- results --------------------------------------------------------------------------------
@@ -293,25 +178,6 @@ def _build_command(width: int, height: int, fps: int, targets: list[_Target]) ->
     return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).overwrite_output()
 
 
-def command_line(
-    width: int,
-    height: int,
-    fps: int,
-    frames: int,
-    out_dir: Path,
-    stem: str,
-    recipes: Mapping[str, RecipeConfig],
-    *,
-    ffmpeg: FFmpeg | None = None,
-) -> list[str]:
-    """The argv the combined run would use (temp names included), for logs and debugging."""
-    clip = ClipInfo(frames=frames, fps=fps, width=width - width % 2, height=height - height % 2)
-    out_dir = Path(os.path.abspath(out_dir))
-    targets = _targets(out_dir, stem, "XXXXXXXX", clip, recipes, {})
-    exe = (ffmpeg or select_ffmpeg(None)).path
-    return list(_build_command(clip.width, clip.height, fps, targets).compile(cmd=exe))
-
-
 def _targets(
     out_dir: Path,
     stem: str,
@@ -379,14 +245,6 @@ def _run(frames: np.ndarray, fps: int, targets: list[_Target], exe: str, timeout
     return _RunOutcome(returncode, list(stderr), argv, timed_out.is_set())
 
 
-_ADDRESS_RE = re.compile(r" @ 0x[0-9a-fA-F]+")
-# ffmpeg's generic epilogue after the real error; keeping it would push the cause out of view.
-_NOISE_RE = re.compile(
-    r"(^Exiting with exit code|^Conversion failed!|Terminating thread with return code"
-    r"|Task finished with error|^Error opening output files?\b|^Error initializing complex filters"
-    r"|^Invalid argument$)"
-)
-
 _EMPTY_RE = re.compile(r"Empty output|Output file is empty|received no packets", re.IGNORECASE)
 
 
@@ -395,13 +253,13 @@ def _error_text(run: _RunOutcome, targets: list[_Target], timeout: float) -> str
         return f"ffmpeg did not finish within {timeout:.0f} seconds and was stopped"
     lines: list[str] = []
     for line in run.stderr:
-        line = _ADDRESS_RE.sub("", line)
+        line = ADDRESS_RE.sub("", line)
         for target in targets:
             # Users and operators know the final names, not our temp names.
             line = line.replace(str(target.tmp), target.final.name)
         if line not in lines:
             lines.append(line)
-    meaningful = [line for line in lines if not _NOISE_RE.search(line)] or lines
+    meaningful = [line for line in lines if not NOISE_RE.search(line)] or lines
     if not meaningful:
         return f"ffmpeg failed (exit status {run.returncode}) without saying why"
     said = "\n".join(meaningful[-_ERROR_LINES:])
@@ -413,37 +271,7 @@ def _error_text(run: _RunOutcome, targets: list[_Target], timeout: float) -> str
 
 # --- checking what ffmpeg wrote -------------------------------------------------------------
 
-# One decoder thread: for a short clip the threads cost more to start than they save (704x512,
-# 16 frames: 37 ms instead of 49 ms; 1080x1920: 69 instead of 129), and outputs are checked in parallel.
-_VERIFY_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-xerror", "-threads", "1")
 
-
-def count_frames(path: Path | str, exe: str, timeout: float = 60.0) -> tuple[int | None, str | None]:
-    """Decode the first video stream of ``path`` with ``exe``; return (frames, None) or (None, why not).
-
-    The same ffmpeg that wrote the file reads it back (imageio-ffmpeg ships no ffprobe): every
-    frame is decoded into the null muxer, ``-xerror`` turns any decode error into a failure, and
-    ``-progress`` reports the count as ``frame=N`` in a format that has not changed in years.
-    """
-    argv = [exe, *_VERIFY_ARGS, "-i", str(path), "-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"reading it back took more than {timeout:.0f} seconds"
-    except OSError as exc:
-        return None, f"could not start ffmpeg to read it back: {exc}"
-    if proc.returncode != 0:
-        if "matches no streams" in proc.stderr:
-            return None, "it holds no video (ffmpeg wrote an empty file)"
-        name = os.path.basename(str(path))
-        lines = [_ADDRESS_RE.sub("", line).replace(str(path), name) for line in proc.stderr.splitlines()]
-        lines = [line for line in lines if line.strip() and not _NOISE_RE.search(line)]
-        detail = "; ".join(lines[-2:]) or f"exit status {proc.returncode}"
-        return None, f"it does not decode: {detail}"
-    counts = re.findall(r"^frame=\s*(\d+)\s*$", proc.stdout, re.MULTILINE)
-    if not counts:
-        return None, "ffmpeg reported no frame count when reading it back"
-    return int(counts[-1]), None
 
 
 def _verify(target: _Target, exe: str, timeout: float) -> str | None:
@@ -652,42 +480,3 @@ def validate_recipe(
     return results[name]
 
 
-# --- probing (tests, check) -----------------------------------------------------------------
-
-
-def probe(path: Path | str) -> dict[str, Any]:
-    """Describe the first video stream of ``path`` by decoding it with PyAV.
-
-    Returns codec, pix_fmt, width, height, frames (decoded, so exact), fps (Fraction, the
-    stream's average rate) and duration (seconds from the last frame's end, float).
-    """
-    import av  # Imported here: only tests and diagnostics need it, not the encode path.
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        codec = stream.codec_context.name
-        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
-        count = 0
-        last_time: float | None = None
-        pix_fmt = None
-        width = height = 0
-        for frame in container.decode(stream):
-            count += 1
-            last_time = frame.time
-            pix_fmt = frame.format.name
-            width, height = frame.width, frame.height
-        fmt = container.format.name
-    fps_fraction = Fraction(fps) if fps else None
-    duration = None
-    if last_time is not None and fps_fraction:
-        duration = last_time + float(1 / fps_fraction)
-    return {
-        "format": fmt,
-        "codec": codec,
-        "pix_fmt": pix_fmt,
-        "width": width,
-        "height": height,
-        "frames": count,
-        "fps": fps_fraction,
-        "duration": duration,
-    }

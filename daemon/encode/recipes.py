@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from daemon.encode.filtergraph import RecipeError, filter_names, prefix_labels
 
 RECIPE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 _RECIPE_NAME_RE = re.compile(RECIPE_NAME_PATTERN)
@@ -51,7 +52,6 @@ PLACEHOLDERS: tuple[str, ...] = (
 # ``%{...}`` is drawtext's own expansion syntax, so a brace right after ``%`` is never ours; any
 # other ``{...}`` must be a known placeholder, so a typo fails at load time instead of reaching ffmpeg.
 _PLACEHOLDER_RE = re.compile(r"(?<!%)\{([^{}]*)\}")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 _EXT_RE = re.compile(r"^[A-Za-z0-9]{1,10}$")
 # Encoder names are short identifiers (libx264, h264_nvenc, libvpx-vp9); never an option.
 _CODEC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -159,10 +159,6 @@ FRAME_PRESERVING_FILTERS: frozenset[str] = frozenset(
 _TIMING_OPTIONS = frozenset({"r", "t", "to", "ss", "sseof", "fpsmax", "vsync", "fps_mode", "shortest"})
 # Names i2vd gives its own files in the job folder; a recipe's short name must not take them.
 _RESERVED_SHORT_NAMES = frozenset({"mp4", "json", "log"})
-
-
-class RecipeError(ValueError):
-    """A recipe definition that cannot work; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +304,7 @@ class RecipeConfig(BaseModel):
             return values[name]
 
         text = ",".join(_PLACEHOLDER_RE.sub(fill, item.strip()) for item in self.filters)
-        return _prefix_labels(text, label_prefix)
+        return prefix_labels(text, label_prefix)
 
     def pix_fmt(self) -> str | None:
         """The pixel format the output will be encoded in, when it is fixed by the recipe."""
@@ -395,179 +391,16 @@ def _option_text(value: OptionValue) -> str:
     return str(value)
 
 
-def _prefix_labels(text: str, prefix: str) -> str:
-    """Rename every ``[label]`` outside quotes to ``[{prefix}label]``, following ffmpeg's own tokenizer.
-
-    ffmpeg ends a filter's arguments at an unquoted ``[``, so every unquoted bracket pair is a
-    link label; backslash escapes one character and single quotes protect everything up to the
-    next quote.
-    """
-    out: list[str] = []
-    i = 0
-    n = len(text)
-    quoted = False
-    first_label_at: int | None = None
-    last_label_end = -1
-    while i < n:
-        ch = text[i]
-        if quoted:
-            out.append(ch)
-            if ch == "'":
-                quoted = False
-            i += 1
-        elif ch == "\\":
-            out.append(text[i : i + 2])
-            i += 2
-        elif ch == "'":
-            quoted = True
-            out.append(ch)
-            i += 1
-        elif ch == "[":
-            end = text.find("]", i + 1)
-            label = text[i + 1 : end] if end != -1 else text[i + 1 :]
-            if end == -1 or not _LABEL_RE.fullmatch(label):
-                raise RecipeError(
-                    f"filter link label [{label}] must be 1 to 32 letters, digits or underscores "
-                    "(the clip comes into the first filter by itself: no [0:v] needed)"
-                )
-            if first_label_at is None:
-                first_label_at = i
-            last_label_end = end
-            out.append(f"[{prefix}{label}]")
-            i = end + 1
-        else:
-            out.append(ch)
-            i += 1
-    if quoted:
-        raise RecipeError("filters have an unclosed ' quote")
-    if first_label_at is not None and not text[:first_label_at].strip():
-        raise RecipeError(
-            "filters must not start with an input [label]: the clip goes into the first filter by itself"
-        )
-    if last_label_end != -1 and not text[last_label_end + 1 :].strip():
-        raise RecipeError(
-            "filters must not end with an output [label]: the last filter's output is the recipe's file"
-        )
-    return "".join(out)
-
-
-def filter_names(text: str) -> list[str]:
-    """The filter names in filtergraph ``text`` (``scale=1:2,fade=t=in`` -> scale, fade).
-
-    Splits on unquoted, unescaped ``,`` and ``;`` and drops ``[labels]``, as ffmpeg reads it.
-    """
-    names: list[str] = []
-    current: list[str] = []
-    quoted = False
-    i = 0
-
-    def close() -> None:
-        spec = re.sub(r"^\s*(\[[^\]]*\]\s*)*", "", "".join(current))
-        name = re.split(r"[=@\s\[]", spec, maxsplit=1)[0]
-        if name:
-            names.append(name)
-        current.clear()
-
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            quoted = ch != "'"
-        elif ch == "\\":
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        elif ch == "'":
-            quoted = True
-        elif ch in ",;":
-            close()
-            i += 1
-            continue
-        current.append(ch)
-        i += 1
-    close()
-    return names
+def is_recipe_name(name: str) -> bool:
+    """Whether ``name`` has the shape of a recipe name (the one rule; config and sidecars use it)."""
+    return isinstance(name, str) and _RECIPE_NAME_RE.fullmatch(name) is not None
 
 
 def check_recipe_name(name: str) -> str:
     """Return ``name`` if it is a valid recipe name, else raise RecipeError naming the rule."""
-    if not isinstance(name, str) or not _RECIPE_NAME_RE.fullmatch(name):
+    if not is_recipe_name(name):
         raise RecipeError(
             f"recipe name {name!r} must be 1 to 32 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
     return name
-
-
-_H264 = {"crf": 23, "preset": "fast", "pix_fmt": "yuv420p", "movflags": "+faststart"}
-
-BUILTIN_RECIPES: dict[str, RecipeConfig] = {
-    "vertical": RecipeConfig(
-        description="1080x1920 H.264 for phones: scaled to fit, padded centred",
-        ext="mp4",
-        codec="libx264",
-        filters=[
-            "scale=1080:1920:force_original_aspect_ratio=decrease:flags=lanczos",
-            "pad=1080:1920:(ow-iw)/2:(oh-ih)/2",
-            "setsar=1",
-        ],
-        options=dict(_H264),
-    ),
-    "h264": RecipeConfig(
-        description="H.264 (CRF 23, preset fast) at the clip's size",
-        ext="mp4",
-        codec="libx264",
-        options=dict(_H264),
-    ),
-    "fps30": RecipeConfig(
-        description="30 frames per second (frames repeated), same duration as the clip",
-        ext="mp4",
-        codec="libx264",
-        fps=30,
-        options=dict(_H264),
-    ),
-    "poster": RecipeConfig(
-        description="the first frame as PNG",
-        ext="png",
-        codec="png",
-        frames=1,
-    ),
-    "fade": RecipeConfig(
-        description="H.264 that fades in from black and out to black",
-        ext="mp4",
-        codec="libx264",
-        filters=[
-            "fade=t=in:st=0:d={fade_duration}",
-            "fade=t=out:st={fade_out_start}:d={fade_duration}",
-        ],
-        options=dict(_H264),
-    ),
-    "gif": RecipeConfig(
-        description="small looping GIF preview (at most 320 pixels a side)",
-        ext="gif",
-        codec="gif",
-        filters=[
-            "scale=w='min(320,iw)':h='min(320,ih)':force_original_aspect_ratio=decrease:flags=lanczos",
-            # One palette for the whole clip looks far better than the fixed 256-colour default.
-            "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=5",
-        ],
-        options={"loop": 0},
-    ),
-}
-
-
-def effective_recipes(
-    builtin: Mapping[str, RecipeConfig],
-    operator_overrides: Mapping[str, RecipeConfig | Mapping[str, Any]] | None,
-) -> dict[str, RecipeConfig]:
-    """The recipes in force: built-ins, then the operator's tables.
-
-    An operator table replaces a built-in of the same name whole (no field-by-field merge, so
-    what the config says is all there is); ``enabled = false`` removes it.
-    """
-    merged: dict[str, RecipeConfig] = {}
-    for name, recipe in builtin.items():
-        merged[check_recipe_name(name)] = recipe
-    for name, recipe in (operator_overrides or {}).items():
-        check_recipe_name(name)
-        merged[name] = recipe if isinstance(recipe, RecipeConfig) else RecipeConfig.model_validate(recipe)
-    return {name: recipe for name, recipe in merged.items() if recipe.enabled}

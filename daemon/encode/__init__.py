@@ -1,0 +1,1 @@
+"""ffmpeg: which binary, the one-pass graph from frames, and the recipes."""

@@ -1,0 +1,173 @@
+"""Reading back what a crash left under ``claimed/`` and finishing it, at every start."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from daemon import logs
+from daemon.folders import fsops, names
+from daemon.folders.claim import Changed, check_regular, copied_across, put_back
+from daemon.folders.jobs import RECORD, RETURNING, Folders, Job, JobState, write_record
+from daemon.folders.names import ERROR_FILE
+from daemon.folders.publish import settle_inputs
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def claimed_jobs(folders: Folders) -> Iterator[Path]:
+    """Every job folder under claimed/, including one a crash left before its record was written.
+
+    Mirrored inbox subfolders are walked through; a job folder is one with a record, or one
+    named like a job holding only a half-written record or an ``inputs`` folder of files.
+    """
+
+    def walk(folder: Path) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if (path / RECORD).exists():
+                yield path
+                continue
+            if names.is_job_name(entry.name):
+                kids = os.listdir(path)
+                inputs = path / "inputs"
+                if all(_is_temp(k) for k in kids) or (
+                    inputs.is_dir()
+                    and all((inputs / k).is_file() for k in os.listdir(inputs))
+                    and set(kids) <= {"inputs", "out", RETURNING} | {k for k in kids if _is_temp(k)}
+                ):
+                    yield path
+                    continue
+            yield from walk(path)
+
+    yield from walk(folders.claimed)
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    """Remove the empty mirrored subfolders a finished job leaves under claimed/."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _load(folders: Folders, job_dir: Path) -> Job | None:
+    try:
+        return Job.from_record(job_dir, json.loads((job_dir / RECORD).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    # No readable record. It is written before anything moves, so with empty inputs nothing
+    # was taken; files in inputs/ (a damaged record) are rebuilt into a job from the folders.
+    inputs = job_dir / "inputs"
+    names = sorted(os.listdir(inputs)) if inputs.is_dir() else []
+    if not names:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return None
+    name = job_dir.name
+    stem = name.rsplit("_", 2)[0] if name.count("_") >= 2 else name
+    job = Job(name, stem, job_dir.parent.relative_to(folders.claimed), job_dir, names, datetime.now())
+    write_record(job)
+    return job
+
+
+def _complete_claim(folders: Folders, job: Job) -> list[str]:
+    """Bring back into inputs/ what a crash mid-claim (or mid-put-back) left in the inbox.
+
+    Only the very file that was being claimed is taken (same size, mtime and inode), never a
+    new one of the same name dropped since. Returns the names now in inputs/.
+    """
+    for name in job.files:
+        here, there = job.inputs / name, folders.inbox / job.source / name
+        if os.path.lexists(here):
+            if copied_across(here, there):
+                with contextlib.suppress(Changed):
+                    check_regular(there, job.sigs.get(name) or (0, 0, 0))
+                    there.unlink()  # the original a cross-filesystem move had not yet removed
+            continue
+        with contextlib.suppress(Changed, OSError):
+            check_regular(there, job.sigs.get(name))
+            if name in job.sigs or not job.sigs:
+                fsops.move(there, here)
+    return [n for n in job.files if os.path.lexists(job.inputs / n)]
+
+
+def recover(folders: Folders, max_attempts: int) -> tuple[list[Job], list[Job]]:
+    """Read back what a crash left under claimed/; return (to run again, over the attempt limit).
+
+    A job whose outputs were already published, or whose failure was already written, is
+    finished here; one being put back into the inbox is put back; one caught mid-claim is
+    completed; one that was mid-way through its work is counted as one more attempt. A
+    claim that cannot be sorted out now (a disk error) is logged and left for the next start.
+    """
+    log = logs.get()
+    again, exhausted = [], []
+    for job_dir in list(claimed_jobs(folders)):
+        try:
+            job = _recover_one(folders, job_dir)
+        except OSError as e:
+            log.error("cannot recover claimed job; it stays claimed", job=job_dir.name, error=str(e))
+            continue
+        if job is None:
+            _prune_empty(job_dir.parent, folders.claimed)
+        else:
+            (exhausted if job.attempts > max_attempts else again).append(job)
+    return again, exhausted
+
+
+def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
+    job = _load(folders, job_dir)
+    if job is None:
+        return None
+    for base in (folders.outputs, folders.done, folders.failed):
+        fsops.remove_temps(base / job.rel_dir / job.name)
+    for name in job.files:
+        fsops.remove_temps(job.inputs / name)
+    returning = (job.dir / RETURNING).exists()
+    if (folders.outputs / job.rel_dir / job.name).exists():
+        settle_inputs(folders, job, JobState.DONE)
+        return None
+    if not job.inputs.exists():
+        shutil.rmtree(job_dir)  # nothing was taken yet, or the inputs were already filed
+        return None
+    if (job.inputs / ERROR_FILE).exists():
+        settle_inputs(folders, job, JobState.FAILED)
+        return None
+    if returning:
+        if put_back(folders, job, mark_first=True):
+            return None
+        # It cannot go back now (a name taken in the inbox meanwhile, or no inbox): run it.
+        (job.dir / RETURNING).unlink()
+    present = _complete_claim(folders, job)
+    if not present:
+        shutil.rmtree(job_dir)  # nothing was taken
+        return None
+    job.files = present  # a file the user took back during the crash is not waited for
+    if job.out.is_dir():
+        # Claimed whole before the crash: this counts as one more attempt. Partial outputs
+        # go; the log stays, so it tells every attempt.
+        job.attempts += 1
+        for entry in os.scandir(job.out):
+            if entry.name != f"{job.name}.log":
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    else:
+        job.out.mkdir()  # caught mid-claim: the work never began
+    write_record(job)
+    return job
