@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             "tiny-wan22",
             "tiny-wan22-ti2v",
             "tiny-cogvideox",
+            "tiny-hunyuan-i2v",
+            "tiny-hunyuan-i2v-33ch",
             *WAN_ARCHS,
         ],
         help="a tiny build of a family (implies --tiny), or a full-size Wan architecture (GPU)",
@@ -491,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             generator=torch.Generator(device=device).manual_seed(0),
             decode_chunk_size=1,
             on_step=None,
+            pipe=pipe,
         )
         kwargs.pop("decode_chunk_size", None)  # the pipeline's own default
         return pipe(**kwargs).frames[0]

@@ -1,4 +1,4 @@
-"""LoRA adapters, quantization, per-model defaults and the Wan 2.2 families, on the tiny builds (CPU).
+"""LoRA adapters, quantization, per-model defaults, Wan 2.2 and HunyuanVideo-I2V, on the tiny builds (CPU).
 
 Adapters are random-weight LoRA files made in code in peft's layout, once per session
 (``random_lora``), and loaded through diffusers and peft the way the daemon loads a configured one.
@@ -22,7 +22,14 @@ from helpers import digest, png_bytes
 
 from daemon.config import Settings
 from daemon.engine.adapters import AdapterSpec
-from daemon.engine.families import FAMILIES, WAN22_A14B, WAN22_TI2V, family_from_index, get_family
+from daemon.engine.families import (
+    FAMILIES,
+    HUNYUAN_I2V,
+    WAN22_A14B,
+    WAN22_TI2V,
+    family_from_index,
+    get_family,
+)
 from daemon.engine.load import load_generator
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
@@ -36,6 +43,8 @@ LORA_CASES = {
     "tiny-wan22": (32, 16, 5),
     "tiny-wan22-ti2v": (64, 32, 5),
     "tiny-cogvideox": (32, 16, 9),
+    "tiny-hunyuan-i2v": (64, 32, 5),
+    "tiny-hunyuan-i2v-33ch": (64, 32, 5),
 }
 
 
@@ -49,7 +58,8 @@ def _load(model_id: str, cache: Path, **options: Any) -> DiffusersGenerator:
 
 def _request(model_id: str, **changes: Any) -> Any:
     width, height, frames = LORA_CASES[model_id]
-    return helpers.request(width, height, num_frames=frames, steps=2, guidance_scale=3.5, **changes)
+    fields: dict[str, Any] = {"num_frames": frames, "steps": 2, "guidance_scale": 3.5, **changes}
+    return helpers.request(width, height, **fields)
 
 
 def _frames(gen: DiffusersGenerator, req: Any) -> np.ndarray:
@@ -189,6 +199,7 @@ PUBLISHED = {
     "wan22_a14b": (40, 3.5),
     "wan22_ti2v": (50, 5.0),
     "cogvideox": (50, 6.0),
+    "hunyuan_i2v": (50, 6.0),
 }
 
 
@@ -264,7 +275,7 @@ def test_wan_generations_are_told_apart_by_their_model_index() -> None:
     assert family_from_index({"_class_name": "WanPipeline", "expand_timesteps": True}) == WAN22_TI2V
 
 
-# -- Wan 2.2 end to end through `i2vd run --once` ----------------------------------------------------------
+# -- Wan 2.2 and HunyuanVideo-I2V end to end through `i2vd run --once` ----------------------------------
 
 
 def _run_once(config: Path, cache: Path) -> subprocess.CompletedProcess[bytes]:
@@ -287,9 +298,11 @@ def _run_once(config: Path, cache: Path) -> subprocess.CompletedProcess[bytes]:
         ("tiny-wan22", WAN22_A14B, {"steps": 2}, (2, "config"), (3.5, "model")),
         # Both the model's published values (50 steps: the tiny TI2V makes them in seconds).
         ("tiny-wan22-ti2v", WAN22_TI2V, {}, (50, "model"), (5.0, "model")),
+        # HunyuanVideo-I2V: guidance 6.0 as published (distilled into the model).
+        ("tiny-hunyuan-i2v", HUNYUAN_I2V, {"steps": 2}, (2, "config"), (6.0, "model")),
     ],
 )
-def test_wan22_end_to_end_with_a_distilled_adapter_picked_by_name(
+def test_new_families_end_to_end_with_a_distilled_adapter_picked_by_name(
     tmp_path: Path,
     tiny_families_dir: Path,
     random_lora: Any,
@@ -431,3 +444,19 @@ def test_fetch_model_checks_local_adapters_and_refuses_hub_ones_offline(
     assert "LoRA adapter 'hub' (owner/repo) is not in the model cache: run `i2vd fetch-model`" in str(
         exc.value
     )
+
+
+def test_hunyuan_i2v_checkpoints_are_called_as_each_is_published(tiny_families_dir: Path) -> None:
+    """The distilled-guidance checkpoint takes guidance as an input, one pass per step; the 33-channel
+    one takes classifier-free guidance, and its pipeline's 4 dropped frames are asked for on top."""
+    family = get_family(HUNYUAN_I2V)
+    req = _request("tiny-hunyuan-i2v", guidance_scale=6.0)
+    common = dict(image=req.image, width=64, height=32, num_frames=5, generator=None, decode_chunk_size=1)
+    for model_id, expected in (
+        ("tiny-hunyuan-i2v", {"guidance_scale": 6.0, "true_cfg_scale": 1.0, "num_frames": 5}),
+        ("tiny-hunyuan-i2v-33ch", {"guidance_scale": 1.0, "true_cfg_scale": 6.0, "num_frames": 9}),
+    ):
+        gen = _load(model_id, tiny_families_dir)
+        kwargs = family.call_kwargs(req, **common, on_step=None, pipe=gen._pipe)
+        assert {k: kwargs[k] for k in expected} == expected, model_id
+        assert gen.generate(req).frames.shape == (5, 32, 64, 3)

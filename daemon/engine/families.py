@@ -1,4 +1,4 @@
-"""Model families: I2VGen-XL, Stable Video Diffusion, LTX-Video, Wan 2.1 and 2.2, CogVideoX (image-to-video).
+"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo (image-to-video).
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it). Each ``Family`` knows what differs between them, and nothing else:
@@ -36,6 +36,7 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 # ``boundary_ratio``; TI2V-5B has a 16x VAE and conditions on the image through its first latent
 # frame (``expand_timesteps``).
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
+HUNYUAN_I2V = "hunyuan_i2v"
 
 # model_index.json ``_class_name`` -> family.
 CLASS_NAMES = {
@@ -48,6 +49,7 @@ CLASS_NAMES = {
     "WanPipeline": WAN,
     "CogVideoXImageToVideoPipeline": COGVIDEOX,
     "CogVideoXPipeline": COGVIDEOX,
+    "HunyuanVideoImageToVideoPipeline": HUNYUAN_I2V,
 }
 
 StepCallback = Callable[[int, int], None]
@@ -222,8 +224,12 @@ class Family:
         generator: Any,
         decode_chunk_size: int,
         on_step: StepCallback | None,
+        pipe: Any = None,
     ) -> dict[str, Any]:
         """The pipeline call for ``req`` at this size (frames come back as numpy floats in [0, 1]).
+
+        ``pipe``: the loaded pipeline, for a family whose checkpoints differ in how they are called
+        (HunyuanVideo-I2V: see ``_hunyuan_kwargs``).
 
         Progress: every pipeline but I2VGen-XL's takes ``callback_on_step_end``; I2VGen-XL reports
         through ``DaemonI2VGenXLPipeline.step_callback``, which the engine sets.
@@ -263,6 +269,8 @@ class Family:
         )
         if self.name == I2VGENXL:
             kwargs["target_fps"] = req.fps
+        elif self.name == HUNYUAN_I2V:
+            kwargs.update(_hunyuan_kwargs(req, pipe, num_frames))
         elif self.name == LTX:
             kwargs["frame_rate"] = req.fps
             # LTX-Video 0.9.1+ decodes with timestep conditioning; these are the values its authors
@@ -358,6 +366,20 @@ FAMILIES: dict[str, Family] = {
         default_guidance=5.0,
         takes_lora=True,
     ),
+    # 50 steps, guidance 6.0 (distilled into the model), 129 frames at 720p: Tencent's published
+    # HunyuanVideo-I2V settings, as diffusers' example runs hunyuanvideo-community/HunyuanVideo-I2V
+    # (the -33ch checkpoint: diffusers' example uses guidance 1.0; set it in [generation]).
+    HUNYUAN_I2V: Family(
+        HUNYUAN_I2V,
+        "HunyuanVideoImageToVideoPipeline",
+        "HunyuanVideo-I2V",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=129,
+        default_steps=50,
+        default_guidance=6.0,
+        takes_lora=True,
+    ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
     # 50 steps, guidance 6.0: diffusers' CogVideoXImageToVideoPipeline defaults, as THUDM's model
@@ -376,6 +398,21 @@ FAMILIES: dict[str, Family] = {
 }
 
 WAN_FAMILIES = (WAN, WAN22_A14B, WAN22_TI2V)
+
+
+def _hunyuan_kwargs(req: Any, pipe: Any, num_frames: int) -> dict[str, Any]:
+    """HunyuanVideo-I2V's two published checkpoints take guidance and frames differently.
+
+    hunyuanvideo-community/HunyuanVideo-I2V ("token_replace") has guidance distilled into the model:
+    ``guidance_scale`` is an input of the transformer, one pass per step. HunyuanVideo-I2V-33ch
+    ("latent_concat") has none: guidance is classifier-free (``true_cfg_scale``, with the negative
+    prompt), and its pipeline drops the first 4 decoded frames, so it is asked for 4 more.
+    """
+    config = pipe.transformer.config if pipe is not None else None
+    if config is None or config.guidance_embeds:
+        return {"guidance_scale": req.guidance_scale, "true_cfg_scale": 1.0}
+    extra = 4 if config.image_condition_type == "latent_concat" else 0
+    return {"guidance_scale": 1.0, "true_cfg_scale": req.guidance_scale, "num_frames": num_frames + extra}
 
 
 def defaults_problem(family: Family | None, num_frames: int) -> str | None:
@@ -425,7 +462,7 @@ def pipeline_multiple(family: Family, pipe: Any) -> int:
         multiple = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
     elif family.name in WAN_FAMILIES:
         multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
-    elif family.name == COGVIDEOX:
+    elif family.name in (COGVIDEOX, HUNYUAN_I2V):
         multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
     else:
         multiple = 8

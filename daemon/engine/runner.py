@@ -325,6 +325,7 @@ class DiffusersGenerator:
                         generator=generator,
                         decode_chunk_size=chunk,
                         on_step=on_step,
+                        pipe=pipe,
                     )
                 )
                 if family.chunked_decode:
