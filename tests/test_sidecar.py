@@ -227,7 +227,7 @@ def test_steps_and_guidance_left_out_are_not_from_the_sidecar(tmp_path: Path) ->
     ("value", "expected"),
     [
         ('["lightnin"]', "there is no adapter called \"lightnin\" — did you mean 'lightning'?"),
-        ('["/etc/passwd"]', 'looks like a path or a Hub id'),
+        ('["/etc/passwd"]', "looks like a path or a Hub id"),
         ('["lightx2v/Wan-LoRA"]', "picks adapters by the names the operator configured only"),
         ('["x.safetensors"]', "looks like a path"),
         ('"lightning"', 'it must be a list of names, e.g. loras = ["lightning"]'),
