@@ -19,6 +19,17 @@ the timings hold for the real model; the clips are noise.
     python benchmarks/bench_generate.py --tiny --device cpu      # CI smoke test: seconds, on a CPU
     python benchmarks/bench_generate.py --model tiny-wan --device cpu --cache first_block
                                                                  # another family's engine path, tiny
+    python benchmarks/bench_generate.py --model tiny-wan22 --device cpu --lora random --quantize int8
+                                                                 # adapters and quantization, tiny
+    python benchmarks/bench_generate.py --model wan21-14b --quantize fp8 --compile --cache first_block
+                                                                 # Wan 2.1 I2V 14B architecture, GPU
+    python benchmarks/bench_generate.py --model wan21-14b --lora random --steps 4 --guidance 1.0
+                                                                 # the 4-step distilled-adapter path
+    python benchmarks/bench_generate.py --model wan22-5b        # Wan 2.2 TI2V-5B architecture, GPU
+
+``--lora FILE`` (or ``random``: random weights in a trained adapter's layout) is fused into the
+model for the i2vd run, as ``[model] loras`` does; the plain run loads it through diffusers,
+unfused. ``--quantize int8|fp8`` is the i2vd run's ``[model] quantize``.
 
 Architecture sources (ali-vilab/i2vgen-xl as converted by diffusers'
 scripts/convert_i2vgen_to_diffusers.py): the UNet is ``I2VGenXLUNet(sample_size=32)``, i.e. the
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import platform
 import sys
 import tempfile
@@ -47,6 +59,74 @@ from PIL import Image, ImageDraw
 
 REFERENCE = "RTX 4090, as published by a popular I2VGen-XL web front end"
 REFERENCE_SECONDS, REFERENCE_GB = 52.0, 13.6
+# Wan2.1-I2V-14B, 480p (832x480), 81 frames (a 5 s clip), one H200: published by LightX2V's
+# authors (their benchmark), not measured here. Seconds per clip.
+WAN_REFERENCE = "Wan2.1-I2V-14B 832x480, 81 frames, one H200, as published by LightX2V's authors"
+WAN_REFERENCE_ROWS = (
+    ("official code, 40 steps", 366.0),
+    ("+ SageAttention + FP8", 191.0),
+    ("+ TeaCache", 107.0),
+    ("4-step distilled", 14.0),
+)
+
+# Wan architectures (transformer configs as the Wan-AI/*-Diffusers repositories publish them,
+# reproduced from memory of their config.json: no network here, so "unsure" where not checked).
+WAN_ARCHS: dict[str, dict[str, Any]] = {
+    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers: 40 blocks of width 5120, CLIP image tokens through
+    # added key/value projections; 832x480, 81 frames, 40 steps, guidance 5.0 as published.
+    "wan21-14b": dict(
+        transformer=dict(
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=36,
+            out_channels=16,
+            ffn_dim=13824,
+            num_layers=40,
+            image_dim=1280,
+            added_kv_proj_dim=5120,
+        ),
+        vae=dict(),  # AutoencoderKLWan's defaults are Wan 2.1's VAE
+        image_encoder=True,  # CLIP ViT-H/14 image tower
+        job=(832, 480, 81, 40, 5.0),
+    ),
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers: 30 blocks of width 3072 over a 16x VAE of 48 channels;
+    # 1280x704, 121 frames, 50 steps, guidance 5.0 as published.
+    "wan22-5b": dict(
+        transformer=dict(
+            num_attention_heads=24,
+            attention_head_dim=128,
+            in_channels=48,
+            out_channels=48,
+            ffn_dim=14336,
+            num_layers=30,
+        ),
+        vae=dict(
+            base_dim=160,
+            decoder_base_dim=256,  # unsure
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,  # the published statistics do not change the cost
+            latents_std=[1.0] * 48,
+        ),
+        image_encoder=False,
+        job=(1280, 704, 121, 50, 5.0),
+    ),
+}
+# UMT5-XXL, Wan's text encoder (google/umt5-xxl, 5.7B parameters).
+UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    feed_forward_proj="gated-gelu",
+)
 
 # I2VGen-XL's UNet (diffusers I2VGenXLUNet defaults = the published unet/config.json). Note the
 # class derives the heads from attention_head_dim (64-wide heads: 5, 10, 20 per level) and ignores
@@ -158,6 +238,57 @@ def build_real(device: Any, dtype: Any) -> Any:
     )
 
 
+def build_wan(arch: str, device: Any, dtype: Any) -> Any:
+    """A Wan architecture of ``WAN_ARCHS`` with random weights, made directly on ``device`` in ``dtype``."""
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    from daemon.engine.tiny_families import _t5_tokenizer
+
+    spec = WAN_ARCHS[arch]
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # 14B parameters made in float32 first would need 56 GB
+    try:
+        with torch.device(device):
+            transformer = WanTransformer3DModel(**spec["transformer"])
+            text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL, pad_token_id=0, eos_token_id=1))
+            image_encoder = CLIPVisionModel(CLIPVisionConfig(**VISION)) if spec["image_encoder"] else None
+    finally:
+        torch.set_default_dtype(default)
+    with torch.device(device):
+        vae = AutoencoderKLWan(**spec["vae"])  # float32, as Wan's authors run it
+    return WanImageToVideoPipeline(
+        # The real tokenizer's 256k vocabulary is not reproduced; the encoder keeps its 256k-row table.
+        tokenizer=_t5_tokenizer(512),
+        text_encoder=text_encoder.eval(),
+        vae=vae.eval(),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        ),
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+        )
+        if image_encoder is not None
+        else None,
+        image_encoder=image_encoder.eval() if image_encoder is not None else None,
+        transformer=transformer.eval(),
+        expand_timesteps=not spec["image_encoder"],
+    )
+
+
 def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
     """A built-in tiny model (daemon/engine/tiny.py, daemon/tiny_families.py), in memory."""
     import torch
@@ -173,12 +304,12 @@ def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
     return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
 
 
-def picture(size: int) -> Image.Image:
-    img = Image.new("RGB", (size, size))
+def picture(width: int, height: int) -> Image.Image:
+    img = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(img)
-    for x in range(size):
-        draw.line([(x, 0), (x, size - 1)], fill=(x * 255 // (size - 1), 90, 255 - x * 255 // (size - 1)))
-    draw.ellipse([size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill=(240, 220, 60))
+    for x in range(width):
+        draw.line([(x, 0), (x, height - 1)], fill=(x * 255 // (width - 1), 90, 255 - x * 255 // (width - 1)))
+    draw.ellipse([width // 4, height // 4, 3 * width // 4, 3 * height // 4], fill=(240, 220, 60))
     return img
 
 
@@ -211,15 +342,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default=None,
-        choices=["tiny", "tiny-svd", "tiny-ltx", "tiny-wan", "tiny-cogvideox"],
-        help="a tiny build of another family (implies --tiny)",
+        choices=[
+            "tiny",
+            "tiny-svd",
+            "tiny-ltx",
+            "tiny-wan",
+            "tiny-wan22",
+            "tiny-wan22-ti2v",
+            "tiny-cogvideox",
+            "tiny-hunyuan-i2v",
+            "tiny-hunyuan-i2v-33ch",
+            *WAN_ARCHS,
+        ],
+        help="a tiny build of a family (implies --tiny), or a full-size Wan architecture (GPU)",
     )
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), ...")
     parser.add_argument("--resolution", default=None, help="short side, e.g. 512p (tiny: 256p)")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 16; tiny: 8)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; tiny: 2)")
-    parser.add_argument("--guidance", type=float, default=9.0)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the model's published; tiny: 2)"
+    )
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's published")
+    parser.add_argument("--lora", default=None, help="a LoRA .safetensors file, or 'random'")
     tuned = parser.add_argument_group("i2vd settings (default: the [model] defaults)")
     tuned.add_argument("--attention", default=None)
     tuned.add_argument("--compile", action="store_true", default=None)
@@ -233,15 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     tuned.add_argument("--vae-tiling", action="store_true", default=None)
     tuned.add_argument("--offload", default=None)
     tuned.add_argument("--decode-chunk-size", type=int, default=None)
+    tuned.add_argument("--quantize", default=None, help="int8 or fp8 (torchao)")
     args = parser.parse_args(argv)
-    args.tiny = args.tiny or args.model is not None
+    wan_arch = args.model if args.model in WAN_ARCHS else None
+    args.tiny = args.tiny or (args.model is not None and wan_arch is None)
     model_name = args.model or "tiny"
 
     import diffusers
     import torch
 
     from daemon.config import ModelConfig
-    from daemon.engine.families import I2VGENXL, get_family, pipeline_multiple
+    from daemon.engine.adapters import AdapterSpec
+    from daemon.engine.families import I2VGENXL, WAN, WAN22_TI2V, get_family, pipeline_multiple
     from daemon.engine.interface import GenerationRequest
     from daemon.engine.load import resolve_device, resolve_dtype
     from daemon.engine.options import EngineOptions
@@ -250,12 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.errors import GenerationError
     from daemon.job.image import resolution_to_short_side
 
-    family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
+    if wan_arch is not None:
+        family = get_family(WAN if wan_arch == "wan21-14b" else WAN22_TI2V)
+    else:
+        family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device, family)
+    published = WAN_ARCHS[wan_arch]["job"] if wan_arch else None
     short = resolution_to_short_side(args.resolution or ("256p" if args.tiny else "512p"))
-    frames = family.fit_frames(args.frames or (8 if args.tiny else 16))
-    steps = args.steps or (2 if args.tiny else 50)
+    frames = family.fit_frames(args.frames or (8 if args.tiny else published[2] if published else 16))
+    steps = args.steps or (2 if args.tiny else family.default_steps)
+    guidance = args.guidance if args.guidance is not None else family.default_guidance
     overrides = {
         k: v
         for k, v in {
@@ -271,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "vae_tiling": args.vae_tiling,
             "offload": args.offload,
             "decode_chunk_size": args.decode_chunk_size,
+            "quantize": args.quantize,
         }.items()
         if v is not None
     }
@@ -279,18 +433,38 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the full-size model on a CPU takes hours per job; use --tiny", file=sys.stderr)
 
     with Meter(torch, device) as build:
-        pipe = build_tiny(device, dtype, model_name) if args.tiny else build_real(device, dtype)
+        if wan_arch is not None:
+            pipe = build_wan(wan_arch, device, dtype)
+        else:
+            pipe = build_tiny(device, dtype, model_name) if args.tiny else build_real(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     multiple = pipeline_multiple(family, pipe)
-    size = max(multiple, round(short / multiple) * multiple)
-    image = picture(size)
+    if published is not None and args.resolution is None:
+        width, height = published[0], published[1]
+    else:
+        width = height = max(multiple, round(short / multiple) * multiple)
+    image = picture(width, height)
+    lora_file: Path | None = None
+    lora_dir = tempfile.TemporaryDirectory()
+    if args.lora == "random":
+        from daemon.engine.tiny_families import random_lora_for
+
+        lora_file = random_lora_for(
+            pipe, Path(lora_dir.name) / "random.safetensors", rank=64 if wan_arch else 4
+        )
+    elif args.lora:
+        lora_file = Path(args.lora)
+    if lora_file is not None:
+        # The i2vd run: fused at load, as [model] loras does.
+        spec = AdapterSpec("bench", str(lora_file))
+        options = dataclasses.replace(options, loras=(spec,), always_on=("bench",))
     params = sum(
         p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()
     )
     job = dict(
         prompt="a paper boat drifts on a pond",
         negative_prompt="blurry, low quality",
-        guidance_scale=args.guidance,
+        guidance_scale=guidance,
     )
 
     # Plain diffusers: the pipeline's own defaults. (DaemonI2VGenXLPipeline only repairs the
@@ -298,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     def request(n_frames: int, n_steps: int) -> Any:
         return GenerationRequest(
             image=image,
-            width=size,
-            height=size,
+            width=width,
+            height=height,
             num_frames=n_frames,
             fps=8,
             steps=n_steps,
@@ -313,24 +487,29 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = family.call_kwargs(
             request(n_frames, n_steps),
             image=image,
-            width=size,
-            height=size,
+            width=width,
+            height=height,
             num_frames=n_frames,
             generator=torch.Generator(device=device).manual_seed(0),
             decode_chunk_size=1,
             on_step=None,
+            pipe=pipe,
         )
         kwargs.pop("decode_chunk_size", None)  # the pipeline's own default
         return pipe(**kwargs).frames[0]
 
+    if lora_file is not None:  # plain diffusers with the adapter: loaded, not fused
+        pipe.load_lora_weights(str(lora_file), adapter_name="bench")
     with torch.no_grad(), Meter(torch, device) as plain_first:
         plain(frames, 2)
     with torch.no_grad(), Meter(torch, device) as plain_run:
         plain_frames = plain(frames, steps)
+    if lora_file is not None:
+        pipe.unload_lora_weights()  # i2vd loads it again its own way
 
     gen = DiffusersGenerator.from_pipeline(pipe, model_id="bench", device=str(device), options=options)
     with Meter(torch, device) as warm:
-        gen.warm_up(short_side=size, num_frames=frames, steps=2)
+        gen.warm_up(short_side=min(width, height), num_frames=frames, steps=2)
     req = request(frames, steps)
     note = ""
     with Meter(torch, device) as tuned_run:
@@ -348,26 +527,37 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({platform.processor() or platform.machine()})"
-    model = f"{model_name} (built in code)" if args.tiny else "I2VGen-XL architecture, random weights"
+    if wan_arch is not None:
+        model = f"{wan_arch} architecture, random weights"
+    else:
+        model = f"{model_name} (built in code)" if args.tiny else "I2VGen-XL architecture, random weights"
+    if lora_file is not None:
+        model += f", LoRA {'random' if args.lora == 'random' else lora_file.name}"
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
     settings = " ".join(f"{k}={v}" for k, v in gen.engine.items())
     rows = [
         ("plain diffusers, default settings", f"{plain_run.seconds:.2f}", gb(plain_run.peak_gb)),
         ("i2vd, tuned settings", f"{tuned_run.seconds:.2f}", gb(tuned_run.peak_gb)),
         ("speed-up (plain / i2vd)", f"{plain_run.seconds / tuned_run.seconds:.2f}x", ""),
-        ("reference: RTX 4090 (see below)", f"{REFERENCE_SECONDS:.2f}", f"{REFERENCE_GB:.1f}"),
     ]
+    if wan_arch == "wan21-14b":
+        rows += [(f"LightX2V: {label}", f"{sec:.2f}", "") for label, sec in WAN_REFERENCE_ROWS]
+    elif family.name == I2VGENXL:
+        rows.append(("reference: RTX 4090 (see below)", f"{REFERENCE_SECONDS:.2f}", f"{REFERENCE_GB:.1f}"))
     count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
     print(f"model     {model}: {count} parameters, built in {build.seconds:.1f} s")
     print(f"device    {name}, {str(dtype).removeprefix('torch.')}, {versions}")
-    print(f"job       {size}x{size}, {frames} frames, {steps} steps, guidance {args.guidance:g}")
+    print(f"job       {width}x{height}, {frames} frames, {steps} steps, guidance {guidance:g}")
     print(f"i2vd      {settings}")
     print()
     print(f"{'':36} {'s/job':>8} {'peak GPU GB':>12}")
     for label, seconds, peak in rows:
         print(f"{label:36} {seconds:>8} {peak:>12}")
     print()
-    print(f"reference: {REFERENCE}; not measured here.")
+    if wan_arch == "wan21-14b":
+        print(f"LightX2V rows: {WAN_REFERENCE}; not measured here.")
+    elif family.name == I2VGENXL:
+        print(f"reference: {REFERENCE}; not measured here.")
     if args.tiny:
         print("tiny model: these timings test the harness, not the engine; run without --tiny on a GPU.")
     print(
@@ -376,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if note:
         print("notes:" + note)
+    lora_dir.cleanup()
     return 0
 
 

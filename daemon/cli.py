@@ -81,7 +81,7 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
         device=settings.model.device,
         dtype=settings.model.dtype,
         cache_dir=settings.model_cache_dir,
-        options=EngineOptions.from_config(settings.model),
+        options=EngineOptions.from_config(settings.model, settings.loras),
         family=settings.model.family,
     )
 
@@ -171,7 +171,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from daemon.engine.fetch import fetch_model
+    from daemon.engine.adapters import AdapterSpec
+    from daemon.engine.fetch import fetch_adapters, fetch_model
 
     _, settings = _settings(args)
     m = settings.model
@@ -179,10 +180,13 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
         path = fetch_model(
             m.id, revision=m.revision, cache_dir=settings.model_cache_dir, dtype=m.dtype, device=m.device
         )
+        adapters = fetch_adapters(AdapterSpec.from_config(settings.loras), cache_dir=settings.model_cache_dir)
     except RuntimeError as e:
         print(f"i2vd: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(path)
+    for adapter in adapters:
+        print(adapter)
     return EXIT_OK
 
 
@@ -259,7 +263,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         sidecar_tmp = Path(tmp) / "job.json"
         sidecar_tmp.write_text(json.dumps(table, ensure_ascii=False))
         try:
-            read_sidecar(sidecar_tmp, settings.generation, settings.limits, set(settings.recipe_table()))
+            known = set(settings.recipe_table())
+            read_sidecar(sidecar_tmp, settings.generation, settings.limits, known, set(settings.loras))
         except JobError as e:
             raise UsageError(_options_problem(str(e), sidecar_tmp.name)) from None
         image_tmp = Path(tmp) / ("image" + image.suffix.lower())

@@ -13,9 +13,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
@@ -28,6 +36,7 @@ from daemon.engine.choices import (
     FamilyChoice,
     Offload,
     OomRung,
+    Quantize,
     check_device,
 )
 
@@ -50,6 +59,10 @@ DEFAULT_IGNORE = [
     "*.tmp",
     "*.crdownload",
 ]
+
+
+# An adapter's name, as [loras.NAME], [model] loras and a prompt file's ``loras`` write it.
+AdapterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class ConfigError(Exception):
@@ -112,6 +125,17 @@ class ModelConfig(_Section):
     )
     oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
     oom_min_frames: int = Field(8, ge=1)
+    # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
+    loras: list[AdapterName] = Field(default_factory=list)
+    # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
+    quantize: Quantize = "none"
+
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each adapter may appear only once")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -134,13 +158,51 @@ class ModelConfig(_Section):
         return v
 
 
+class LoraConfig(_Section):
+    """One ``[loras.NAME]`` table: a LoRA adapter the model may run with (daemon/engine/adapters.py)."""
+
+    # A Hugging Face Hub id ("owner/name", fetched by `i2vd fetch-model`) or a local .safetensors file.
+    id: str = Field(min_length=1)
+    # The file inside a Hub repository holding the adapter (required for a Hub id: the daemon loads
+    # offline, and diffusers can only guess the file by asking the Hub).
+    weight_name: str | None = None
+    # How strongly it applies (1.0: as trained; 0.0: not at all).
+    scale: float = Field(1.0, ge=-10, le=10)
+    # What the adapter needs (a distilled 4-step adapter: steps = 4, guidance_scale = 1.0); used
+    # when the job's prompt file does not set them, over [generation] and the model's defaults.
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if v.startswith(("/", ".", "~")) or v.endswith(".safetensors"):
+            if path.suffix != ".safetensors":
+                raise ValueError(f"{v!r}: a local adapter must be a .safetensors file")
+            return str(path)
+        if v.count("/") != 1:
+            raise ValueError(f"{v!r} is neither a Hub id (owner/name) nor a local .safetensors file")
+        return v
+
+    @model_validator(mode="after")
+    def _hub_file(self) -> LoraConfig:
+        if not self.id.endswith(".safetensors") and not self.weight_name:
+            raise ValueError(
+                f"the Hub adapter {self.id!r} needs weight_name: the file in the repository that holds it"
+                ' (e.g. weight_name = "lora.safetensors"), since the daemon loads adapters offline'
+            )
+        return self
+
+
 class GenerationConfig(_Section):
     negative_prompt: str = "blurry, low quality, distorted, watermark, text"
     resolution: str = "512p"
     num_frames: int = 16
     fps: int = 8
-    steps: int = 50
-    guidance_scale: float = 9.0
+    # None (unset): the adapter's, else the model family's published value (daemon/engine/families.py).
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int | None = None
     # Used for an image that has no prompt file after watch.pair_timeout; None fails it.
     default_prompt: str | None = None
@@ -254,6 +316,8 @@ class Settings(BaseSettings):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
+    # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.
+    loras: dict[AdapterName, LoraConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -283,10 +347,17 @@ class Settings(BaseSettings):
         lim, gen = self.limits, self.generation
         for key in ("num_frames", "fps", "steps", "guidance_scale"):
             lo, hi, val = getattr(lim, f"min_{key}"), getattr(lim, f"max_{key}"), getattr(gen, key)
-            if not lo <= val <= hi:
+            if val is not None and not lo <= val <= hi:
                 raise ValueError(
                     f"generation.{key} = {val} is outside limits.min_{key}..max_{key} ({lo}..{hi})"
                 )
+        missing = [name for name in self.model.loras if name not in self.loras]
+        if missing:
+            defined = ", ".join(sorted(self.loras)) or "none"
+            raise ValueError(
+                f"model.loras names {', '.join(missing)}, which no [loras.NAME] table defines"
+                f" (defined: {defined})"
+            )
         return self
 
     def recipe_table(self) -> dict[str, RecipeConfig]:

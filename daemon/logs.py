@@ -108,6 +108,11 @@ class _DropShutdownNoise(logging.Filter):
 _LIBRARY_LEVELS = {
     "diffusers": logging.ERROR,
     "transformers": logging.ERROR,
+    # torchao (model.quantize) logs each GPU kernel library it cannot load on this machine, at import.
+    "torchao": logging.ERROR,
+    # torchao, imported by diffusers when installed, registers enums that torch 2.13 now handles itself:
+    # one deprecation line each, in torch's own format, at every start.
+    "torch.utils._pytree": logging.ERROR,
     "huggingface_hub": logging.WARNING,
     "watchdog": logging.WARNING,
     "py.warnings": logging.WARNING,

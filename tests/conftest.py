@@ -76,3 +76,21 @@ def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
     if not SYSTEM_FFMPEG.is_file():
         pytest.skip(f"{SYSTEM_FFMPEG} is absent: `apt-get install ffmpeg` (scripts/test.sh does) to test it")
     return select_ffmpeg(SYSTEM_FFMPEG)
+
+
+@pytest.fixture(scope="session")
+def random_lora(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``random_lora(model_id, seed)``: a random LoRA file for that tiny build, made once per session."""
+    from daemon.engine.tiny_families import make_random_lora
+
+    folder = tmp_path_factory.mktemp("loras")
+    made: dict[tuple[str, int], Path] = {}
+
+    def get(model_id: str, seed: int = 1) -> Path:
+        if (model_id, seed) not in made:
+            made[model_id, seed] = make_random_lora(
+                model_id, folder / f"{model_id}-{seed}.safetensors", seed=seed
+            )
+        return made[model_id, seed]
+
+    return get

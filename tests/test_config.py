@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from daemon.config import ConfigError, Settings, env_overrides, load_settings
+from daemon.config import ConfigError, LoraConfig, Settings, env_overrides, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -26,6 +26,12 @@ def test_every_key_is_documented() -> None:
     missing = []
     for section, field in Settings.model_fields.items():
         if section == "recipes":
+            continue
+        if section == "loras":  # named tables: every key of one, shown in a commented [loras.NAME] example
+            assert "[loras." in text
+            for key in LoraConfig.model_fields:
+                if not re.search(rf"^#? ?{key} = ", text, re.MULTILINE):
+                    missing.append(f"loras.NAME.{key}")
             continue
         assert isinstance(field.default_factory(), BaseModel)  # type: ignore[call-arg, misc]
         model = type(field.default_factory())  # type: ignore[call-arg, misc]

@@ -24,6 +24,10 @@ CASES = {
     "tiny-svd": ("svd", 48, 32, 4, 16),
     "tiny-ltx": ("ltx", 64, 32, 9, 32),
     "tiny-wan": ("wan", 32, 16, 5, 16),
+    "tiny-wan22": ("wan22_a14b", 32, 16, 5, 16),
+    "tiny-wan22-ti2v": ("wan22_ti2v", 64, 32, 5, 32),
+    "tiny-hunyuan-i2v": ("hunyuan_i2v", 64, 32, 5, 16),
+    "tiny-hunyuan-i2v-33ch": ("hunyuan_i2v", 64, 32, 5, 16),
     "tiny-cogvideox": ("cogvideox", 32, 16, 9, 16),
 }
 

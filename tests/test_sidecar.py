@@ -38,10 +38,11 @@ LIMITS = LimitsConfig(
     max_seed=2**32 - 1,
 )
 RECIPES = {"poster", "h264", "vertical", "gif", "fade", "fps30"}
+LORAS = {"lightning", "watercolour"}
 
 
 def read(path: Path, limits: LimitsConfig = LIMITS) -> JobParams:
-    return read_sidecar(path, GEN, limits, RECIPES)
+    return read_sidecar(path, GEN, limits, RECIPES, LORAS)
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
@@ -171,6 +172,7 @@ FULL = {
     "guidance_scale": 7.5,
     "seed": 1234,
     "recipes": ["vertical", "gif", "vertical"],
+    "loras": ["watercolour", "watercolour"],
 }
 EXPECTED = JobParams(
     prompt="a cat walks slowly",
@@ -182,6 +184,8 @@ EXPECTED = JobParams(
     guidance_scale=7.5,
     seed=1234,
     recipes=("vertical", "gif"),
+    loras=("watercolour",),
+    from_sidecar=frozenset({"steps", "guidance_scale"}),
 )
 
 
@@ -197,6 +201,7 @@ steps = 30
 guidance_scale = 7.5
 seed = 1234
 recipes = ["vertical", "gif", "vertical"]
+loras = ["watercolour", "watercolour"]
 """
     assert read(write(tmp_path, "job.toml", body)) == EXPECTED
 
@@ -206,7 +211,34 @@ def test_json_every_key(tmp_path: Path) -> None:
 
 
 def test_known_keys_cover_job_params() -> None:
-    assert set(KNOWN_KEYS) == set(JobParams.__dataclass_fields__)
+    assert set(KNOWN_KEYS) == set(JobParams.__dataclass_fields__) - {"from_sidecar"}
+
+
+def test_steps_and_guidance_left_out_are_not_from_the_sidecar(tmp_path: Path) -> None:
+    params = read(write(tmp_path, "a.toml", 'prompt = "x"\nsteps = 4\n'))
+    assert params.from_sidecar == {"steps"}
+    assert (params.steps, params.guidance_scale) == (4, GEN.guidance_scale)
+    unset = GenerationConfig(**{**GEN.model_dump(), "steps": None, "guidance_scale": None})
+    params = read_sidecar(write(tmp_path, "b.txt", "x"), unset, LIMITS, RECIPES, LORAS)
+    assert (params.steps, params.guidance_scale, params.from_sidecar) == (None, None, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('["lightnin"]', "there is no adapter called \"lightnin\" — did you mean 'lightning'?"),
+        ('["/etc/passwd"]', "looks like a path or a Hub id"),
+        ('["lightx2v/Wan-LoRA"]', "picks adapters by the names the operator configured only"),
+        ('["x.safetensors"]', "looks like a path"),
+        ('"lightning"', 'it must be a list of names, e.g. loras = ["lightning"]'),
+        ("[1]", "each adapter is a name in quotes"),
+    ],
+)
+def test_loras_are_configured_names_only(tmp_path: Path, value: str, expected: str) -> None:
+    message = toml_error(tmp_path, f"loras = {value}\n")
+    assert expected in message
+    if "adapter called" in message or "path" in message:
+        assert "Available: lightning, watercolour." in message
 
 
 def test_toml_minimal_gets_defaults(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Model families: I2VGen-XL, Stable Video Diffusion, LTX-Video, Wan and CogVideoX (image-to-video).
+"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo (image-to-video).
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it). Each ``Family`` knows what differs between them, and nothing else:
@@ -8,7 +8,9 @@ overrides it). Each ``Family`` knows what differs between them, and nothing else
   ``GenerationError`` naming the key and the values that work; ``fit_frames`` gives the nearest
   frame count it can take (for the warm-up and the out-of-memory ladder);
 - how a ``GenerationRequest`` maps onto its pipeline call (``call_kwargs``), progress included;
-- the precision it is published in, which ``[model] dtype = "auto"`` picks on a GPU.
+- the precision it is published in, which ``[model] dtype = "auto"`` picks on a GPU;
+- its published steps and guidance, used where neither the job, an adapter nor the config sets them;
+- whether diffusers loads LoRA adapters into it, and how many denoisers take them (Wan 2.2 A14B: two).
 
 The engine that runs any of them is ``daemon.engine.runner.DiffusersGenerator``. torch and diffusers are
 imported lazily.
@@ -29,7 +31,12 @@ from daemon.errors import GenerationError
 
 # Names accepted by ``[model] family``.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
-
+# Wan 2.2 runs through the same diffusers pipeline class as Wan 2.1, but its models differ in what
+# they take and in their published settings: A14B has two expert denoisers switched at
+# ``boundary_ratio``; TI2V-5B has a 16x VAE and conditions on the image through its first latent
+# frame (``expand_timesteps``).
+WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
+HUNYUAN_I2V = "hunyuan_i2v"
 
 # model_index.json ``_class_name`` -> family.
 CLASS_NAMES = {
@@ -42,6 +49,7 @@ CLASS_NAMES = {
     "WanPipeline": WAN,
     "CogVideoXImageToVideoPipeline": COGVIDEOX,
     "CogVideoXPipeline": COGVIDEOX,
+    "HunyuanVideoImageToVideoPipeline": HUNYUAN_I2V,
 }
 
 StepCallback = Callable[[int, int], None]
@@ -56,7 +64,24 @@ def family_from_index(index: dict[str, Any]) -> str:
             f"model_index.json names the pipeline {name!r}, which i2vd cannot run; it runs {known}."
             " If the folder is one of these under another name, set [model] family."
         )
-    return CLASS_NAMES[name]
+    family = CLASS_NAMES[name]
+    if family == WAN:
+        return wan_generation(index)
+    return family
+
+
+def wan_generation(config: Any) -> str:
+    """Wan 2.1, Wan 2.2 A14B or Wan 2.2 TI2V-5B, from a model index or a pipeline's config.
+
+    Wan-AI/Wan2.2-I2V-A14B-Diffusers sets ``boundary_ratio`` (and lists ``transformer_2``);
+    Wan-AI/Wan2.2-TI2V-5B-Diffusers sets ``expand_timesteps``; Wan 2.1 sets neither.
+    """
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    if get("boundary_ratio") is not None:
+        return WAN22_A14B
+    if get("expand_timesteps"):
+        return WAN22_TI2V
+    return WAN
 
 
 def detect_family(
@@ -127,6 +152,20 @@ class Family:
     # The pipeline attribute that takes the per-step callback, for a pipeline that has no
     # callback_on_step_end (I2VGen-XL: our subclass reports through its progress bar).
     step_hook: str | None = None
+    # The steps and guidance the model's authors publish (or diffusers' pipeline defaults for it):
+    # what a job gets when neither its prompt file, an adapter nor [generation] sets them. Each
+    # entry in FAMILIES says where its numbers come from.
+    default_steps: int = 50
+    default_guidance: float = 5.0
+    # diffusers can load LoRA adapters into this family's pipeline (it has a LoRA loader mixin).
+    takes_lora: bool = False
+    # The pipeline attributes that are denoisers (Wan 2.2 A14B: two experts); all are quantized,
+    # compiled and given adapters alike.
+    denoisers: tuple[str, ...] = ()
+
+    @property
+    def all_denoisers(self) -> tuple[str, ...]:
+        return self.denoisers or (self.denoiser,)
 
     @property
     def uses_unet(self) -> bool:
@@ -185,8 +224,12 @@ class Family:
         generator: Any,
         decode_chunk_size: int,
         on_step: StepCallback | None,
+        pipe: Any = None,
     ) -> dict[str, Any]:
         """The pipeline call for ``req`` at this size (frames come back as numpy floats in [0, 1]).
+
+        ``pipe``: the loaded pipeline, for a family whose checkpoints differ in how they are called
+        (HunyuanVideo-I2V: see ``_hunyuan_kwargs``).
 
         Progress: every pipeline but I2VGen-XL's takes ``callback_on_step_end``; I2VGen-XL reports
         through ``DaemonI2VGenXLPipeline.step_callback``, which the engine sets.
@@ -226,6 +269,8 @@ class Family:
         )
         if self.name == I2VGENXL:
             kwargs["target_fps"] = req.fps
+        elif self.name == HUNYUAN_I2V:
+            kwargs.update(_hunyuan_kwargs(req, pipe, num_frames))
         elif self.name == LTX:
             kwargs["frame_rate"] = req.fps
             # LTX-Video 0.9.1+ decodes with timestep conditioning; these are the values its authors
@@ -235,6 +280,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
+    # 50 steps, guidance 9.0: ali-vilab/i2vgen-xl's model card and diffusers' I2VGenXLPipeline defaults.
     I2VGENXL: Family(
         I2VGENXL,
         "DaemonI2VGenXLPipeline",
@@ -245,7 +291,11 @@ FAMILIES: dict[str, Family] = {
         gpu_dtype="float16",
         chunked_decode=True,
         step_hook="step_callback",
+        default_steps=50,
+        default_guidance=9.0,
     ),
+    # 25 steps, guidance ramped 1.0 -> 3.0 over the frames: diffusers'
+    # StableVideoDiffusionPipeline defaults, as Stability AI's model card runs it.
     SVD: Family(
         SVD,
         "StableVideoDiffusionPipeline",
@@ -256,21 +306,84 @@ FAMILIES: dict[str, Family] = {
         typical_frames=14,
         gpu_dtype="float16",
         chunked_decode=True,
+        default_steps=25,
+        default_guidance=3.0,
     ),
+    # 50 steps, guidance 3.0: diffusers' LTXImageToVideoPipeline defaults, Lightricks' published
+    # values for LTX-Video 0.9.x (the distilled 0.9.6+ checkpoints publish 8 steps, guidance 1.0:
+    # set them in [generation] for those).
     LTX: Family(
-        LTX, "LTXImageToVideoPipeline", "LTX-Video", size_multiple=32, frame_step=8, typical_frames=97
+        LTX,
+        "LTXImageToVideoPipeline",
+        "LTX-Video",
+        size_multiple=32,
+        frame_step=8,
+        typical_frames=97,
+        default_steps=50,
+        default_guidance=3.0,
+        takes_lora=True,
     ),
+    # 40 steps, guidance 5.0: the Wan 2.1 authors' generate.py for image-to-video (diffusers'
+    # WanImageToVideoPipeline defaults to 50 steps at the same guidance).
     WAN: Family(
         WAN,
         "WanImageToVideoPipeline",
-        "Wan",
+        "Wan 2.1",
         size_multiple=16,
         frame_step=4,
         typical_frames=81,
         float32_parts=("vae", "image_encoder"),
+        default_steps=40,
+        default_guidance=5.0,
+        takes_lora=True,
+    ),
+    # 40 steps, guidance 3.5 for both experts, boundary 0.9: the Wan 2.2 authors' I2V-A14B config
+    # (the boundary comes from the model's own model_index.json).
+    WAN22_A14B: Family(
+        WAN22_A14B,
+        "WanImageToVideoPipeline",
+        "Wan 2.2 A14B",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=81,
+        float32_parts=("vae",),
+        default_steps=40,
+        default_guidance=3.5,
+        takes_lora=True,
+        denoisers=("transformer", "transformer_2"),
+    ),
+    # 50 steps, guidance 5.0, 121 frames at 24 fps: the Wan 2.2 authors' TI2V-5B config. Its VAE
+    # compresses 16x and the transformer patches 2x2: sizes are multiples of 32.
+    WAN22_TI2V: Family(
+        WAN22_TI2V,
+        "WanImageToVideoPipeline",
+        "Wan 2.2 TI2V-5B",
+        size_multiple=32,
+        frame_step=4,
+        typical_frames=121,
+        float32_parts=("vae",),
+        default_steps=50,
+        default_guidance=5.0,
+        takes_lora=True,
+    ),
+    # 50 steps, guidance 6.0 (distilled into the model), 129 frames at 720p: Tencent's published
+    # HunyuanVideo-I2V settings, as diffusers' example runs hunyuanvideo-community/HunyuanVideo-I2V
+    # (the -33ch checkpoint: diffusers' example uses guidance 1.0; set it in [generation]).
+    HUNYUAN_I2V: Family(
+        HUNYUAN_I2V,
+        "HunyuanVideoImageToVideoPipeline",
+        "HunyuanVideo-I2V",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=129,
+        default_steps=50,
+        default_guidance=6.0,
+        takes_lora=True,
     ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
+    # 50 steps, guidance 6.0: diffusers' CogVideoXImageToVideoPipeline defaults, as THUDM's model
+    # card runs CogVideoX-5b-I2V.
     COGVIDEOX: Family(
         COGVIDEOX,
         "CogVideoXImageToVideoPipeline",
@@ -278,8 +391,28 @@ FAMILIES: dict[str, Family] = {
         size_multiple=16,
         frame_step=8,
         typical_frames=49,
+        default_steps=50,
+        default_guidance=6.0,
+        takes_lora=True,
     ),
 }
+
+WAN_FAMILIES = (WAN, WAN22_A14B, WAN22_TI2V)
+
+
+def _hunyuan_kwargs(req: Any, pipe: Any, num_frames: int) -> dict[str, Any]:
+    """HunyuanVideo-I2V's two published checkpoints take guidance and frames differently.
+
+    hunyuanvideo-community/HunyuanVideo-I2V ("token_replace") has guidance distilled into the model:
+    ``guidance_scale`` is an input of the transformer, one pass per step. HunyuanVideo-I2V-33ch
+    ("latent_concat") has none: guidance is classifier-free (``true_cfg_scale``, with the negative
+    prompt), and its pipeline drops the first 4 decoded frames, so it is asked for 4 more.
+    """
+    config = pipe.transformer.config if pipe is not None else None
+    if config is None or config.guidance_embeds:
+        return {"guidance_scale": req.guidance_scale, "true_cfg_scale": 1.0}
+    extra = 4 if config.image_condition_type == "latent_concat" else 0
+    return {"guidance_scale": 1.0, "true_cfg_scale": req.guidance_scale, "num_frames": num_frames + extra}
 
 
 def defaults_problem(family: Family | None, num_frames: int) -> str | None:
@@ -306,7 +439,8 @@ def family_of_pipeline(pipe: Any) -> Family:
     """The family of a pipeline built in memory (benchmarks, tests), from its class."""
     for cls in type(pipe).__mro__:
         if cls.__name__ in CLASS_NAMES:
-            return FAMILIES[CLASS_NAMES[cls.__name__]]
+            name = CLASS_NAMES[cls.__name__]
+            return FAMILIES[wan_generation(pipe.config) if name == WAN else name]
     raise ValueError(f"i2vd cannot run a {type(pipe).__name__}")
 
 
@@ -326,9 +460,9 @@ def pipeline_multiple(family: Family, pipe: Any) -> int:
         multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
     elif family.name == LTX:
         multiple = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
-    elif family.name == WAN:
+    elif family.name in WAN_FAMILIES:
         multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
-    elif family.name == COGVIDEOX:
+    elif family.name in (COGVIDEOX, HUNYUAN_I2V):
         multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
     else:
         multiple = 8

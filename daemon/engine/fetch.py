@@ -7,7 +7,9 @@ deliberate step that fills the cache:
 - a Hub id (``ali-vilab/i2vgen-xl``): only the files the pipeline loads, and for half precision
   only the ``fp16`` weight files (about half the download), into ``model.cache_dir``;
 - ``tiny`` and the other tiny builds (``tiny-wan``, ...): built locally (no network);
-- a local folder: checked to hold a diffusers pipeline (``model_index.json``).
+- a local folder: checked to hold a diffusers pipeline (``model_index.json``);
+- the configured LoRA adapters (``[loras.NAME]``, ``fetch_adapters``): Hub ones downloaded (the one
+  file ``weight_name`` names), local files checked.
 
 torch and diffusers are imported lazily, as in ``daemon.engine.runner``.
 """
@@ -15,8 +17,10 @@ torch and diffusers are imported lazily, as in ``daemon.engine.runner``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from daemon.engine.adapters import AdapterSpec
 from daemon.engine.tiny import TINY_VERSION, build_tiny
 
 
@@ -89,6 +93,34 @@ def fetch_model(
             f"Could not download {model_id!r} (revision {revision or 'main'}): {_reason(exc)}"
         ) from exc
     return Path(path)
+
+
+def fetch_adapters(adapters: Iterable[AdapterSpec], *, cache_dir: Path) -> list[Path]:
+    """Make every configured LoRA adapter loadable offline: Hub ones downloaded into ``cache_dir``
+    (the one file named by ``weight_name``), local files checked. Returns the files."""
+    files: list[Path] = []
+    for spec in adapters:
+        what = f"LoRA adapter {spec.name!r} ({spec.id})"
+        if spec.is_file:
+            if not Path(spec.id).is_file():
+                raise RuntimeError(f"{what}: no such file; fix [loras.{spec.name}] id.")
+            files.append(Path(spec.id))
+            continue
+        if _offline():
+            raise RuntimeError(
+                f"HF_HUB_OFFLINE is set, so {what} cannot be downloaded. Run the command with"
+                " HF_HUB_OFFLINE=0."
+            )
+        from huggingface_hub import hf_hub_download
+
+        assert spec.weight_name  # the config requires it for a Hub id
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            path = hf_hub_download(spec.id, spec.weight_name, cache_dir=str(cache_dir))
+        except Exception as exc:
+            raise RuntimeError(f"Could not download {what}: {_reason(exc)}") from exc
+        files.append(Path(path))
+    return files
 
 
 def _reason(exc: BaseException) -> str:

@@ -37,6 +37,9 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     seed: int
+    # LoRA adapters added for this job only, by configured name (the always-on ones are in the
+    # weights already); the generator turns them off again after the job.
+    loras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

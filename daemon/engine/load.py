@@ -203,9 +203,9 @@ def load_generator(
     """``stub`` / ``stub:SECONDS`` -> StubGenerator; anything else (``tiny``, ``tiny-wan``, a folder, a
     Hub id) -> ``DiffusersGenerator``.
 
-    ``options``: the ``[model]`` speed and memory settings (``EngineOptions.from_config(settings.model)``);
-    None means the defaults. ``family`` (``[model] family``): "auto" detects the model family from
-    ``model_index.json``.
+    ``options``: the ``[model]`` speed and memory settings and the adapters
+    (``EngineOptions.from_config(settings.model, settings.loras)``); None means the defaults.
+    ``family`` (``[model] family``): "auto" detects the model family from ``model_index.json``.
     """
     if model_kind(model_id) == "stub":
         _, _, seconds = model_id.partition(":")

@@ -14,6 +14,8 @@ ignored on a CPU with one log line, so one config serves the GPU box and a lapto
   that fails at the warm-up is undone (``uncompile``) and the model runs eagerly;
 - diffusers' caching methods (First Block Cache, Pyramid Attention Broadcast, TaylorSeer) on the
   transformer families: steps reuse the work of earlier ones where it barely changes;
+- ``quantize``: torchao weight quantization of the denoiser(s) (``daemon.engine.quantize``), after the
+  LoRA adapters are loaded and fused (``daemon.engine.adapters``) and before compiling;
 - VAE slicing and tiling, channels-last convolution weights;
 - placement: all on the GPU, model / sequential / group offload (``Placement``).
 
@@ -22,18 +24,22 @@ torch and diffusers are imported lazily.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.engine.adapters import AdapterSpec
 from daemon.engine.choices import (
     ATTENTION_CHOICES,
     CACHE_CHOICES,
     COMPILE_MODES,
     COMPILE_SCOPES,
     OFFLOAD_CHOICES,
+    QUANTIZE_CHOICES,
 )
 from daemon.engine.families import Family
 from daemon.engine.oom import Ladder, first_line, parse_short_sides
+from daemon.engine.quantize import quantize_denoisers
 
 # torch.compile keeps one compiled graph per clip shape; its default limit of 8 would silently fall
 # back to eager for the ninth aspect ratio. Sizes are bucketed, so a daemon sees a bounded set.
@@ -59,6 +65,9 @@ class EngineOptions:
     channels_last: bool = False
     decode_chunk_size: int = 8
     ladder: Ladder = field(default_factory=Ladder)
+    quantize: str = "none"
+    loras: tuple[AdapterSpec, ...] = ()  # every [loras.NAME] table: loaded at start
+    always_on: tuple[str, ...] = ()  # [model] loras: fused at start
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -67,6 +76,7 @@ class EngineOptions:
             ("compile_mode", self.compile_mode, COMPILE_MODES),
             ("compile_scope", self.compile_scope, COMPILE_SCOPES),
             ("cache", self.cache, CACHE_CHOICES),
+            ("quantize", self.quantize, QUANTIZE_CHOICES),
         ):
             if value not in choices:
                 raise ValueError(f"model.{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -80,8 +90,8 @@ class EngineOptions:
             raise ValueError(f"model.cache_interval must be at least 2, not {self.cache_interval}")
 
     @classmethod
-    def from_config(cls, model: Any) -> EngineOptions:
-        """From a validated ``ModelConfig`` (``settings.model``)."""
+    def from_config(cls, model: Any, loras: Mapping[str, Any] | None = None) -> EngineOptions:
+        """From a validated ``ModelConfig`` (``settings.model``) and ``settings.loras``."""
         return cls(
             attention=model.attention,
             compile=model.compile,
@@ -100,6 +110,9 @@ class EngineOptions:
                 short_sides=parse_short_sides(model.oom_resolutions),
                 min_frames=model.oom_min_frames,
             ),
+            quantize=model.quantize,
+            loras=AdapterSpec.from_config(loras or {}),
+            always_on=tuple(model.loras),
         )
 
 
@@ -117,6 +130,7 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
 
     cuda = device.type == "cuda"
     denoiser = getattr(pipe, family.denoiser)
+    denoisers = _denoisers(pipe, family)
 
     def ignored(option: str, value: object, reason: str) -> None:
         log.info("model option ignored", option=f"model.{option}", value=value, reason=reason)
@@ -127,7 +141,7 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
 
     if opts.channels_last:
         # 4-D conv weights only: Module.to(memory_format=...) refuses the 5-D temporal convs.
-        for module in denoiser.modules():
+        for module in (m for d in denoisers for m in d.modules()):
             if isinstance(module, torch.nn.Conv2d):
                 module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
     engine["channels_last"] = opts.channels_last
@@ -146,7 +160,12 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
         engine[option] = done
     engine["decode_chunk_size"] = opts.decode_chunk_size if family.chunked_decode else None
 
-    engine["cache"] = _cache(pipe, family, denoiser, opts, ignored)
+    # After the adapters (loaded and fused into full-precision weights by the generator) and
+    # before compiling, so the compiled graph runs the quantized kernels.
+    engine["quantize"] = quantize_denoisers(pipe, family, opts.quantize, device)
+
+    caches = [_cache(pipe, family, d, opts, ignored) for d in denoisers]
+    engine["cache"] = caches[0]
 
     offload = opts.offload
     if offload != "none" and not cuda:
@@ -169,10 +188,12 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
             # fullgraph: a graph break inside a block would silently cost the speed-up; but a cache's
             # hooks decide per step whether a block runs at all, which is a break by design.
             fullgraph = engine["cache"] is None
-            denoiser.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=fullgraph)
+            for d in denoisers:
+                d.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=fullgraph)
         else:
             scope = "full"  # the UNets and CogVideoX name no repeated block
-            denoiser.compile(mode=mode, dynamic=False)
+            for d in denoisers:
+                d.compile(mode=mode, dynamic=False)
         compiled = f"{scope}:{opts.compile_mode}"
     engine["compile"] = compiled
     return Applied(engine, sdpa)
@@ -276,7 +297,7 @@ def uncompile(pipe: Any, family: Family) -> None:
     """Undo ``torch.compile`` on the denoiser (and its blocks): they run eagerly again."""
     import torch
 
-    for module in getattr(pipe, family.denoiser).modules():
+    for module in (m for d in _denoisers(pipe, family) for m in d.modules()):
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None  # what nn.Module.compile sets; None is eager
     torch._dynamo.reset()
@@ -284,9 +305,14 @@ def uncompile(pipe: Any, family: Family) -> None:
 
 def reset_cache(pipe: Any, family: Family) -> None:
     """Forget what a cache kept from an earlier call: a try cut short by an error never reset it."""
-    denoiser = getattr(pipe, family.denoiser)
-    if getattr(denoiser, "is_cache_enabled", False):
-        denoiser._reset_stateful_cache()
+    for denoiser in _denoisers(pipe, family):
+        if getattr(denoiser, "is_cache_enabled", False):
+            denoiser._reset_stateful_cache()
+
+
+def _denoisers(pipe: Any, family: Family) -> list[Any]:
+    """The pipeline's denoisers (Wan 2.2 A14B: both experts), each given the same options."""
+    return [d for name in family.all_denoisers if (d := getattr(pipe, name, None)) is not None]
 
 
 class Placement:

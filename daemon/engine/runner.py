@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from daemon import logs
+from daemon.engine.adapters import Adapters
 from daemon.engine.families import (
     Family,
     family_of_pipeline,
@@ -102,7 +103,7 @@ class DiffusersGenerator:
         except Exception as exc:
             hint = " If it is not downloaded yet, run `i2vd fetch-model`." if source == model_id else ""
             raise RuntimeError(f"Could not load model {model_id!r} (from {source}): {exc}{hint}") from exc
-        self._setup(pipe, fam, model_id, revision, torch_device, options)
+        self._setup(pipe, fam, model_id, revision, torch_device, options, Path(cache_dir))
 
     @classmethod
     def from_pipeline(
@@ -113,14 +114,17 @@ class DiffusersGenerator:
         revision: str | None = None,
         device: str = "auto",
         options: EngineOptions | None = None,
+        cache_dir: Path | None = None,
     ) -> DiffusersGenerator:
-        """Wrap a pipeline built in memory (benchmarks); it shares ``pipe``'s modules."""
+        """Wrap a pipeline built in memory (benchmarks); it shares ``pipe``'s modules.
+
+        ``cache_dir``: where Hub adapters are cached (None: the Hugging Face default cache)."""
         fam = family_of_pipeline(pipe)
         cls_ = pipeline_class(fam)  # I2VGen-XL: our repaired subclass, sharing the same modules
         if not isinstance(pipe, cls_):
             pipe = cls_(**pipe.components)
         self = cls.__new__(cls)
-        self._setup(pipe, fam, model_id, revision, resolve_device(device), options)
+        self._setup(pipe, fam, model_id, revision, resolve_device(device), options, cache_dir)
         return self
 
     def _setup(
@@ -131,6 +135,7 @@ class DiffusersGenerator:
         revision: str | None,
         device: torch.device,
         options: EngineOptions | None,
+        cache_dir: Path | None = None,
     ) -> None:
         import torch
 
@@ -159,8 +164,14 @@ class DiffusersGenerator:
                 injector=repr(self.inject_oom),
                 variable=OOM_ENV_VAR,
             )
+        # Adapters first, into the full-precision weights: quantizing and compiling come after
+        # (apply_options), in that order.
+        self._adapters = Adapters.load(
+            pipe, family, self.options.loras, self.options.always_on, cache_dir=cache_dir, log=self._log
+        )
         applied = apply_options(pipe, family, self.options, device, self._log)
         self.engine = applied.engine
+        self.engine["loras"] = self._adapters.describe()
         self._sdpa = applied.sdpa
         self._placement = Placement(pipe, device, self._log)
         self._placement.place(self.engine["offload"])
@@ -279,6 +290,9 @@ class DiffusersGenerator:
             setattr(pipe, family.step_hook, on_step)
         reset_cache(pipe, family)
         try:
+            # This job's adapters on, every other one off; off again in the finally below, so they
+            # can never reach the next job.
+            record["loras"] = [*self._adapters.fused, *self._adapters.activate(req.loras)]
             with contextlib.ExitStack() as stack:
                 if self._sdpa is not None:
                     from torch.nn.attention import sdpa_kernel
@@ -311,6 +325,7 @@ class DiffusersGenerator:
                         generator=generator,
                         decode_chunk_size=chunk,
                         on_step=on_step,
+                        pipe=pipe,
                     )
                 )
                 if family.chunked_decode:
@@ -318,6 +333,7 @@ class DiffusersGenerator:
                     record["decode_chunk_size"] = chunk
                 record["vae_tiling"] = bool(getattr(pipe.vae, "use_tiling", False))
         finally:
+            self._adapters.deactivate()
             if family.step_hook is not None:
                 setattr(pipe, family.step_hook, None)
             if detach is not None:
@@ -350,6 +366,7 @@ class DiffusersGenerator:
             "offload": final.offload,
             "decode_chunk_size": last.get("decode_chunk_size"),
             "vae_tiling": last.get("vae_tiling"),
+            "loras": last.get("loras") or None,
             "fallback": len(attempts) > 1,
             "requested": {
                 "width": requested.width,
@@ -421,5 +438,3 @@ class DiffusersGenerator:
             uncompile(self._pipe, self.family)
             self.engine["compile"] = False
             self.generate(req)
-
-

@@ -61,9 +61,12 @@ def describe(gen: Generated) -> JobRecord:
         num_frames=made_frames,
         fps=asked.fps,
         steps=asked.steps,
+        steps_from=p.effective.steps_from if p.effective else None,
         guidance_scale=asked.guidance_scale,
+        guidance_scale_from=p.effective.guidance_scale_from if p.effective else None,
         seed=asked.seed,
         seed_from="sidecar" if p.params.seed is not None else "random",
+        loras=(list(p.effective.loras) or None) if p.effective else None,
     )
     record.timings.generated = datetime.now().astimezone().isoformat(timespec="seconds")
     record.timings.generate_seconds = round(gen.generate_seconds, 3)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
+from daemon.engine.families import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job
@@ -32,6 +33,7 @@ class Prepared:
     request: GenerationRequest
     recipes: list[str]
     record: JobRecord  # inputs, prompt, source image, model, queued and started times
+    effective: Effective | None = None  # steps and guidance in force, and where each came from
 
 
 def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
@@ -64,16 +66,46 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
 
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
     if sidecar is not None:
-        return read_sidecar(sidecar, settings.generation, settings.limits, recipes)
+        return read_sidecar(sidecar, settings.generation, settings.limits, recipes, set(settings.loras))
     assert settings.generation.default_prompt is not None  # _split_inputs failed the job otherwise
     return defaults(settings.generation, prompt=settings.generation.default_prompt)
 
 
-def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
-    if sidecar is not None:
-        return read_sidecar(sidecar, settings.generation, settings.limits, recipes)
-    assert settings.generation.default_prompt is not None  # _split_inputs failed the job otherwise
-    return defaults(settings.generation, prompt=settings.generation.default_prompt)
+@dataclass(frozen=True)
+class Effective:
+    """A job's steps and guidance and where each came from ("sidecar", "adapter", "config", "model")."""
+
+    steps: int
+    steps_from: str
+    guidance_scale: float
+    guidance_scale_from: str
+    loras: tuple[str, ...]  # every adapter in force: [model] loras, then the job's own
+
+
+def effective(params: JobParams, settings: Settings, family: Family) -> Effective:
+    """Steps and guidance in order: the prompt file, an adapter's own, [generation], the model's published.
+
+    An adapter's values come before the config's because a distilled adapter does not work at the
+    config's 40 steps with guidance (and costs ten times as long); the job's own adapters are asked
+    before the always-on ones.
+    """
+    loras = tuple(settings.model.loras) + tuple(n for n in params.loras if n not in settings.model.loras)
+    asked = [settings.loras[n] for n in (*params.loras, *settings.model.loras) if n in settings.loras]
+    gen = settings.generation
+
+    def pick(key: str, model_value: Any) -> tuple[Any, str]:
+        if key in params.from_sidecar:
+            return getattr(params, key), "sidecar"
+        for adapter in asked:
+            if getattr(adapter, key) is not None:
+                return getattr(adapter, key), "adapter"
+        if getattr(gen, key) is not None:
+            return getattr(gen, key), "config"
+        return model_value, "model"
+
+    steps, steps_from = pick("steps", family.default_steps)
+    guidance, guidance_from = pick("guidance_scale", family.default_guidance)
+    return Effective(int(steps), steps_from, float(guidance), guidance_from, loras)
 
 
 def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_at: datetime) -> Prepared:
@@ -95,6 +127,7 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     if model.fixed_size is not None:
         log.info("this model makes one clip size only; resolution is not used", clip_size=f"{width}x{height}")
     seed = params.seed if params.seed is not None else random.randint(0, settings.limits.max_seed)
+    eff = effective(params, settings, model.family)
     request = GenerationRequest(
         image=fit_to(image, width, height),
         width=width,
@@ -103,9 +136,10 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         negative_prompt=params.negative_prompt,
         num_frames=params.num_frames,
         fps=params.fps,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
+        steps=eff.steps,
+        guidance_scale=eff.guidance_scale,
         seed=seed,
+        loras=params.loras,
     )
     model.check(request)
     recipes = list(params.recipes) if params.recipes is not None else list(settings.output.default_recipes)
@@ -116,7 +150,11 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         source_size=f"{image.width}x{image.height}",
         clip_size=f"{width}x{height}",
         frames=params.num_frames,
-        steps=params.steps,
+        steps=eff.steps,
+        steps_from=eff.steps_from,
+        guidance_scale=eff.guidance_scale,
+        guidance_scale_from=eff.guidance_scale_from,
+        loras=list(eff.loras) or None,
         seed=seed,
         attempt=job.attempts,
     )
@@ -134,4 +172,4 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         attempts=job.attempts,
         versions=dict(versions()),
     )
-    return Prepared(job, params, request, recipes, record)
+    return Prepared(job, params, request, recipes, record, eff)

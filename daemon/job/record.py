@@ -38,9 +38,16 @@ class Parameters(_Part):
     num_frames: int | None = None
     fps: int | None = None
     steps: int | None = None
+    # Where steps and guidance_scale came from: "sidecar", "adapter" (a [loras.NAME] table's own
+    # value, e.g. a distilled 4-step adapter), "config" ([generation]) or "model" (the family's
+    # published default).
+    steps_from: str | None = None
     guidance_scale: float | None = None
+    guidance_scale_from: str | None = None
     seed: int | None = None
     seed_from: str | None = None  # "sidecar" or "random"
+    # LoRA adapters in force: the always-on ones ([model] loras), then the job's own.
+    loras: list[str] | None = None
 
 
 class ImageSize(_Part):

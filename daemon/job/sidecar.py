@@ -4,6 +4,11 @@
 settings. Values are checked against ``[limits]`` and returned as plain data, never evaluated,
 formatted into commands or used as paths; every problem of a file is reported at once, one line
 each, naming the key, the value and what is allowed.
+
+``loras`` names adapters the config defines (``[loras.NAME]``), added for this job only; names
+only, so a prompt file can never make the daemon read a file of its choosing. ``steps`` and
+``guidance_scale`` left out are decided in ``daemon.job.prepare`` (an adapter's, the config's or
+the model's published value; JOB.json records which).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ KNOWN_KEYS = (
     "guidance_scale",
     "seed",
     "recipes",
+    "loras",
 )
 
 # C0 controls other than tab and line feed (CR is normalised away first), DEL and the C1 range:
@@ -63,10 +69,13 @@ class JobParams:
     resolution: str
     num_frames: int
     fps: int
-    steps: int
-    guidance_scale: float
+    steps: int | None  # None: set neither in the prompt file nor in [generation]
+    guidance_scale: float | None
     seed: int | None  # None: the daemon picks a random seed and records it
     recipes: tuple[str, ...] | None  # None: the configured default list
+    loras: tuple[str, ...] = ()  # adapters added for this job (by name)
+    # Which of steps / guidance_scale the prompt file set (those win over an adapter's own values).
+    from_sidecar: frozenset[str] = frozenset()
 
 
 def read_sidecar(
@@ -74,6 +83,7 @@ def read_sidecar(
     gen: GenerationConfig,
     limits: LimitsConfig,
     known_recipes: Collection[str],
+    known_loras: Collection[str] = (),
 ) -> JobParams:
     """Read, decode and check one sidecar; raise SidecarError naming every problem found."""
     path = Path(path)
@@ -91,7 +101,7 @@ def read_sidecar(
         return defaults(gen, prompt=prompt)
 
     data = _parse_toml(text, path.name) if ext == ".toml" else _parse_json(text, path.name)
-    return _from_table(data, path.name, ext, gen, limits, known_recipes)
+    return _from_table(data, path.name, ext, gen, limits, known_recipes, known_loras)
 
 
 # --- reading and decoding ------------------------------------------------------------------------
@@ -203,6 +213,7 @@ def _from_table(
     gen: GenerationConfig,
     limits: LimitsConfig,
     known_recipes: Collection[str],
+    known_loras: Collection[str],
 ) -> JobParams:
     problems: list[str] = []
     for key in data:
@@ -227,7 +238,7 @@ def _from_table(
     if "resolution" in data:
         resolution = _check_resolution(data["resolution"], limits, problems, example)
 
-    ints: dict[str, int] = {}
+    ints: dict[str, int | None] = {}
     for key, lo, hi in (
         ("num_frames", limits.min_num_frames, limits.max_num_frames),
         ("fps", limits.min_fps, limits.max_fps),
@@ -263,18 +274,25 @@ def _from_table(
     recipes = None
     if "recipes" in data:
         recipes = _check_recipes(data["recipes"], known_recipes, problems, example)
+    loras: tuple[str, ...] = ()
+    if "loras" in data:
+        loras = _check_loras(data["loras"], known_loras, problems, example)
 
     _raise_if(problems, name)
+    num_frames, fps = ints["num_frames"], ints["fps"]
+    assert num_frames is not None and fps is not None  # always configured
     return JobParams(
         prompt=prompt,
         negative_prompt=negative,
         resolution=resolution,
-        num_frames=ints["num_frames"],
-        fps=ints["fps"],
+        num_frames=num_frames,
+        fps=fps,
         steps=ints["steps"],
         guidance_scale=guidance,
         seed=seed,
         recipes=recipes,
+        loras=loras,
+        from_sidecar=frozenset(k for k in ("steps", "guidance_scale") if k in data),
     )
 
 
@@ -391,6 +409,33 @@ def _check_float(
     if not math.isfinite(value) or not lo <= value <= hi:
         problems.append(f"{key} = {_show(value)} is out of range: it must be from {lo:g} to {hi:g}.")
     return float(value)
+
+
+def _check_loras(
+    value: Any, known: Collection[str], problems: list[str], example: Callable[[str, str], str]
+) -> tuple[str, ...]:
+    available = ", ".join(sorted(known)) or "(none are configured)"
+    if not isinstance(value, list):
+        fix = example("loras", f'["{value}"]') if isinstance(value, str) else example("loras", '["NAME"]')
+        problems.append(f"loras = {_show(value)} is {_kind(value)}; it must be a list of names, e.g. {fix}.")
+        return ()
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            problems.append(f"loras: {_show(item)} is {_kind(item)}; each adapter is a name in quotes.")
+        elif item in known:
+            if item not in names:
+                names.append(item)
+        elif "/" in item or "\\" in item or item.endswith(".safetensors"):
+            problems.append(
+                f"loras: {_show(item)} looks like a path or a Hub id; a prompt file picks adapters by the"
+                f" names the operator configured only. Available: {available}."
+            )
+        else:
+            close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
+            hint = f" — did you mean '{close[0]}'?" if close else "."
+            problems.append(f"loras: there is no adapter called {_show(item)}{hint} Available: {available}.")
+    return tuple(names)
 
 
 def _check_recipes(
