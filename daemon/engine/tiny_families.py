@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import tiny
+from daemon.engine import tiny
 
 MARKER = tiny.MARKER  # one marker file name for every tiny build
 

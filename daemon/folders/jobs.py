@@ -560,3 +560,9 @@ def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
         job.out.mkdir()  # caught mid-claim: the work never began
     _write_record(job)
     return job
+
+
+def count_attempt(job: Job) -> None:
+    """One more attempt of a claimed job (its worker died mid-way), kept in its claim record."""
+    job.attempts += 1
+    _write_record(job)
