@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from daemon import logs
+from daemon.cluster import private
 from daemon.cluster.worker import ClusterWorker, Made, WorkerCancelled, WorkerInfo
 from daemon.config import Settings
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo
@@ -57,6 +58,7 @@ class _Task:
 class _Worker:
     name: str
     actor: Any
+    node: str | None = None  # the Ray node it is pinned to (workers = "auto")
     state: str = "loading"  # "loading", "idle", "busy", "lost" (restarting), "failed" (no model)
     info: WorkerInfo | None = None
     task: _Task | None = None
@@ -84,6 +86,7 @@ class RayExecutor:
         self._lock = threading.RLock()
         self._workers: dict[str, _Worker] = {}
         self._pending: deque[_Task] = deque()
+        self._lost_on: dict[str, set[str]] = {}  # job -> workers that died under it
         self._calls: dict[Any, tuple[str, _Worker]] = {}  # ObjectRef -> (kind, worker)
         self._model: ModelInfo | None = None
         self._aborted = False
@@ -196,6 +199,7 @@ class RayExecutor:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+            private.forget(self.settings.state_dir)
 
     # -- what ``i2vd check`` shows -------------------------------------------------------
 
@@ -224,7 +228,11 @@ class RayExecutor:
         options: dict[str, Any] = {"namespace": "i2vd", "log_to_driver": False, "configure_logging": False}
         if self.config.address == "local":
             # A private Ray: its own temporary folder, no dashboard, gone when the daemon stops.
+            ended = private.reap(self.settings.state_dir)
+            if ended:
+                self._log.warning("ended what a killed daemon's private Ray left running", pids=ended)
             self._temp_dir = tempfile.mkdtemp(prefix="i2vd-ray-")
+            private.note(self.settings.state_dir, self._temp_dir)
             options.update(address="local", include_dashboard=False, _temp_dir=self._temp_dir)
             options.update(self._ray_options)
         else:
@@ -239,14 +247,13 @@ class RayExecutor:
             resources=self._describe_resources(),
         )
 
-    def _slots(self) -> int:
-        """How many workers the cluster has room for now (``workers = "auto"``), or the number asked."""
-        if self.config.workers != "auto":
-            return int(self.config.workers)
+    def _per_node(self) -> dict[str, int]:
+        """Workers each live node has room for (``workers = "auto"``): its GPUs / gpus_per_worker,
+        or its CPUs / cpus_per_worker when gpus_per_worker = 0, whichever is fewer."""
         import ray
 
         gpw, cpw = self.config.gpus_per_worker, self.config.cpus_per_worker
-        total = 0
+        room: dict[str, int] = {}
         for node in ray.nodes():
             if not node.get("Alive"):
                 continue
@@ -254,46 +261,64 @@ class RayExecutor:
             by_cpu = math.floor(res.get("CPU", 0) / cpw + 1e-9) if cpw > 0 else None
             if gpw > 0:
                 n = math.floor(res.get("GPU", 0) / gpw + 1e-9)
-                total += n if by_cpu is None else min(n, by_cpu)
+                room[node["NodeID"]] = n if by_cpu is None else min(n, by_cpu)
             else:
-                total += by_cpu or 0
-        return total
+                room[node["NodeID"]] = by_cpu or 0
+        return room
 
     def _scale(self, *, force: bool = False) -> None:
-        """Start workers for GPUs the cluster offers and no worker uses (nodes that joined)."""
+        """Start workers for GPUs the cluster offers and no worker uses (nodes that joined).
+
+        With ``workers = "auto"`` each worker is pinned to its node, so a worker that failed to
+        load the model keeps its node's slot (it is not tried again and again), a restarted one
+        comes back on the same machine, and a machine that joins, or joins again (a new node id),
+        gets workers of its own.
+        """
         now = time.monotonic()
         if not force and now - self._resources_at < RESOURCES_EVERY:
             return
         self._resources_at = now
         if self._closing.is_set() or self._aborted:
             return
-        want = self._slots()
         with self._lock:
-            missing = want - len(self._workers)
-            if missing <= 0:
+            if self.config.workers != "auto":
+                missing = {None: int(self.config.workers) - len(self._workers)}
+            else:
+                have: dict[str, int] = {}
+                for w in self._workers.values():
+                    have[w.node] = have.get(w.node, 0) + 1  # type: ignore[index]
+                missing = {node: n - have.get(node, 0) for node, n in self._per_node().items()}
+            total = sum(n for n in missing.values() if n > 0)
+            if total <= 0:
                 return
             if self._workers:
-                self._log.info("more GPUs in the cluster; starting workers for them", workers=missing)
-            for _ in range(missing):
-                self._spawn()
+                self._log.info("more GPUs in the cluster; starting workers for them", workers=total)
+            for node, n in missing.items():
+                for _ in range(max(0, n)):
+                    self._spawn(node)
 
-    def _spawn(self) -> None:
+    def _spawn(self, node: str | None) -> None:
         name = f"ray-{self._spawned}"
         self._spawned += 1
         cfg, settings = self.config, self.settings
-        actor = self._remote.options(
-            num_gpus=cfg.gpus_per_worker,
-            num_cpus=cfg.cpus_per_worker,
-            max_restarts=cfg.max_restarts,
-            max_concurrency=ACTOR_THREADS,
-        ).remote(
+        options: dict[str, Any] = {
+            "num_gpus": cfg.gpus_per_worker,
+            "num_cpus": cfg.cpus_per_worker,
+            "max_restarts": cfg.max_restarts,
+            "max_concurrency": ACTOR_THREADS,
+        }
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        actor = self._remote.options(**options).remote(
             name,
             settings.model,
             str(settings.model_cache_dir),
             self._warm_up,
             str(settings.output.ffmpeg) if settings.output.ffmpeg else None,
         )
-        worker = _Worker(name, actor)
+        worker = _Worker(name, actor, node=node)
         self._workers[name] = worker
         self._call("info", worker, actor.info.remote())
         self.board.put(WorkerState(name, host="?", device="?", state="loading"))
@@ -346,7 +371,10 @@ class RayExecutor:
             task = self._pending.popleft()
             if not task.future.set_running_or_notify_cancel():
                 continue
-            worker = idle.pop(0)
+            # A job whose worker died goes to another one if any is free (that one may be the cause).
+            died_on = self._lost_on.get(task.job, set())
+            worker = min(idle, key=lambda w: w.name in died_on)
+            idle.remove(worker)
             worker.state, worker.task = "busy", task
             self._call("run", worker, worker.actor.run.remote(task.job, task.request, task.recipes))
             self.board.job_started(worker.name, task.job)
@@ -372,6 +400,8 @@ class RayExecutor:
             # (max_restarts); the job is the loop's to submit again, as one more attempt.
             host = worker.info.host if worker.info else "?"
             self._log.warning("cluster worker lost mid-job", worker=worker.name, host=host, error=_short(e))
+            if task is not None:
+                self._lost_on.setdefault(task.job, set()).add(worker.name)
             lost: BaseException = (
                 Cancelled() if self._aborted else WorkerLost(f"worker {worker.name} on {host}")
             )
@@ -392,6 +422,8 @@ class RayExecutor:
                 # Encoded on the worker: only the shape is needed here (JOB.json's sizes); no memory.
                 frames = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), made.shape)
             result = GenerationResult(frames, made.record, worker=where, encoded=made.encoded)
+            if task is not None:
+                self._lost_on.pop(task.job, None)
             self._finish(worker, task, result=result, state="idle")
 
     def _finish(

@@ -59,8 +59,8 @@ CRASH_LOOP_ERROR = (
 
 
 WORKER_LOST_ERROR = (
-    "The machine or process making this clip stopped {crashes} times in a row while making it, so it "
-    "was set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
+    "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
+    "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
     "operator to look at the daemon's log."
 )
 
