@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from structlog.testing import capture_logs
@@ -31,8 +32,6 @@ psutil = pytest.importorskip("psutil")
 
 from daemon.cluster.ray_executor import RayExecutor  # noqa: E402
 from daemon.service.loop import Service  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 FAKE_GPUS = {"num_cpus": 2, "num_gpus": 2}
@@ -100,9 +99,96 @@ def pid_of(executor: RayExecutor, name: str) -> int:
     return int(info.pid)
 
 
+# -- without Ray running: the config, what travels back, what status and the page show ----
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"workers": 0}, 'must be "auto" or a number of workers'),
+        ({"address": "somewhere"}, "HOST:PORT"),
+        ({"gpus_per_worker": 0, "cpus_per_worker": 0}, "set cpus_per_worker above 0"),
+        ({"backend": "slurm"}, "cluster.backend"),
+    ],
+)
+def test_cluster_settings_that_cannot_work_are_refused_naming_the_key(
+    tmp_path: Path, cluster: dict[str, object], message: str
+) -> None:
+    from daemon.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cluster") as caught:
+        settings_for(tmp_path, "stub", cluster)
+    assert message in str(caught.value)
+
+
+def test_files_encoded_on_a_worker_are_published_only_when_intact(tmp_path: Path) -> None:
+    from daemon.encode import encode_job, select_ffmpeg
+    from daemon.job.encoded import EncodedFiles, TransferError
+
+    frames = np.zeros((4, 48, 64, 3), dtype=np.uint8)
+    worker_dir, out = tmp_path / "worker", tmp_path / "out"
+    worker_dir.mkdir()
+    out.mkdir()
+    ffmpeg = select_ffmpeg(None)
+    enc = encode_job(frames, 8, worker_dir, "cup", {}, ffmpeg=ffmpeg)
+    files = EncodedFiles.collect(enc, ffmpeg.version)
+    published = files.publish(out)
+    assert published.master.read_bytes() == (worker_dir / "cup.mp4").read_bytes()
+    damaged = EncodedFiles(**{**files.__dict__, "files": {"cup.mp4": b"not the clip"}, "master": "cup.mp4"})
+    (out / "cup.mp4").unlink()
+    with pytest.raises(TransferError, match="damaged"):
+        damaged.publish(out)
+    assert not (out / "cup.mp4").exists()  # nothing half-published
+
+
+def test_status_and_the_share_page_show_every_worker() -> None:
+    from daemon.listeners.share_page import _now_box
+    from daemon.service.status_file import render
+
+    status = {
+        "state": "busy",
+        "current": {"job": "cup_1", "worker": "ray-0", "step": 3, "total": 8},
+        "running": [
+            {"job": "cup_1", "worker": "ray-0", "step": 3, "total": 8},
+            {"job": "bowl_1", "worker": "ray-1", "step": 5, "total": 8},
+        ],
+        "workers": [
+            {
+                "name": "ray-0",
+                "host": "gpu1",
+                "device": "NVIDIA H200 (GPU 0)",
+                "state": "busy",
+                "job": "cup_1",
+            },
+            {
+                "name": "ray-1",
+                "host": "gpu2",
+                "device": "NVIDIA H200 (GPU 0)",
+                "state": "busy",
+                "job": "bowl_1",
+            },
+            {
+                "name": "ray-2",
+                "host": "gpu3",
+                "device": "none",
+                "state": "lost",
+                "error": "FileNotFoundError: x",
+            },
+        ],
+    }
+    text = render(status)
+    assert "workers  2 of 3 ready" in text
+    assert "ray-1  gpu2  NVIDIA H200 (GPU 0)  bowl_1 step 5/8" in text
+    assert "ray-2  gpu3  none  lost (FileNotFoundError: x)" in text
+    render({**status, "running": True})  # as read_status returns it: states only, no crash
+    page = _now_box(status)
+    assert page.count('class="box now"') == 2 and "on gpu2" in page and "Step 5 of 8" in page
+
+
 # -- one machine, fake GPUs --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("max_attempts", "outcome"), [(3, "done"), (1, "failed")])
 def test_a_worker_killed_mid_job_is_restarted_and_its_job_runs_again_once(
     tmp_path: Path, max_attempts: int, outcome: str
@@ -140,6 +226,7 @@ def test_a_worker_killed_mid_job_is_restarted_and_its_job_runs_again_once(
     assert not list((settings.state_dir / "claimed").iterdir())
 
 
+@pytest.mark.slow
 def test_a_cold_stop_puts_every_job_on_every_worker_back_untouched(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, "stub:60", {"gpus_per_worker": 1}, generation={"steps": 60})
     before = {**drop(settings.paths.inbox, "cup"), **drop(settings.paths.inbox, "bowl")}
@@ -159,6 +246,7 @@ def test_a_cold_stop_puts_every_job_on_every_worker_back_untouched(tmp_path: Pat
     assert not list((settings.state_dir / "claimed").iterdir())
 
 
+@pytest.mark.slow
 def test_killing_the_coordinator_with_jobs_on_workers_loses_nothing(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
@@ -198,6 +286,7 @@ def test_killing_the_coordinator_with_jobs_on_workers_loses_nothing(tmp_path: Pa
     assert not list(settings.paths.inbox.iterdir())
 
 
+@pytest.mark.slow
 def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = write_config(
         tmp_path,
@@ -234,6 +323,7 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
 # -- several machines (Ray nodes on this one) --------------------------------------------
 
 
+@pytest.mark.slow
 def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A node without the model is reported and left out; when the last good node leaves, jobs
     wait in the inbox with one log line; a node that joins gets a worker and the jobs run."""
