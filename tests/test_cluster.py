@@ -334,10 +334,12 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
     home_a.mkdir()
     home_b.mkdir()
     (home_a / "tiny").symlink_to(tiny_model_dir)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    # The head is machine B (three Ray nodes in all: each takes seconds to start on 2 cores).
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "env_vars": {"HOME": str(home_b)}}
+    )
     try:
         node_a = cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)})
-        cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_b)})
         settings = settings_for(
             tmp_path, "~/tiny", {"address": cluster.address, "gpus_per_worker": 1}, generation={"steps": 2}
         )
