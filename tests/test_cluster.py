@@ -185,6 +185,32 @@ def test_status_and_the_share_page_show_every_worker() -> None:
     assert page.count('class="box now"') == 2 and "on gpu2" in page and "Step 5 of 8" in page
 
 
+def test_metrics_show_every_worker_and_its_step() -> None:
+    import urllib.request
+
+    from daemon.listeners.metrics import MetricsListener
+
+    metrics = MetricsListener("127.0.0.1:0")
+    try:
+        metrics.on_status(
+            {
+                "running": [{"job": "cup_1", "worker": "ray-1", "step": 5, "total": 8}],
+                "workers": [
+                    {"name": "ray-0", "host": "gpu1", "device": "cpu", "state": "lost"},
+                    {"name": "ray-1", "host": "gpu2", "device": "cpu", "state": "busy", "job": "cup_1"},
+                ],
+            }
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        metrics.close()
+    assert 'i2vd_worker_up{device="cpu",host="gpu1",worker="ray-0"} 0.0' in text
+    assert 'i2vd_worker_up{device="cpu",host="gpu2",worker="ray-1"} 1.0' in text
+    assert 'i2vd_worker_job_step{worker="ray-1"} 5.0' in text
+    assert 'i2vd_worker_job_steps_total{worker="ray-1"} 8.0' in text
+
+
 # -- one machine, fake GPUs --------------------------------------------------------------
 
 
