@@ -48,6 +48,24 @@ def _ray_processes() -> set[int]:
     return found
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_ray_token_in_this_process() -> Iterator[None]:
+    """The Rays started inside pytest run without token authentication.
+
+    Ray's in-process multi-node helper (``ray.cluster_utils``) cannot start nodes under token
+    authentication, and the first ``ray.init`` of a process fixes the mode for the rest of it.
+    The daemons these tests start as ``i2vd`` processes run as users run them: with tokens.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        yield
+
+
+def as_users_run_it() -> dict[str, str]:
+    """The environment for an ``i2vd`` process: Ray's default token authentication."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+
+
 @pytest.fixture(autouse=True)
 def no_ray_left() -> Iterator[None]:
     """Each test leaves no Ray process behind (those of other people's runs are not ours)."""
@@ -284,7 +302,9 @@ def test_killing_the_coordinator_with_jobs_on_workers_loses_nothing(tmp_path: Pa
     before = {**drop(settings.paths.inbox, "cup"), **drop(settings.paths.inbox, "bowl")}
     status = settings.state_dir / "status.json"
     log = (tmp_path / "run.log").open("wb")
-    proc = subprocess.Popen([*CLI, "run", "--config", str(config)], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [*CLI, "run", "--config", str(config)], stdout=log, stderr=log, env=as_users_run_it()
+    )
     try:
 
         def running() -> bool:
@@ -300,7 +320,7 @@ def test_killing_the_coordinator_with_jobs_on_workers_loses_nothing(tmp_path: Pa
         proc.wait(30)
     # The private Ray's head and workers end with their daemon; what Ray's helpers leave behind
     # the restart ends (the no_ray_left fixture checks that nothing is left).
-    env = {**os.environ, "I2VD_MODEL__ID": "stub:0"}
+    env = {**as_users_run_it(), "I2VD_MODEL__ID": "stub:0"}
     done = subprocess.run(
         [*CLI, "run", "--once", "--config", str(config)], env=env, capture_output=True, timeout=240
     )
@@ -322,7 +342,11 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
     )
     settings = load_settings(config)
     check = subprocess.run(
-        [*CLI, "check", "--config", str(config)], capture_output=True, timeout=240, text=True
+        [*CLI, "check", "--config", str(config)],
+        capture_output=True,
+        timeout=240,
+        text=True,
+        env=as_users_run_it(),
     )
     assert check.returncode == 0, check.stdout + check.stderr
     lines = check.stdout.splitlines()
@@ -333,7 +357,12 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
 
     drop(settings.paths.inbox, "cup")
     drop(settings.paths.inbox, "bowl")
-    run = subprocess.run([*CLI, "run", "--once", "--config", str(config)], capture_output=True, timeout=300)
+    run = subprocess.run(
+        [*CLI, "run", "--once", "--config", str(config)],
+        capture_output=True,
+        timeout=300,
+        env=as_users_run_it(),
+    )
     assert run.returncode == 0, run.stderr.decode()[-3000:]
     made = records(settings.paths.outputs)
     assert sorted(made) == ["bowl", "cup"]

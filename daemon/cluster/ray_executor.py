@@ -41,6 +41,9 @@ from daemon.service.executor import Cancelled, ProgressBoard, WorkerLost, Worker
 # cluster for new GPUs.
 PROGRESS_EVERY = 0.5
 IDLE_CHECK_EVERY = 5.0
+# A worker that could not even be created (or died before it ever answered) is not started
+# again on that node before this many seconds: no storm of actors that cannot live there.
+RESPAWN_BACKOFF = 60.0
 RESOURCES_EVERY = 10.0
 # Calls a worker answers at once: ``run`` in one thread, ``progress``/``abort``/``info`` in others.
 ACTOR_THREADS = 3
@@ -87,6 +90,7 @@ class RayExecutor:
         self._workers: dict[str, _Worker] = {}
         self._pending: deque[_Task] = deque()
         self._lost_on: dict[str, set[str]] = {}  # job -> workers that died under it
+        self._stillborn: dict[str | None, float] = {}  # node -> when a worker there died unborn
         self._calls: dict[Any, tuple[str, _Worker]] = {}  # ObjectRef -> (kind, worker)
         self._model: ModelInfo | None = None
         self._aborted = False
@@ -288,6 +292,9 @@ class RayExecutor:
                 for w in self._workers.values():
                     have[w.node] = have.get(w.node, 0) + 1  # type: ignore[index]
                 missing = {node: n - have.get(node, 0) for node, n in self._per_node().items()}
+            for node, died in list(self._stillborn.items()):
+                if now - died < RESPAWN_BACKOFF:
+                    missing[node] = 0
             total = sum(n for n in missing.values() if n > 0)
             if total <= 0:
                 return
@@ -467,6 +474,8 @@ class RayExecutor:
             # is started again for the GPU if the cluster still offers it.
             self._log.error("cluster worker gone", worker=worker.name, error=_short(e))
             with self._lock:
+                if worker.info is None:
+                    self._stillborn[worker.node] = time.monotonic()
                 self._workers.pop(worker.name, None)
                 self.board.update(worker.name, state="lost", job=None, error=f"gone: {_short(e)}")
                 self._resources_at = 0.0
