@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -227,6 +228,7 @@ def ray_cost(workers: int) -> dict[str, float]:
     time.sleep(1)
     with_workers = rss()
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
     return {
         "init_s": init_s,
         "head_mib": head,
