@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -390,11 +392,14 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
     home_b.mkdir()
     (home_a / "tiny").symlink_to(tiny_model_dir)
     # The head is machine B (three Ray nodes in all: each takes seconds to start on 2 cores).
+    # Its own session folder (short: Ray's socket paths must fit 107 bytes), removed afterwards.
+    temp = tempfile.mkdtemp(prefix="i2vd-ray-")
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "env_vars": {"HOME": str(home_b)}}
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 1, "env_vars": {"HOME": str(home_b)}, "temp_dir": temp},
     )
     try:
-        node_a = cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)})
+        node_a = cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)}, temp_dir=temp)
         settings = settings_for(
             tmp_path, "~/tiny", {"address": cluster.address, "gpus_per_worker": 1}, generation={"steps": 2}
         )
@@ -420,7 +425,7 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
             assert sorted(p.name for p in settings.paths.inbox.iterdir()) == ["bowl.png", "bowl.txt"]
             assert not list(settings.paths.failed.iterdir())
 
-            cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)})
+            cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)}, temp_dir=temp)
             wait_for(lambda: records(settings.paths.outputs).get("bowl"), message="bowl made on the new node")
             service.request_stop()
             runner.join(60)
@@ -431,3 +436,4 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
         assert not list(settings.paths.failed.iterdir())
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
