@@ -312,6 +312,9 @@ class RayExecutor:
             "num_gpus": cfg.gpus_per_worker,
             "num_cpus": cfg.cpus_per_worker,
             "max_restarts": cfg.max_restarts,
+            # Ray never runs a job again by itself: the loop does, counting the attempt, so a job
+            # is never made twice at once by Ray's retry and ours.
+            "max_task_retries": 0,
             "max_concurrency": ACTOR_THREADS,
         }
         if node is not None:
