@@ -86,28 +86,57 @@ def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+def _ray_executor(settings: Settings) -> Any:
+    """The Ray executor, or why it cannot be made (Ray not installed) in one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return (
+            '[cluster] backend = "ray" needs Ray, which is not installed here; install it with'
+            ' pip install "i2v-daemon[cluster]" (the same Ray version on every machine of the cluster)'
+        )
+    from daemon.cluster.ray_executor import RayExecutor
+
+    return RayExecutor(settings)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.engine.families import defaults_problem
     from daemon.listeners import systemd as notify
     from daemon.listeners.events import Listener
     from daemon.listeners.metrics import MetricsListener
     from daemon.listeners.webhooks import WebhookSender
-    from daemon.service.executor import ThreadExecutor
+    from daemon.service.executor import Executor, ThreadExecutor
     from daemon.service.loop import DaemonLocked, Service, StartupError
 
     # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
     faulthandler.enable()
     log = logs.get()
     path, settings = _settings(args, log)
-    log.info("loading model", model=settings.model.id, device=settings.model.device)
-    try:
-        generator = _load_generator(settings)
-    except Exception as e:
-        hint: dict[str, str] = {}
-        if path is None:
-            hint["hint"] = "no config file was found, so this is the built-in default model; see --config"
-        log.error("model failed to load", model=settings.model.id, error=str(e), **hint)
-        return EXIT_FAILED
+    executor: Executor
+    if settings.cluster.backend == "ray":
+        executor_or_error = _ray_executor(settings)
+        if isinstance(executor_or_error, str):
+            log.error("cannot start", reason=executor_or_error)
+            return EXIT_FAILED
+        # The workers load the model when the service starts; this machine needs no GPU.
+        log.info("jobs run on Ray workers", address=settings.cluster.address, model=settings.model.id)
+        executor = executor_or_error
+    else:
+        log.info("loading model", model=settings.model.id, device=settings.model.device)
+        try:
+            generator = _load_generator(settings)
+        except Exception as e:
+            hint: dict[str, str] = {}
+            if path is None:
+                hint["hint"] = "no config file was found, so this is the built-in default model; see --config"
+            log.error("model failed to load", model=settings.model.id, error=str(e), **hint)
+            return EXIT_FAILED
+        problem = defaults_problem(generator.info.family, settings.generation.num_frames)
+        if problem is not None:
+            log.error("cannot start", reason=problem)
+            return EXIT_FAILED
+        executor = ThreadExecutor([generator])
     listeners: list[Listener] = [notify.SystemdListener()]
     if settings.metrics.address:
         try:
@@ -117,13 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     if (hooks := WebhookSender.from_settings(settings)) is not None:
         listeners.append(hooks)
-    problem = defaults_problem(generator.info.family, settings.generation.num_frames)
-    if problem is not None:
-        log.error("cannot start", reason=problem)
-        return EXIT_FAILED
     service = Service(
         settings,
-        ThreadExecutor([generator]),
+        executor,
         watch=not args.once,
         # One small generation at start, so the first user job is not the slow one.
         warm_up=settings.model.warmup and not args.once,

@@ -298,6 +298,52 @@ class WebhooksConfig(_Section):
         return v
 
 
+class ClusterConfig(_Section):
+    """Where jobs run: this process ("local") or Ray workers, one per GPU ("ray", docs/cluster.md)."""
+
+    backend: Literal["local", "ray"] = "local"
+    # "local": a private Ray on this machine, started and stopped with the daemon; "auto": the
+    # Ray cluster this machine already belongs to (``ray start``); "HOST:PORT": that cluster's head.
+    address: str = "local"
+    # "auto": one worker per gpus_per_worker GPUs of every node (per cpus_per_worker CPUs when
+    # gpus_per_worker = 0), including nodes that join later; a number: that many workers.
+    workers: int | Literal["auto"] = "auto"
+    gpus_per_worker: float = Field(1.0, ge=0)
+    # CPUs Ray sets aside for each worker (its encoding runs there); 0 reserves none.
+    cpus_per_worker: float = Field(1.0, ge=0)
+    # A worker whose process dies is started again this many times (it reloads the model).
+    max_restarts: int = Field(3, ge=0)
+    # How long start waits for the workers to load the model; the late ones join when ready.
+    start_timeout: float = Field(900.0, gt=0)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+            raise ValueError('must be "auto" or a number of workers, 1 or more')
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("local", "auto"):
+            return v
+        host, sep, port = v.removeprefix("ray://").rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError('must be "local", "auto" or the head\'s "HOST:PORT" (e.g. "10.0.0.5:6379")')
+        return v
+
+    @model_validator(mode="after")
+    def _some_resource(self) -> ClusterConfig:
+        if self.workers == "auto" and self.gpus_per_worker == 0 and self.cpus_per_worker == 0:
+            raise ValueError(
+                'workers = "auto" counts GPUs, or CPUs when gpus_per_worker = 0: set cpus_per_worker'
+                " above 0 or give workers a number"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="I2VD_",
@@ -314,6 +360,7 @@ class Settings(BaseSettings):
     output: OutputConfig = Field(default_factory=OutputConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
     # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.

@@ -55,6 +55,9 @@ class GenerationResult:
     record: dict[str, Any] = field(default_factory=dict)
     # Where it was made ({"name", "host", "device"}), filled in by the executor that ran it.
     worker: dict[str, str] | None = None
+    # The finished files (a ``daemon.job.encoded.EncodedFiles``) when the worker that generated
+    # the clip also encoded it; ``frames`` is then a zero-copy stand-in of the right shape.
+    encoded: Any = None
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,9 @@ def reserve(folders: Folders, rel_dir: Path, stem: str, when: datetime) -> tuple
         except FileExistsError:
             continue
         return name, parent / name
+
+
+def count_attempt(job: Job) -> None:
+    """One more attempt of a claimed job (its worker died mid-way), kept in its claim record."""
+    job.attempts += 1
+    write_record(job)

@@ -15,6 +15,7 @@ from daemon.encode.onepass import EncodeResult, encode_job
 from daemon.engine.interface import GenerationResult
 from daemon.folders import fsops
 from daemon.folders.jobs import Job
+from daemon.job.encoded import EncodedFiles
 from daemon.job.prepare import Prepared
 from daemon.job.record import JobRecord, Parameters, RecipeOutcome, Worker
 
@@ -86,20 +87,27 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     job, table = gen.job, settings.recipe_table()
     record = describe(gen)
     ffmpeg = select_ffmpeg(settings.output.ffmpeg)  # checked at start; cached
-    enc: EncodeResult = encode_job(
-        gen.result.frames,
-        gen.prepared.request.fps,
-        job.out,
-        job.name,
-        {n: table[n] for n in gen.prepared.recipes},
-        ffmpeg=ffmpeg,
-    )
+    ffmpeg_version = ffmpeg.version
+    enc: EncodeResult
+    if isinstance(gen.result.encoded, EncodedFiles):
+        # Encoded on the worker that generated it: only written here, checked against its digests.
+        enc = gen.result.encoded.publish(job.out)
+        ffmpeg_version = gen.result.encoded.ffmpeg_version
+    else:
+        enc = encode_job(
+            gen.result.frames,
+            gen.prepared.request.fps,
+            job.out,
+            job.name,
+            {n: table[n] for n in gen.prepared.recipes},
+            ffmpeg=ffmpeg,
+        )
     recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}
     for name, err in recipe_errors.items():
         log.warning("recipe failed", recipe=name, error=err)
     log.info("encoded", seconds=round(enc.seconds, 2), recipes=[n for n, r in enc.recipes.items() if r.ok])
     record.status = "done" if not recipe_errors else "done_with_recipe_errors"
-    record.versions = {**record.versions, "ffmpeg": ffmpeg.version}
+    record.versions = {**record.versions, "ffmpeg": ffmpeg_version}
     record.master = enc.master.name
     record.recipes = {
         name: RecipeOutcome(ok=r.ok, file=r.path.name if r.path else None, error=r.error)

@@ -86,6 +86,25 @@ class MetricsListener:
             ["device"],
             registry=r,
         )
+        # One series per worker (one "local" worker without a cluster): which are up, and each one's job.
+        self.worker_up = Gauge(
+            "i2vd_worker_up",
+            "1 while the worker has the model loaded (idle or busy), 0 while lost or loading.",
+            ["worker", "host", "device"],
+            registry=r,
+        )
+        self.worker_step = Gauge(
+            "i2vd_worker_job_step",
+            "Denoising steps done in the worker's current job.",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_total = Gauge(
+            "i2vd_worker_job_steps_total",
+            "Denoising steps of the worker's current job.",
+            ["worker"],
+            registry=r,
+        )
         Info("i2vd_build", "The i2vd version.", registry=r).info({"version": __version__})
         self._gpu = gpu
         self._lock = threading.Lock()
@@ -103,9 +122,21 @@ class MetricsListener:
             self.total.set(float(current.get("total") or 0))
             eta = current.get("eta_seconds")
             self.eta.set(float(eta) if eta is not None else 0)
+            self._workers(status)
             self._sample_gpu()
         except Exception as e:  # a listener must never break the loop
             logs.get().warning("metrics update failed", error=str(e))
+
+    def _workers(self, status: dict[str, Any]) -> None:
+        running = status.get("in_flight")
+        steps = {r.get("worker"): r for r in running if r.get("worker")} if isinstance(running, list) else {}
+        for w in status.get("workers") or []:
+            name = str(w.get("name"))
+            up = w.get("state") in ("idle", "busy")
+            self.worker_up.labels(worker=name, host=str(w.get("host")), device=str(w.get("device"))).set(up)
+            run = steps.get(name) or {}
+            self.worker_step.labels(worker=name).set(float(run.get("step") or 0))
+            self.worker_total.labels(worker=name).set(float(run.get("total") or 0))
 
     def on_job_finished(self, event: JobFinished) -> None:
         try:

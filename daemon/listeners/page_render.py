@@ -99,9 +99,22 @@ _STATE_TEXT = {
 
 
 def _now_box(status: Mapping[str, Any]) -> str:
-    cur = status.get("current")
+    """The job being made, with its progress; one box per job when several workers make clips."""
+    running = status.get("in_flight")
+    if isinstance(running, Sequence) and not isinstance(running, str) and len(running) > 1:
+        hosts = {w.get("name"): w.get("host") for w in status.get("workers") or [] if isinstance(w, Mapping)}
+        boxes = []
+        for run in running:
+            if isinstance(run, Mapping) and run.get("job"):
+                boxes.append(_one_now_box(run, where=hosts.get(run.get("worker"))))
+        if boxes:
+            return "".join(boxes)
+    return _one_now_box(status.get("current"), status.get("state"))
+
+
+def _one_now_box(cur: Any, state: Any = None, where: Any = None) -> str:
     if not isinstance(cur, Mapping) or not cur.get("job"):
-        if status.get("state") == "stopped":
+        if state == "stopped":
             text = "Nothing: the video service is stopped."
         else:
             text = "Nothing is being made right now."
@@ -122,6 +135,8 @@ def _now_box(status: Mapping[str, Any]) -> str:
         parts.append(f'<div class="bar"><span style="width:{pct}%"></span></div>')
         line = f"Step {_t(step)} of {_t(total)} ({pct}%)" + (f" · {_t(eta)}" if eta else "")
         parts.append(f'<div class="progress">{line}</div>')
+    if where:
+        parts.append(f'<div class="muted small">on {_t(where)}</div>')
     parts.append("</div>")
     return "".join(parts)
 

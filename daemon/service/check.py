@@ -58,6 +58,12 @@ def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) ->
         error = validate_recipe(name, recipe, ffmpeg=ffmpeg)
         yield error is None, f"recipe {name}", "works" if error is None else error
 
+    if settings.cluster.backend == "ray":
+        # The model runs on the workers: this machine needs neither a GPU nor the model.
+        from daemon.cluster.check import cluster_checks
+
+        yield from cluster_checks(settings)
+        return
     try:
         import torch
 

@@ -18,7 +18,7 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -31,6 +31,14 @@ from daemon.engine.interface import GenerationRequest, GenerationResult, Generat
 
 class Cancelled(Exception):
     """A job interrupted by a cold stop (or a stop whose grace ran out); its files go back to the inbox."""
+
+
+class WorkerLost(Exception):
+    """The worker running a job died (its process killed, its machine gone) before it finished.
+
+    Counts as one attempt of the job, as a crash of a single daemon does; the loop submits the
+    job again (to whichever worker is free) until ``limits.max_attempts``.
+    """
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,13 @@ class Executor(Protocol):
         """Load the model on every worker; warm up with (short side, frames) when given."""
         ...
 
-    def submit(self, job: str, request: GenerationRequest) -> Future[GenerationResult]:
-        """Run one job; the future raises ``Cancelled``, ``GenerationError`` or an internal error."""
+    def submit(
+        self, job: str, request: GenerationRequest, recipes: Mapping[str, Any] | None = None
+    ) -> Future[GenerationResult]:
+        """Run one job; the future raises ``Cancelled``, ``WorkerLost``, ``GenerationError`` or an
+        internal error. ``recipes`` ({name: RecipeConfig}) are the outputs the job wants: an
+        executor may encode them where it generated (``GenerationResult.encoded``) or leave them
+        to the filing thread."""
         ...
 
     def cancel(self) -> None:
@@ -174,7 +187,10 @@ class ThreadExecutor:
             thread.start()
             self._threads.append(thread)
 
-    def submit(self, job: str, request: GenerationRequest) -> Future[GenerationResult]:
+    def submit(
+        self, job: str, request: GenerationRequest, recipes: Mapping[str, Any] | None = None
+    ) -> Future[GenerationResult]:
+        # The filing thread encodes in this process: ``recipes`` are not needed here.
         future: Future[GenerationResult] = Future()
         self._queue.put((job, request, future))
         return future

@@ -35,7 +35,7 @@ from daemon.engine.interface import GenerationResult, Generator
 from daemon.errors import JobError
 from daemon.folders import fsops
 from daemon.folders.claim import claim
-from daemon.folders.jobs import Folders, Job
+from daemon.folders.jobs import Folders, Job, count_attempt
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
@@ -46,7 +46,7 @@ from daemon.job.record import Worker
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
-from daemon.service.executor import Cancelled, Executor, ThreadExecutor
+from daemon.service.executor import Cancelled, Executor, ThreadExecutor, WorkerLost
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.scanning import InboxMonitor
@@ -58,6 +58,13 @@ CRASH_LOOP_ERROR = (
     "Making this clip stopped the video daemon {crashes} times in a row, so it was set aside to "
     "protect the other jobs. Try a smaller resolution or fewer frames, or ask the operator to look "
     "at the daemon's log."
+)
+
+
+WORKER_LOST_ERROR = (
+    "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
+    "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
+    "operator to look at the daemon's log."
 )
 
 
@@ -352,10 +359,38 @@ class Service:
             log.exception("internal error", folder=self._where(self.folders.failed, job))
             self.filer.put(Failed(job, INTERNAL_ERROR))
         else:
-            future = self.executor.submit(job.name, prepared.request)
-            future.add_done_callback(lambda _f, name=job.name: self._finished_order(name))
-            self._flights[job.name] = _Flight(prepared, future, self.clock())
+            self._submit(prepared)
         self.publish_status()
+
+    def _submit(self, prepared: Prepared) -> None:
+        table = self.settings.recipe_table()
+        recipes = {name: table[name] for name in prepared.recipes if name in table}
+        future = self.executor.submit(prepared.job.name, prepared.request, recipes)
+        future.add_done_callback(lambda _f, name=prepared.job.name: self._finished_order(name))
+        self._flights[prepared.job.name] = _Flight(prepared, future, self.clock())
+
+    def _retry(self, flight: _Flight, lost: WorkerLost) -> Failed | None:
+        """A worker died under this job: count the attempt, and submit it again while attempts last."""
+        job = flight.prepared.job
+        try:
+            count_attempt(job)
+        except OSError as e:
+            # The claim record cannot be written: the job stays claimed for recovery at next start.
+            self.log.error("cannot count the job's attempt; it stays claimed", job=job.name, error=str(e))
+            return None
+        flight.prepared.record.attempts = job.attempts
+        if job.attempts > self.settings.limits.max_attempts:
+            crashes = job.attempts - 1
+            self.log.error("job failed: its worker died every time", job=job.name, attempts=crashes)
+            return Failed(job, WORKER_LOST_ERROR.format(crashes=crashes))
+        self.log.warning(
+            "worker lost mid-job; submitting the job again",
+            job=job.name,
+            attempt=job.attempts,
+            reason=str(lost),
+        )
+        self._submit(flight.prepared)
+        return None
 
     def _finished_order(self, name: str) -> None:
         """A future's done callback (on the worker's thread): note the order, wake the loop."""
@@ -377,6 +412,14 @@ class Service:
             except Cancelled:
                 log.warning("job interrupted by shutdown; its files go back to the inbox")
                 item = Failed(job, None)
+            except WorkerLost as e:
+                if self.abort.is_set():
+                    item = Failed(job, None)  # a cold stop: back to the inbox, no attempt counted
+                else:
+                    failed = self._retry(flight, e)
+                    if failed is None:
+                        continue  # submitted again (or left claimed for the next start)
+                    item = failed
             except JobError as e:
                 log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
                 item = Failed(job, str(e))

@@ -125,6 +125,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"{label} {one_line(str(cur['job']), 60)}  {progress}{eta}{where}")
     if not jobs:
         lines.append("current  -")
+    lines += _workers(status)
     queue = status.get("queue", [])
     shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
     total = max(len(queue), int(status.get("queue_length") or 0))
@@ -137,3 +138,25 @@ def render(status: dict[str, Any]) -> str:
         error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
         lines.append(f"  {r['outcome']:<7} {one_line(str(r['job']), 60)}{error}")
     return "\n".join(lines)
+
+
+def _workers(status: dict[str, Any]) -> list[str]:
+    """One line per worker when there are several (a cluster): where, which GPU, what it does."""
+    workers = status.get("workers") or []
+    if len(workers) < 2 and not any(str(w.get("name", "")).startswith("ray") for w in workers):
+        return []
+    running = status.get("in_flight")
+    steps = {r.get("worker"): r for r in running if r.get("worker")} if isinstance(running, list) else {}
+    lines = [
+        f"workers  {sum(1 for w in workers if w.get('state') in ('idle', 'busy'))} of {len(workers)} ready"
+    ]
+    for w in workers:
+        doing = str(w.get("state") or "?")
+        if w.get("job"):
+            run = steps.get(w.get("name"), {})
+            step = f" step {run.get('step')}/{run.get('total')}" if run.get("total") else ""
+            doing = f"{one_line(str(w['job']), 50)}{step}"
+        elif w.get("error"):
+            doing += f" ({one_line(str(w['error']), 60)})"
+        lines.append(f"  {w.get('name')}  {w.get('host')}  {one_line(str(w.get('device')), 40)}  {doing}")
+    return lines

@@ -1,0 +1,286 @@
+"""The Ray cluster backend on one machine: scaling, the coordinator's own cost, Ray's own cost.
+
+Three figures, each on a private local Ray (``address = "local"``) that fakes GPUs
+(``num_gpus = 8``) so one worker per fake GPU runs the stub generator, which only sleeps
+S seconds a job like a GPU would (its frames are made first, at no cost worth counting):
+
+1. Scaling: N = 1, 2, 4, 8 workers, 4 jobs per worker, through the whole daemon (``Service``:
+   claims, prepare, workers, publish, status, share page). Jobs per second against the ideal
+   N / S, and the efficiency (ideal time / measured time), from the first job submitted to the
+   last one filed. The backlog is dropped before the start with ``settle_seconds = 0`` (the
+   hot folder's readiness wait is not what is measured here) and only the master clip is made.
+2. The coordinator's own cost per job with encoding on the workers: CPU time of the daemon's
+   process over a backlog (claim, prepare, publish the files, status, the share page and the
+   Ray calls), and where the wall time goes (claim, prepare, filing, status + page).
+3. Ray's own start time and memory on this machine: ``ray.init``, the RSS of Ray's processes
+   with no worker, and per worker (the stub: what a worker costs before any model).
+
+    python benchmarks/bench_cluster.py                 # all three, S = 2 s
+    python benchmarks/bench_cluster.py --quick         # N = 1, 2 only, S = 1 s, 60-job backlog
+
+Figures only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from daemon.config import Settings, load_settings  # noqa: E402
+
+
+def settings(root: Path, model: str, workers: int, recipes: list[str]) -> Settings:
+    path = root / "config.toml"
+    path.write_text(
+        f"""[model]
+id = "{model}"
+[watch]
+settle_seconds = 0
+pair_timeout = 0
+poll_interval = 0.2
+[generation]
+num_frames = 2
+steps = 4
+resolution = "512p"
+[output]
+default_recipes = {recipes!r}
+[cluster]
+backend = "ray"
+workers = {workers}
+gpus_per_worker = 1
+cpus_per_worker = 0
+""".replace("'", '"')
+    )
+    return load_settings(path)
+
+
+def drop(inbox: Path, count: int) -> None:
+    inbox.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (96, 64), (30, 90, 150))
+    for i in range(count):
+        image.save(inbox / f"job{i:04d}.png")
+        (inbox / f"job{i:04d}.txt").write_text("waves")
+
+
+class Clock:
+    """A listener noting when the first job was running and when each job was filed."""
+
+    def __init__(self) -> None:
+        self.first_running: float | None = None
+        self.finished: list[float] = []
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        if self.first_running is None and status.get("running"):
+            self.first_running = time.monotonic()
+
+    def on_job_finished(self, event: Any) -> None:
+        self.finished.append(time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+def scaling(n: int, seconds: float, per_worker: int) -> dict[str, float]:
+    from daemon.cluster.ray_executor import RayExecutor
+    from daemon.service.loop import Service
+
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        root = Path(tmp)
+        cfg = settings(root, f"stub:{seconds}", n, [])
+        jobs = n * per_worker
+        drop(cfg.paths.inbox, jobs)
+        clock = Clock()
+        executor = RayExecutor(cfg, ray_options={"num_cpus": 2, "num_gpus": 8})
+        service = Service(cfg, executor, watch=False, listeners=[clock])  # type: ignore[list-item]
+        results = service.run_once()
+        assert len(results) == jobs and all(r.ok for r in results), "every job must be done"
+        assert clock.first_running is not None
+        elapsed = max(clock.finished) - clock.first_running
+        ideal = per_worker * seconds
+        encode = [r.record.timings.encode_seconds or 0 for r in results if r.record is not None]
+        return {
+            "encode": sum(encode) / len(encode),
+            "jobs": jobs,
+            "elapsed": elapsed,
+            "rate": jobs / elapsed,
+            "ideal_rate": n / seconds,
+            "efficiency": ideal / elapsed,
+            # The worker's own encode is work too (on its machine's CPUs, beside the GPU).
+            "efficiency_with_encode": per_worker * (seconds + sum(encode) / len(encode)) / elapsed,
+        }
+
+
+def timed(target: Any, name: str, totals: dict[str, float]) -> Callable[[], None]:
+    """Wrap ``target.name`` to add its wall time to ``totals[name]``; returns the undo."""
+    original = getattr(target, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - started
+
+    setattr(target, name, wrapper)
+    return lambda: setattr(target, name, original)
+
+
+def coordinator_cost(jobs: int, workers: int) -> dict[str, float]:
+    from daemon.cluster.ray_executor import RayExecutor
+    from daemon.service import filing, loop
+    from daemon.service.loop import Service
+
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        root = Path(tmp)
+        cfg = settings(root, "stub:0", workers, ["poster", "h264"])
+        drop(cfg.paths.inbox, jobs)
+        clock = Clock()
+        executor = RayExecutor(cfg, ray_options={"num_cpus": 2, "num_gpus": 8})
+        totals: dict[str, float] = defaultdict(float)
+        undo = [
+            timed(loop, "claim", totals),
+            timed(loop, "prepare", totals),
+            timed(filing.Filer, "_file", totals),
+            timed(Service, "publish_status", totals),
+        ]
+        service = Service(cfg, executor, watch=False, listeners=[clock])  # type: ignore[list-item]
+        cpu: list[float] = []
+        original_setup = service.setup
+
+        def setup() -> None:
+            original_setup()
+            cpu.append(time.process_time())  # after Ray and the workers started
+
+        service.setup = setup  # type: ignore[method-assign]
+        try:
+            results = service.run_once()
+        finally:
+            for u in undo:
+                u()
+        cpu_after = time.process_time()
+        assert len(results) == jobs and all(r.ok for r in results)
+        assert clock.first_running is not None
+        elapsed = max(clock.finished) - clock.first_running
+        return {
+            "jobs": jobs,
+            "rate": jobs / elapsed,
+            "cpu_ms_per_job": 1000 * (cpu_after - cpu[0]) / jobs,
+            **{f"{k}_ms_per_job": 1000 * v / jobs for k, v in totals.items()},
+        }
+
+
+def ray_cost(workers: int) -> dict[str, float]:
+    import psutil
+    import ray
+
+    from daemon.cluster.worker import ClusterWorker
+    from daemon.config import ModelConfig
+
+    me = psutil.Process()
+
+    def rss() -> float:
+        total = 0
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total / 2**20
+
+    temp = tempfile.mkdtemp(prefix="i2vd-ray-")
+    started = time.monotonic()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=8,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    init_s = time.monotonic() - started
+    time.sleep(2)  # let Ray's helpers finish starting
+    head = rss()
+    remote = ray.remote(ClusterWorker)
+    started = time.monotonic()
+    actors = [
+        remote.options(num_gpus=1, num_cpus=0, max_concurrency=3).remote(
+            f"ray-{i}", ModelConfig(id="stub"), temp, None, None
+        )
+        for i in range(workers)
+    ]
+    ray.get([a.info.remote() for a in actors])
+    workers_s = time.monotonic() - started
+    time.sleep(1)
+    with_workers = rss()
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+    return {
+        "init_s": init_s,
+        "head_mib": head,
+        "workers_s": workers_s,
+        "per_worker_mib": (with_workers - head) / workers,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=None, help="stub seconds a job (S)")
+    parser.add_argument("--only", choices=["scaling", "cost", "ray"], default=None)
+    args = parser.parse_args()
+    seconds = args.seconds or (1.0 if args.quick else 2.0)
+    sizes = [1, 2] if args.quick else [1, 2, 4, 8]
+    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    if args.only in (None, "ray"):
+        r = ray_cost(workers=4)
+        print(
+            f"ray: init {r['init_s']:.1f} s, head processes {r['head_mib']:.0f} MiB RSS, "
+            f"4 stub workers up in {r['workers_s']:.1f} s, {r['per_worker_mib']:.0f} MiB each"
+        )
+    if args.only in (None, "scaling"):
+        print(f"scaling: stub workers sleeping S = {seconds:g} s a job, 4 jobs per worker")
+        print(
+            f"{'N':>3} {'jobs':>5} {'seconds':>8} {'jobs/s':>7} {'N/S':>6} {'efficiency':>10}"
+            f" {'encode s':>9} {'eff. incl. encode':>17}"
+        )
+        for n in sizes:
+            r = scaling(n, seconds, per_worker=4)
+            print(
+                f"{n:>3} {r['jobs']:>5.0f} {r['elapsed']:>8.2f} {r['rate']:>7.2f} {r['ideal_rate']:>6.2f}"
+                f" {r['efficiency']:>10.2f} {r['encode']:>9.2f} {r['efficiency_with_encode']:>17.2f}"
+            )
+    if args.only in (None, "cost"):
+        jobs = 60 if args.quick else 200
+        r = coordinator_cost(jobs, workers=8)
+        parts = ", ".join(
+            f"{k.removesuffix('_ms_per_job')} {v:.1f}"
+            for k, v in r.items()
+            if k.endswith("_ms_per_job") and k != "cpu_ms_per_job"
+        )
+        print(
+            f"coordinator: {jobs} jobs of stub:0 on 8 workers that encode (poster + h264): "
+            f"{r['rate']:.1f} jobs/s, {r['cpu_ms_per_job']:.1f} ms CPU per job in the daemon's process; "
+            f"wall ms per job: {parts}"
+        )
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
