@@ -252,7 +252,7 @@ def test_run_logs_only_what_an_operator_needs(tmp_path: Path) -> None:
     events = [json.loads(line) for line in lines]  # every line is one of ours: no library output
     names = [e["event"] for e in events]
     assert names.count("model warmed up") == 1, names
-    assert names[:3] == ["config", "loading model", "model warmed up"], names
+    assert names[:4] == ["config", "loading model", "ffmpeg", "model warmed up"], names
     assert all(e["level"] == "info" for e in events), [e for e in events if e["level"] != "info"]
 
 

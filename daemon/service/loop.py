@@ -160,32 +160,26 @@ class Service:
     # -- set-up and tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
-        """Start the workers, check ffmpeg and recipes, take the folders, finish what a crash left."""
-        gen = self.settings.generation
-        try:
-            self.executor.start(
-                warm_up=(resolution_to_short_side(gen.resolution), gen.num_frames) if self._warm_up else None
-            )
-        except Exception as e:
-            raise StartupError(f"the model could not be loaded or warmed up: {e}") from e
-        try:
-            ffmpeg = select_ffmpeg(self.settings.output.ffmpeg)
-        except FFmpegUnavailable as e:
-            raise StartupError(str(e)) from None
-        self.log.info("ffmpeg", path=ffmpeg.path, version=ffmpeg.version, chosen_by=ffmpeg.chosen_by)
-        broken = {
-            name: err
-            for name, recipe in self.settings.recipe_table().items()
-            if (err := validate_recipe(name, recipe, ffmpeg=ffmpeg)) is not None
-        }
-        if broken:
-            raise StartupError(
-                "; ".join(
-                    f"recipe {name!r} does not work with this ffmpeg: {err}" for name, err in broken.items()
-                )
-            )
+        """Take the folders, check ffmpeg and recipes, start the workers, finish what a crash left.
+
+        The lock comes first, so a second daemon on the same folders stops before it starts any
+        worker; whatever fails after it lets go of the lock and of the workers it started.
+        """
         self.folders.ensure()
         self._lock = take_lock(self.folders.state)
+        try:
+            self._check_encoding()
+            gen = self.settings.generation
+            warm_up = (resolution_to_short_side(gen.resolution), gen.num_frames) if self._warm_up else None
+            try:
+                self.executor.start(warm_up=warm_up)
+            except Exception as e:
+                self.executor.close()
+                raise StartupError(f"the model could not be loaded or warmed up: {e}") from e
+        except BaseException:
+            self._lock.close()
+            self._lock = None
+            raise
         # What a kill -9 mid-write left beside status.json, the share page and the webhook spool;
         # claimed jobs' leftovers are recovery's.
         for folder in (self.folders.state, self.folders.outputs, self.folders.state / "webhooks"):
@@ -217,6 +211,25 @@ class Service:
         self.publish_status()
         self.monitor.start()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
+
+    def _check_encoding(self) -> None:
+        """The ffmpeg chosen, and every recipe tried on a synthetic clip: a broken one stops the start."""
+        try:
+            ffmpeg = select_ffmpeg(self.settings.output.ffmpeg)
+        except FFmpegUnavailable as e:
+            raise StartupError(str(e)) from None
+        self.log.info("ffmpeg", path=ffmpeg.path, version=ffmpeg.version, chosen_by=ffmpeg.chosen_by)
+        broken = {
+            name: err
+            for name, recipe in self.settings.recipe_table().items()
+            if (err := validate_recipe(name, recipe, ffmpeg=ffmpeg)) is not None
+        }
+        if broken:
+            raise StartupError(
+                "; ".join(
+                    f"recipe {name!r} does not work with this ffmpeg: {err}" for name, err in broken.items()
+                )
+            )
 
     def teardown(self) -> None:
         """Stop looking, let the filing thread file every job handed over, release the folders."""
