@@ -190,7 +190,7 @@ def ray_cost(workers: int) -> dict[str, float]:
     import ray
 
     from daemon.cluster.worker import ClusterWorker
-    from daemon.config import ModelConfig
+    from daemon.config_sections import ModelConfig
 
     me = psutil.Process()
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from daemon.config import OutputConfig
+from daemon.config_sections import OutputConfig
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES
 from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
 from daemon.encode.onepass import MASTER_OPTIONS, encode_job

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers
     import torch
 
-    from daemon.config import ModelConfig
+    from daemon.config_sections import ModelConfig
     from daemon.engine.adapters import AdapterSpec
     from daemon.engine.families import I2VGENXL, WAN, WAN22_TI2V, get_family, pipeline_multiple
     from daemon.engine.interface import GenerationRequest

@@ -8,37 +8,35 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.config_sections import (
+    AdapterName,
+    ClusterConfig,
+    GenerationConfig,
+    LimitsConfig,
+    LoraConfig,
+    MetricsConfig,
+    ModelConfig,
+    OutputConfig,
+    PathsConfig,
+    WatchConfig,
+    WebhooksConfig,
+)
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
 from daemon.encode.recipes import RecipeConfig, RecipeName
-from daemon.engine.choices import (
-    Attention,
-    Cache,
-    CompileMode,
-    CompileScope,
-    FamilyChoice,
-    Offload,
-    OomRung,
-    Quantize,
-    check_device,
-)
 
 # Searched in this order when neither --config nor $I2VD_CONFIG names a file.
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
@@ -47,301 +45,8 @@ DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
 ENV_PREFIX = "I2VD_"
 ENV_NOT_SETTINGS = frozenset({"I2VD_CONFIG"})
 
-RESOLUTIONS = ("512p", "768p", "1024p")
-
-# What file managers and copy tools leave behind; matched against the file name only.
-DEFAULT_IGNORE = [
-    ".*",
-    "Thumbs.db",
-    "desktop.ini",
-    "~$*",
-    "*.part",
-    "*.tmp",
-    "*.crdownload",
-]
-
-
-# An adapter's name, as [loras.NAME], [model] loras and a prompt file's ``loras`` write it.
-AdapterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-
-
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the fix."""
-
-
-class _Section(BaseModel):
-    # A misspelt key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class PathsConfig(_Section):
-    inbox: Path = Path("inbox")
-    outputs: Path = Path("outputs")
-    done: Path = Path("done")
-    failed: Path = Path("failed")
-    # None: ``.i2vd`` beside the inbox.
-    state: Path | None = None
-
-
-class WatchConfig(_Section):
-    mode: Literal["auto", "inotify", "poll"] = "auto"
-    poll_interval: float = Field(1.0, gt=0, le=60)
-    settle_seconds: float = Field(3.0, ge=0, le=3600)
-    pair_timeout: float = Field(120.0, ge=0)
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
-    # After a first SIGTERM/SIGINT the current generation may run this long before it is
-    # interrupted and its files returned to the inbox. Keep systemd's TimeoutStopSec above it.
-    stop_grace: float = Field(600.0, ge=0)
-
-
-class ModelConfig(_Section):
-    id: str = "ali-vilab/i2vgen-xl"
-    revision: str | None = None
-    device: str = "auto"
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
-    cache_dir: Path | None = None
-    # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
-    family: FamilyChoice = "auto"
-    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
-    # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
-    attention: Attention = "auto"
-    compile: bool | Literal["auto"] = "auto"
-    compile_mode: CompileMode = "default"
-    compile_scope: CompileScope = "regional"
-    # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
-    cache: Cache = "none"
-    cache_threshold: float = Field(0.05, gt=0, le=1)
-    cache_interval: int = Field(2, ge=2, le=10)
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    offload: Offload = "none"
-    channels_last: bool = False
-    decode_chunk_size: int = Field(8, ge=1, le=256)
-    warmup: bool = True
-    # Out of memory: retry smaller, rung by rung (daemon/oom.py), before failing the job.
-    oom_ladder: list[OomRung] = Field(
-        default_factory=lambda: ["lower_resolution", "fewer_frames", "cpu_offload"]
-    )
-    oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
-    oom_min_frames: int = Field(8, ge=1)
-    # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
-    loras: list[AdapterName] = Field(default_factory=list)
-    # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
-    quantize: Quantize = "none"
-
-    @field_validator("loras")
-    @classmethod
-    def _loras(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("each adapter may appear only once")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
-
-    @field_validator("oom_ladder")
-    @classmethod
-    def _oom_ladder(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("each step may appear only once")
-        return v
-
-    @field_validator("oom_resolutions")
-    @classmethod
-    def _oom_resolutions(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if not (r.endswith("p") and r[:-1].isdigit() and 64 <= int(r[:-1]) <= 4096)]
-        if bad:
-            raise ValueError(f'{", ".join(map(repr, bad))}: write resolutions like "512p" (64p to 4096p)')
-        return v
-
-
-class LoraConfig(_Section):
-    """One ``[loras.NAME]`` table: a LoRA adapter the model may run with (daemon/engine/adapters.py)."""
-
-    # A Hugging Face Hub id ("owner/name", fetched by `i2vd fetch-model`) or a local .safetensors file.
-    id: str = Field(min_length=1)
-    # The file inside a Hub repository holding the adapter (required for a Hub id: the daemon loads
-    # offline, and diffusers can only guess the file by asking the Hub).
-    weight_name: str | None = None
-    # How strongly it applies (1.0: as trained; 0.0: not at all).
-    scale: float = Field(1.0, ge=-10, le=10)
-    # What the adapter needs (a distilled 4-step adapter: steps = 4, guidance_scale = 1.0); used
-    # when the job's prompt file does not set them, over [generation] and the model's defaults.
-    steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        path = Path(v).expanduser()
-        if v.startswith(("/", ".", "~")) or v.endswith(".safetensors"):
-            if path.suffix != ".safetensors":
-                raise ValueError(f"{v!r}: a local adapter must be a .safetensors file")
-            return str(path)
-        if v.count("/") != 1:
-            raise ValueError(f"{v!r} is neither a Hub id (owner/name) nor a local .safetensors file")
-        return v
-
-    @model_validator(mode="after")
-    def _hub_file(self) -> LoraConfig:
-        if not self.id.endswith(".safetensors") and not self.weight_name:
-            raise ValueError(
-                f"the Hub adapter {self.id!r} needs weight_name: the file in the repository that holds it"
-                ' (e.g. weight_name = "lora.safetensors"), since the daemon loads adapters offline'
-            )
-        return self
-
-
-class GenerationConfig(_Section):
-    negative_prompt: str = "blurry, low quality, distorted, watermark, text"
-    resolution: str = "512p"
-    num_frames: int = 16
-    fps: int = 8
-    # None (unset): the adapter's, else the model family's published value (daemon/engine/families.py).
-    steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
-    # Used for an image that has no prompt file after watch.pair_timeout; None fails it.
-    default_prompt: str | None = None
-
-
-class LimitsConfig(_Section):
-    max_image_pixels: int = Field(40_000_000, gt=0)
-    max_image_bytes: int = Field(100 * 1024 * 1024, gt=0)
-    max_sidecar_bytes: int = Field(64 * 1024, gt=0)
-    max_prompt_chars: int = Field(2000, gt=0)
-    resolutions: list[str] = Field(default_factory=lambda: list(RESOLUTIONS))
-    min_num_frames: int = Field(2, ge=1)
-    max_num_frames: int = Field(64, ge=1)
-    min_fps: int = Field(1, ge=1)
-    max_fps: int = Field(60, ge=1)
-    min_steps: int = Field(1, ge=1)
-    max_steps: int = Field(150, ge=1)
-    min_guidance_scale: float = Field(0.0, ge=0)
-    max_guidance_scale: float = Field(30.0, ge=0)
-    max_seed: int = Field(2**32 - 1, ge=0)
-    # A job that crashed the daemon this many times goes to failed/ instead of crash-looping.
-    max_attempts: int = Field(3, ge=1)
-
-    @field_validator("resolutions")
-    @classmethod
-    def _resolutions(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if r not in RESOLUTIONS]
-        if bad or not v:
-            raise ValueError(f"each must be one of {', '.join(RESOLUTIONS)}")
-        return v
-
-
-class OutputConfig(_Section):
-    default_recipes: list[str] = Field(default_factory=lambda: ["poster", "h264"])
-    # Finished generations that may wait for the encoder while it works on another job.
-    # The GPU starts job N+1 while job N encodes; this bounds the frames held in memory
-    # to those of encode_queue + 2 jobs.
-    encode_queue: int = Field(1, ge=1, le=16)
-    # None: the ffmpeg pinned with the imageio-ffmpeg package (the same on every machine).
-    ffmpeg: Path | None = None
-
-    @field_validator("ffmpeg", mode="before")
-    @classmethod
-    def _ffmpeg(cls, v: Any) -> Any:
-        # Can it run at all is known here; whether it encodes H.264 is checked at start.
-        if v is None or v == "":
-            return None
-        path = Path(v).expanduser()
-        if not path.is_absolute():
-            found = shutil.which(str(path)) if len(path.parts) == 1 else None
-            if found is None:
-                raise ValueError('must be the absolute path of an ffmpeg binary (e.g. "/usr/bin/ffmpeg")')
-            path = Path(found)
-        if not path.is_file() or not os.access(path, os.X_OK):
-            raise ValueError(
-                f"{path} is not an executable file; fix the path, or remove the key to use the ffmpeg "
-                "i2vd ships"
-            )
-        return path
-
-
-class MetricsConfig(_Section):
-    # "HOST:PORT" ("127.0.0.1:9310", "[::1]:9310", ":9310" for every interface); "" is off.
-    address: str = ""
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if v:
-            from daemon.listeners.metrics import parse_address
-
-            parse_address(v)  # raises ValueError naming the expected form
-        return v
-
-
-class WebhooksConfig(_Section):
-    # URLs POSTed the JOB.json of each finished job, and the job, error and folder of each failed one.
-    on_done: list[str] = Field(default_factory=list)
-    on_failed: list[str] = Field(default_factory=list)
-    timeout: float = Field(10.0, gt=0, le=300)
-    max_attempts: int = Field(10, ge=1, le=100)
-    backoff_seconds: float = Field(5.0, gt=0, le=3600)
-
-    @field_validator("on_done", "on_failed")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        from urllib.parse import urlsplit
-
-        for url in v:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return v
-
-
-class ClusterConfig(_Section):
-    """Where jobs run: this process ("local") or Ray workers, one per GPU ("ray", docs/cluster.md)."""
-
-    backend: Literal["local", "ray"] = "local"
-    # "local": a private Ray on this machine, started and stopped with the daemon; "auto": the
-    # Ray cluster this machine already belongs to (``ray start``); "HOST:PORT": that cluster's head.
-    address: str = "local"
-    # "auto": one worker per gpus_per_worker GPUs of every node (per cpus_per_worker CPUs when
-    # gpus_per_worker = 0), including nodes that join later; a number: that many workers.
-    workers: int | Literal["auto"] = "auto"
-    gpus_per_worker: float = Field(1.0, ge=0)
-    # CPUs Ray sets aside for each worker (its encoding runs there); 0 reserves none.
-    cpus_per_worker: float = Field(1.0, ge=0)
-    # A worker whose process dies is started again this many times (it reloads the model).
-    max_restarts: int = Field(3, ge=0)
-    # How long start waits for the workers to load the model; the late ones join when ready.
-    start_timeout: float = Field(900.0, gt=0)
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers(cls, v: Any) -> Any:
-        if isinstance(v, bool) or (isinstance(v, int) and v < 1):
-            raise ValueError('must be "auto" or a number of workers, 1 or more')
-        return v
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        v = v.strip()
-        if v in ("local", "auto"):
-            return v
-        host, sep, port = v.removeprefix("ray://").rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError('must be "local", "auto" or the head\'s "HOST:PORT" (e.g. "10.0.0.5:6379")')
-        return v
-
-    @model_validator(mode="after")
-    def _some_resource(self) -> ClusterConfig:
-        if self.workers == "auto" and self.gpus_per_worker == 0 and self.cpus_per_worker == 0:
-            raise ValueError(
-                'workers = "auto" counts GPUs, or CPUs when gpus_per_worker = 0: set cpus_per_worker'
-                " above 0 or give workers a number"
-            )
-        return self
 
 
 class Settings(BaseSettings):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from daemon.config import ConfigError, LoraConfig, Settings, env_overrides, load_settings
+from daemon.config import ConfigError, Settings, env_overrides, load_settings
+from daemon.config_sections import LoraConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

@@ -11,7 +11,7 @@ import pytest
 import structlog
 from PIL import Image
 
-from daemon.config import ModelConfig
+from daemon.config_sections import ModelConfig
 from daemon.engine.families import detect_family, family_from_index
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.load import load_generator

@@ -15,7 +15,7 @@ import torch
 from diffusers import I2VGenXLPipeline
 from pydantic import ValidationError
 
-from daemon.config import ModelConfig
+from daemon.config_sections import ModelConfig
 from daemon.engine.fetch import fetch_model
 from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
 from daemon.engine.interface import GenerationRequest

@@ -25,7 +25,8 @@ import pytest
 import structlog
 from helpers import digest, png_bytes
 
-from daemon.config import DEFAULT_IGNORE, Settings, load_settings
+from daemon.config import Settings, load_settings
+from daemon.config_sections import DEFAULT_IGNORE
 from daemon.engine.stub import StubGenerator
 from daemon.folders.claim import claim
 from daemon.folders.jobs import JOB_NAME_MAX

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import Clock
 
-from daemon.config import DEFAULT_IGNORE
+from daemon.config_sections import DEFAULT_IGNORE
 from daemon.folders.scan import InboxScanner, split_name
 
 

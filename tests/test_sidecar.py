@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import GenerationConfig, LimitsConfig
+from daemon.config_sections import GenerationConfig, LimitsConfig
 from daemon.errors import SidecarError
 from daemon.job.sidecar import KNOWN_KEYS, JobParams, read_sidecar
 

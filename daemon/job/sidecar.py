@@ -27,7 +27,7 @@ from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
 
 if TYPE_CHECKING:
-    from daemon.config import GenerationConfig, LimitsConfig
+    from daemon.config_sections import GenerationConfig, LimitsConfig
 
 SIDECAR_EXTS = (".txt", ".toml", ".json")
 
