@@ -238,6 +238,6 @@ def test_listeners_are_never_called_from_two_threads_at_once(tmp_path: Path) -> 
     service.listeners.append(overlap)
     results = service.run_once()
     assert len(results) == 6 and all(r.ok for r in results)
-    # Called from the loop, the scanner and the filing thread, but one at a time.
-    assert {"i2vd-scanner", "i2vd-filing"} <= overlap.threads and overlap.calls > 12
+    # Called from the loop and the filing thread, but one at a time.
+    assert "i2vd-filing" in overlap.threads and len(overlap.threads) >= 2 and overlap.calls > 6
     assert overlap.most == 1

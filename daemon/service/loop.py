@@ -68,6 +68,11 @@ WORKER_LOST_ERROR = (
 )
 
 
+# A change people see (a job started, a file arrived) reaches status.json and the share page
+# within this many seconds; changes in between are published together.
+STATUS_EVERY = 0.5
+
+
 class StartupError(Exception):
     """The daemon cannot work with this configuration (e.g. a recipe ffmpeg rejects)."""
 
@@ -122,6 +127,7 @@ class Service:
         self._cancelled = False
         self._lock: IO[str] | None = None
         self._status_at = float("-inf")
+        self._status_wanted = False
         self._board_seen = -1
         self._status_lock = threading.RLock()
         self._watch = watch
@@ -132,7 +138,7 @@ class Service:
             poll_interval=settings.watch.poll_interval,
             wake=self.wake,
             on_ready=self._work.set,
-            on_change=lambda: self.publish_status(),
+            on_change=self._want_status,
             each_round=self._explain_stop,
         )
         self.filer = Filer(
@@ -287,12 +293,31 @@ class Service:
             if job is not None:
                 self._start(*job)
                 return True
-        if self.executor.board.version != self._board_seen and self.clock() - self._status_at >= 1.0:
-            self.publish_status()  # progress of the jobs in flight
-        elif self.clock() - self._status_at > 30:
-            self.publish_status()  # keeps status.json fresh so `i2vd status` can tell we live
-        self._work.wait(self.settings.watch.poll_interval)
+        self._work.wait(self._publish_due())
         return False
+
+    def _want_status(self) -> None:
+        """Something people see changed (a job started or ended, a file arrived): publish soon.
+
+        From any thread; only sets flags. The loop publishes at most every STATUS_EVERY
+        seconds, so a backlog moving at many jobs a second does not write the status and
+        render the share page several times per job.
+        """
+        self._status_wanted = True
+        self._work.set()
+
+    def _publish_due(self) -> float:
+        """Publish what is due now; return how long the loop may wait before the next one is."""
+        since = self.clock() - self._status_at
+        progress = self.executor.board.version != self._board_seen
+        if (self._status_wanted and since >= STATUS_EVERY) or (progress and since >= 1.0) or since > 30:
+            # 30 s: keeps status.json fresh so `i2vd status` can tell the daemon lives.
+            self.publish_status()
+            since = 0.0
+        wait = self.settings.watch.poll_interval
+        if self._status_wanted:
+            wait = min(wait, max(0.0, STATUS_EVERY - since))
+        return wait
 
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
@@ -373,7 +398,7 @@ class Service:
             self.filer.put(Failed(job, INTERNAL_ERROR))
         else:
             self._submit(prepared)
-        self.publish_status()
+        self._want_status()
 
     def _submit(self, prepared: Prepared) -> None:
         table = self.settings.recipe_table()
@@ -448,7 +473,7 @@ class Service:
                 item = Generated(flight.prepared, result, seconds, worker)
             # Blocks while the filing thread is encode_queue jobs behind: bounded memory.
             self.filer.put(item)
-            self.publish_status()
+            self._want_status()
 
     def _enforce_stop(self) -> None:
         """Interrupt the jobs in flight on a cold stop, or when a warm stop's grace is over."""
@@ -493,6 +518,7 @@ class Service:
         queue, ready = self.monitor.queued()
         with self._status_lock:
             self._status_at = now
+            self._status_wanted = False
             self._board_seen = self.executor.board.version
             status = build_status(
                 state=state or ("busy" if self._flights else "idle"),
@@ -532,7 +558,7 @@ class Service:
         if self._once is not None:
             self._once.append(result)
         self._tell(lambda listener: listener.on_job_finished(event))
-        self.publish_status()
+        self._want_status()
 
 
 def _size(result: GenerationResult) -> str:
