@@ -382,7 +382,9 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
 
 
 @pytest.mark.slow
-def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_nodes_that_cannot_load_leave_and_join(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A node without the model is reported and left out; when the last good node leaves, jobs
     wait in the inbox with one log line; a node that joins gets a worker and the jobs run."""
     from ray.cluster_utils import Cluster
@@ -395,11 +397,14 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
     # The head is machine B (three Ray nodes in all: each takes seconds to start on 2 cores).
     # Its own session folder (short: Ray's socket paths must fit 107 bytes), removed afterwards.
     temp = tempfile.mkdtemp(prefix="i2vd-ray-")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 1, "env_vars": {"HOME": str(home_b)}, "temp_dir": temp},
-    )
+    # Ray's test cluster also writes its address under $RAY_TMPDIR/ray (default /tmp/ray, which a
+    # fresh machine does not have): keep that in the test's folder too.
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
+    cluster = Cluster(initialize_head=False)
     try:
+        # The head inside the try: should it fail half-started, shutdown() still ends what began.
+        cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_b)}, temp_dir=temp)
         node_a = cluster.add_node(num_cpus=1, num_gpus=1, env_vars={"HOME": str(home_a)}, temp_dir=temp)
         settings = settings_for(
             tmp_path, "~/tiny", {"address": cluster.address, "gpus_per_worker": 1}, generation={"steps": 2}
@@ -409,7 +414,7 @@ def test_nodes_that_cannot_load_leave_and_join(tmp_path: Path, tiny_model_dir: P
         with capture_logs() as logs:
             runner = threading.Thread(target=service.run)
             runner.start()
-            wait_for(lambda: service._lock is not None, message="the daemon to start")
+            wait_for(service.started.is_set, message="the daemon to start")
             states = {w.state: w for w in executor.board.snapshot()}
             assert set(states) == {"idle", "lost"} and executor.capacity == 1
             assert "tiny" in (states["lost"].error or "")  # the load error names the model it missed

@@ -117,6 +117,7 @@ class Service:
         self.abort = threading.Event()  # cold stop: interrupt them, their files go back to the inbox
         self.wake = threading.Event()  # look at the inbox now: the watcher saw a change, or a signal came
         self.reload_requested = threading.Event()  # SIGHUP: re-read the config between jobs
+        self.started = threading.Event()  # set up and looking at the inbox (when systemd hears READY)
         self.log = logs.get()
         self.results: deque[Result] = deque(maxlen=50)
         self._resume: deque[Job] = deque()
@@ -216,6 +217,7 @@ class Service:
         )
         self.publish_status()
         self.monitor.start()
+        self.started.set()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
 
     def _check_encoding(self) -> None:
