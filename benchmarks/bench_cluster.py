@@ -86,7 +86,7 @@ class Clock:
         self.finished: list[float] = []
 
     def on_status(self, status: dict[str, Any]) -> None:
-        if self.first_running is None and status.get("running"):
+        if self.first_running is None and status.get("in_flight"):
             self.first_running = time.monotonic()
 
     def on_job_finished(self, event: Any) -> None:
