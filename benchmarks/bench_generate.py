@@ -255,7 +255,7 @@ def build_wan(arch: str, device: Any, dtype: Any) -> Any:
         UMT5EncoderModel,
     )
 
-    from daemon.engine.tiny_families import _t5_tokenizer
+    from daemon.engine.tiny_parts import t5_tokenizer as _t5_tokenizer
 
     spec = WAN_ARCHS[arch]
     torch.manual_seed(0)

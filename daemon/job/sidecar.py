@@ -14,10 +14,8 @@ the model's published value; JOB.json records which).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
-import tomllib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
+from daemon.job.sidecar_text import CONTROL_RE, decode, kind, parse_json, parse_toml, read_capped, show
 
 if TYPE_CHECKING:
     from daemon.config_sections import GenerationConfig, LimitsConfig
@@ -44,20 +43,9 @@ KNOWN_KEYS = (
     "loras",
 )
 
-# C0 controls other than tab and line feed (CR is normalised away first), DEL and the C1 range:
-# a text file never holds them, binary data nearly always does.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-_BOMS = (
-    (b"\xef\xbb\xbf", "utf-8"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
-
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
 _QUOTED_EXAMPLE = '"a cat walks slowly"'
-_SAVE_AS = "Open it in a text editor and save it as UTF-8 text (in Notepad: Save as, Encoding: UTF-8)."
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ def read_sidecar(
         raise SidecarError(
             f'The prompt file "{path.name}" has an unsupported type: use a .txt, .toml or .json file.'
         )
-    text = _decode(_read_capped(path, limits.max_sidecar_bytes), path.name)
+    text = decode(read_capped(path, limits.max_sidecar_bytes), path.name)
 
     if ext == ".txt":
         problems: list[str] = []
@@ -100,107 +88,8 @@ def read_sidecar(
         _raise_if(problems, path.name)
         return defaults(gen, prompt=prompt)
 
-    data = _parse_toml(text, path.name) if ext == ".toml" else _parse_json(text, path.name)
+    data = parse_toml(text, path.name) if ext == ".toml" else parse_json(text, path.name)
     return _from_table(data, path.name, ext, gen, limits, known_recipes, known_loras)
-
-
-# --- reading and decoding ------------------------------------------------------------------------
-
-
-def _read_capped(path: Path, cap: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except FileNotFoundError:
-        raise SidecarError(f'The prompt file "{path.name}" disappeared before it could be read.') from None
-    except IsADirectoryError:
-        raise SidecarError(f'"{path.name}" is a folder, not a prompt file.') from None
-    except OSError as e:
-        reason = e.strerror or "read error"
-        raise SidecarError(f'The prompt file "{path.name}" could not be read ({reason}).') from None
-    if len(data) > cap:
-        raise SidecarError(
-            f'The prompt file "{path.name}" is too large: it is over {cap:,} bytes '
-            f"(the limit is limits.max_sidecar_bytes = {cap:,}). "
-            "A prompt file holds only the prompt and a few settings; check that the right file was used."
-        )
-    return data
-
-
-def _decode(data: bytes, name: str) -> str:
-    encoding = "utf-8"
-    for bom, enc in _BOMS:
-        if data.startswith(bom):
-            data, encoding = data[len(bom) :], enc
-            break
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError:
-        raise SidecarError(f'The prompt file "{name}" is not a UTF-8 text file. {_SAVE_AS}') from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.removeprefix("\ufeff")  # a second BOM, e.g. a UTF-8 BOM re-encoded as UTF-16
-    if "\x00" in text:
-        raise SidecarError(
-            f'The prompt file "{name}" is not a text file, or is UTF-16 text without a byte-order mark. '
-            + _SAVE_AS
-        )
-    if _CONTROL_RE.search(text):
-        raise SidecarError(f'The prompt file "{name}" contains binary data, not just text. {_SAVE_AS}')
-    return text
-
-
-def _parse_toml(text: str, name: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SidecarError(
-            f'The prompt file "{name}" is not valid TOML: {e}. '
-            "Check that line: each setting is written key = value, and text goes in double quotes, "
-            'e.g. prompt = "a cat walks slowly".'
-        ) from None
-    except RecursionError:
-        raise SidecarError(f'The prompt file "{name}" is not valid TOML: it is nested too deeply.') from None
-
-
-class _JsonProblem(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _JsonProblem(f"the key {_show(key)} appears twice; keep only one of them")
-        out[key] = value
-    return out
-
-
-def _no_constants(word: str) -> Any:
-    raise _JsonProblem(f"{word} is not a number; write a plain number such as 9.0")
-
-
-def _parse_json(text: str, name: str) -> dict[str, Any]:
-    where = f'The prompt file "{name}"'
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except json.JSONDecodeError as e:
-        raise SidecarError(
-            f"{where} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}). "
-            "Check that line: text goes in double quotes, items are separated by commas, "
-            'and there is no comma after the last item, e.g. {"prompt": "a cat walks slowly"}.'
-        ) from None
-    except _JsonProblem as e:
-        raise SidecarError(f"{where} is not valid: {e}.") from None
-    except RecursionError:
-        raise SidecarError(f"{where} is not valid JSON: it is nested too deeply.") from None
-    except ValueError:  # e.g. an integer with thousands of digits
-        raise SidecarError(f"{where} is not valid JSON: it holds a number that is far too long.") from None
-    if not isinstance(data, dict):
-        raise SidecarError(
-            f"{where} must hold one JSON object in curly braces, e.g. "
-            f'{{"prompt": "a cat walks slowly", "num_frames": 16}}; it holds {_kind(data)} instead.'
-        )
-    return data
 
 
 # --- checking values -----------------------------------------------------------------------------
@@ -321,7 +210,7 @@ def _raise_if(problems: list[str], name: str) -> None:
 
 
 def _unknown_key(key: str, value: Any) -> str:
-    shown = _show(key)[1:-1]  # the key without JSON quotes, control characters escaped
+    shown = show(key)[1:-1]  # the key without JSON quotes, control characters escaped
     close = difflib.get_close_matches(
         key.lower().replace("-", "_").replace(" ", "_"), KNOWN_KEYS, n=1, cutoff=0.6
     )
@@ -337,10 +226,10 @@ def _check_prompt(
     value: Any, key: str, limits: LimitsConfig, problems: list[str], *, allow_empty: bool, txt: bool = False
 ) -> str:
     if not isinstance(value, str):
-        problems.append(f"{key} = {_show(value)} is {_kind(value)}; it must be text in double quotes.")
+        problems.append(f"{key} = {show(value)} is {kind(value)}; it must be text in double quotes.")
         return ""
     text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
-    if _CONTROL_RE.search(text):
+    if CONTROL_RE.search(text):
         problems.append(f"{key} contains control characters; write plain text only.")
     if not text and not allow_empty:
         problems.append(
@@ -368,7 +257,7 @@ def _check_resolution(
         if norm in (r, r.removesuffix("p")):
             hint = "; write " + example("resolution", f'"{r}"')
             break
-    problems.append(f"resolution = {_show(value)} is not allowed: use one of {allowed}{hint}.")
+    problems.append(f"resolution = {show(value)} is not allowed: use one of {allowed}{hint}.")
     return ""
 
 
@@ -387,11 +276,11 @@ def _check_int(
             tip = f" Write it without the decimal point: {example(key, str(int(value)))}."
         elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             tip = f" Write it without quotes: {example(key, value.strip())}."
-        what = f"{key} = {_show(value)} is {_kind(value)}"
+        what = f"{key} = {show(value)} is {kind(value)}"
         problems.append(f"{what}; it must be a whole number from {lo} to {hi}{hint}.{tip}")
         return 0
     if not lo <= value <= hi:
-        problems.append(f"{key} = {_show(value)} is out of range: it must be from {lo} to {hi}{hint}.")
+        problems.append(f"{key} = {show(value)} is out of range: it must be from {lo} to {hi}{hint}.")
     return value
 
 
@@ -403,11 +292,11 @@ def _check_float(
         if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
             tip = f" Write it without quotes: {example(key, value.strip())}."
         problems.append(
-            f"{key} = {_show(value)} is {_kind(value)}; it must be a number from {lo:g} to {hi:g}.{tip}"
+            f"{key} = {show(value)} is {kind(value)}; it must be a number from {lo:g} to {hi:g}.{tip}"
         )
         return 0.0
     if not math.isfinite(value) or not lo <= value <= hi:
-        problems.append(f"{key} = {_show(value)} is out of range: it must be from {lo:g} to {hi:g}.")
+        problems.append(f"{key} = {show(value)} is out of range: it must be from {lo:g} to {hi:g}.")
     return float(value)
 
 
@@ -417,24 +306,24 @@ def _check_loras(
     available = ", ".join(sorted(known)) or "(none are configured)"
     if not isinstance(value, list):
         fix = example("loras", f'["{value}"]') if isinstance(value, str) else example("loras", '["NAME"]')
-        problems.append(f"loras = {_show(value)} is {_kind(value)}; it must be a list of names, e.g. {fix}.")
+        problems.append(f"loras = {show(value)} is {kind(value)}; it must be a list of names, e.g. {fix}.")
         return ()
     names: list[str] = []
     for item in value:
         if not isinstance(item, str):
-            problems.append(f"loras: {_show(item)} is {_kind(item)}; each adapter is a name in quotes.")
+            problems.append(f"loras: {show(item)} is {kind(item)}; each adapter is a name in quotes.")
         elif item in known:
             if item not in names:
                 names.append(item)
         elif "/" in item or "\\" in item or item.endswith(".safetensors"):
             problems.append(
-                f"loras: {_show(item)} looks like a path or a Hub id; a prompt file picks adapters by the"
+                f"loras: {show(item)} looks like a path or a Hub id; a prompt file picks adapters by the"
                 f" names the operator configured only. Available: {available}."
             )
         else:
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."
-            problems.append(f"loras: there is no adapter called {_show(item)}{hint} Available: {available}.")
+            problems.append(f"loras: there is no adapter called {show(item)}{hint} Available: {available}.")
     return tuple(names)
 
 
@@ -447,50 +336,19 @@ def _check_recipes(
             example("recipes", f'["{value}"]') if isinstance(value, str) else example("recipes", '["poster"]')
         )
         problems.append(
-            f"recipes = {_show(value)} is {_kind(value)}; it must be a list of names, e.g. {fix}."
+            f"recipes = {show(value)} is {kind(value)}; it must be a list of names, e.g. {fix}."
         )
         return ()
     names: list[str] = []
     for item in value:
         if not isinstance(item, str):
             problems.append(
-                f"recipes: {_show(item)} is {_kind(item)}; each recipe is a name in double quotes."
+                f"recipes: {show(item)} is {kind(item)}; each recipe is a name in double quotes."
             )
         elif not is_recipe_name(item) or item not in known:  # shape first: never trust a name
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."
-            problems.append(f"recipes: there is no recipe called {_show(item)}{hint} Available: {available}.")
+            problems.append(f"recipes: there is no recipe called {show(item)}{hint} Available: {available}.")
         elif item not in names:
             names.append(item)
     return tuple(names)
-
-
-# --- showing values to people --------------------------------------------------------------------
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A value the way it looks in the file (strings quoted, true/false), shortened, controls escaped."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):  # TOML dates and times
-        text = str(value)
-    text = _CONTROL_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a decimal number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    if value is None:
-        return "null"
-    return "a date or time"
