@@ -51,6 +51,7 @@ from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status, write_status
+from daemon.service.stopping import Stopping
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
@@ -113,19 +114,17 @@ class Service:
         self.listeners: list[Listener] = list(listeners or [])
         self._reload_settings = reload
         self._warm_up = warm_up
-        self.stop = threading.Event()  # warm stop: finish the jobs in flight, claim no more
-        self.abort = threading.Event()  # cold stop: interrupt them, their files go back to the inbox
+        self.log = logs.get()
+        self.stopping = Stopping(clock, self.log)
+        self.stop = self.stopping.stop  # warm stop: finish the jobs in flight, claim no more
+        self.abort = self.stopping.abort  # cold stop: interrupt them, their files go back to the inbox
         self.wake = threading.Event()  # look at the inbox now: the watcher saw a change, or a signal came
         self.reload_requested = threading.Event()  # SIGHUP: re-read the config between jobs
         self.started = threading.Event()  # set up and looking at the inbox (when systemd hears READY)
-        self.log = logs.get()
         self.results: deque[Result] = deque(maxlen=50)
         self._resume: deque[Job] = deque()
         self._flights: dict[str, _Flight] = {}  # in submission order
         self._done: deque[str] = deque()  # jobs whose generation ended, in that order
-        self._stop_at: float | None = None
-        self._told_stop = 0  # stop requests already explained in the log (1 warm, 2 cold)
-        self._cancelled = False
         self._lock: IO[str] | None = None
         self._status_at = float("-inf")
         self._status_wanted = False
@@ -264,11 +263,7 @@ class Service:
 
         Only flags: it runs in a signal handler. The scanner thread logs what will happen.
         """
-        if self.stop.is_set():
-            self.abort.set()
-        else:
-            self._stop_at = self.clock()
-        self.stop.set()
+        self.stopping.request()
         self.wake.set()
         self._work.set()
 
@@ -478,40 +473,10 @@ class Service:
             self._want_status()
 
     def _enforce_stop(self) -> None:
-        """Interrupt the jobs in flight on a cold stop, or when a warm stop's grace is over."""
-        if self._cancelled or not self._flights:
-            return
-        grace = self.settings.watch.stop_grace
-        if self._stop_at is not None and not self.abort.is_set() and self.clock() - self._stop_at > grace:
-            self.log.warning("stop grace is over; interrupting the jobs in flight", grace_seconds=grace)
-            self.abort.set()
-        if self.abort.is_set():
-            self._cancelled = True
-            self.executor.cancel()
+        self.stopping.enforce(bool(self._flights), self.settings.watch.stop_grace, self.executor.cancel)
 
     def _explain_stop(self) -> None:
-        """Say at once what a stop request will do (the signal handler only set flags)."""
-        wanted = 2 if self.abort.is_set() else 1 if self.stop.is_set() else 0
-        if wanted <= self._told_stop:
-            return
-        self._told_stop = wanted
-        jobs = ", ".join(list(self._flights)) or None
-        if wanted == 1:
-            grace = self.settings.watch.stop_grace
-            if jobs:
-                self.log.info(
-                    f"stop requested: finishing {jobs} (at most {grace:g} s more), then stopping; "
-                    "press Ctrl-C again (or send SIGTERM again) to interrupt and put the files back "
-                    "in the inbox"
-                )
-            else:
-                self.log.info("stop requested: no job is running; stopping")
-            notify.stopping("finishing the current job (warm stop)" if jobs else "stopping")
-        else:
-            self.log.info(
-                f"interrupting {jobs} now; the files go back to the inbox" if jobs else "stopping now"
-            )
-            notify.stopping("interrupting the current job (cold stop)")
+        self.stopping.explain(list(self._flights), self.settings.watch.stop_grace)
 
     # -- status --------------------------------------------------------------------------
 
