@@ -12,7 +12,7 @@ import structlog
 from PIL import Image
 
 from daemon.config_sections import ModelConfig
-from daemon.engine.families import detect_family, family_from_index
+from daemon.engine.detect import detect_family, family_from_index
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.load import load_generator
 from daemon.engine.runner import DiffusersGenerator

@@ -22,14 +22,8 @@ from helpers import digest, png_bytes
 
 from daemon.config import Settings
 from daemon.engine.adapters import AdapterSpec
-from daemon.engine.families import (
-    FAMILIES,
-    HUNYUAN_I2V,
-    WAN22_A14B,
-    WAN22_TI2V,
-    family_from_index,
-    get_family,
-)
+from daemon.engine.detect import family_from_index
+from daemon.engine.families import FAMILIES, HUNYUAN_I2V, WAN22_A14B, WAN22_TI2V, get_family
 from daemon.engine.load import load_generator
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator

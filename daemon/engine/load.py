@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from daemon.engine.choices import check_device
-from daemon.engine.families import I2VGENXL, Family, detect_family
+from daemon.engine.detect import detect_family
+from daemon.engine.families import I2VGENXL, Family
 from daemon.engine.interface import Generator
 from daemon.engine.options import EngineOptions
 from daemon.engine.stub import STUB_ID, StubGenerator

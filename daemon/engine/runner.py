@@ -22,9 +22,9 @@ from PIL import Image
 
 from daemon import logs
 from daemon.engine.adapters import Adapters
+from daemon.engine.detect import family_of_pipeline
 from daemon.engine.families import (
     Family,
-    family_of_pipeline,
     fixed_size,
     ftfy_fallback,
     get_family,
