@@ -292,3 +292,21 @@ def test_a_second_ctrl_c_interrupts_and_puts_the_files_back(
     assert daemon.wait(30) == 0
     assert {p.name: digest(p) for p in inbox.glob("long.*")} == before
     assert jobs_in(share / "outputs") == [] and jobs_in(share / "failed") == []
+
+
+# -- a script submits a job -------------------------------------------------------------------------
+
+
+def test_a_submitted_job_becomes_a_clip_with_the_values_it_was_given(share: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "holiday.png"
+    photo.write_bytes(png_bytes(seed=9, size=(96, 64)))
+    placed = i2vd(share, "submit", str(photo), "--prompt", "waves roll in", "--set", "num_frames=6")
+    assert placed.returncode == 0, placed.stderr
+    assert sorted(os.listdir(share / "inbox")) == ["holiday.json", "holiday.png"]
+    r = i2vd(share, "run", "--once", I2VD_MODEL__ID="stub")
+    assert r.returncode == 0, r.stderr[-3000:]
+    [out] = jobs_in(share / "outputs")
+    record = json.loads((out / f"{out.name}.json").read_text())
+    assert record["prompt"] == "waves roll in" and record["parameters"]["num_frames"] == 6
+    [done] = jobs_in(share / "done")
+    assert digest(done / "holiday.png") == digest(photo)
