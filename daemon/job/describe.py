@@ -84,7 +84,7 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     2. note any recipe that failed (the job still counts: its clip exists);
     3. write ``JOB.json`` last, so its presence means the rest is there.
     """
-    job, table = gen.job, settings.recipe_table()
+    job = gen.job
     record = describe(gen)
     ffmpeg = select_ffmpeg(settings.output.ffmpeg)  # checked at start; cached
     ffmpeg_version = ffmpeg.version
@@ -99,7 +99,7 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
             gen.prepared.request.fps,
             job.out,
             job.name,
-            {n: table[n] for n in gen.prepared.recipes},
+            gen.prepared.recipes,
             ffmpeg=ffmpeg,
         )
     recipe_errors = {name: r.error or "failed" for name, r in enc.recipes.items() if not r.ok}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
+from daemon.encode.recipes import RecipeConfig
 from daemon.engine.families import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
@@ -31,7 +32,7 @@ class Prepared:
     job: Job
     params: JobParams
     request: GenerationRequest
-    recipes: list[str]
+    recipes: dict[str, RecipeConfig]  # the outputs to make besides the master, picked once
     record: JobRecord  # inputs, prompt, source image, model, queued and started times
     effective: Effective | None = None  # steps and guidance in force, and where each came from
 
@@ -142,7 +143,8 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         loras=params.loras,
     )
     model.check(request)
-    recipes = list(params.recipes) if params.recipes is not None else list(settings.output.default_recipes)
+    names = params.recipes if params.recipes is not None else settings.output.default_recipes
+    recipes = {name: table[name] for name in names}
     log.info(
         "job started",
         image=image_path.name,

@@ -398,9 +398,7 @@ class Service:
         self._want_status()
 
     def _submit(self, prepared: Prepared) -> None:
-        table = self.settings.recipe_table()
-        recipes = {name: table[name] for name in prepared.recipes if name in table}
-        future = self.executor.submit(prepared.job.name, prepared.request, recipes)
+        future = self.executor.submit(prepared.job.name, prepared.request, prepared.recipes)
         future.add_done_callback(lambda _f, name=prepared.job.name: self._finished_order(name))
         self._flights[prepared.job.name] = _Flight(prepared, future, self.clock())
 
