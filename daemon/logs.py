@@ -99,8 +99,12 @@ class _ToStructlog(logging.Handler):
 class _DropShutdownNoise(logging.Filter):
     # watchdog's inotify thread reports its own observer being stopped under it (a cold stop) as an
     # error; nothing is wrong and nothing is lost, so an operator must not be sent looking.
+    # It sits on our handler: a filter on the "watchdog" logger never sees records that its
+    # child loggers ("watchdog.observers.inotify") log and propagate.
     def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in record.getMessage()
+        return not (
+            record.name.startswith("watchdog") and "called when the thread is inactive" in record.getMessage()
+        )
 
 
 # Library lines an operator can act on; the rest (deprecations, optional-backend notices) are for
@@ -125,14 +129,13 @@ def _route_library_logs() -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
         root.removeHandler(handler)
-    root.addHandler(_ToStructlog(logging.WARNING))
+    handler = _ToStructlog(logging.WARNING)
+    handler.addFilter(_DropShutdownNoise())
+    root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
     for name, level in _LIBRARY_LEVELS.items():
         logging.getLogger(name).setLevel(level)
-    watchdog = logging.getLogger("watchdog")
-    if not any(isinstance(f, _DropShutdownNoise) for f in watchdog.filters):
-        watchdog.addFilter(_DropShutdownNoise())
 
 
 def adopt_model_libraries() -> None:
