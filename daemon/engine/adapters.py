@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.engine.families import Family
+from daemon.engine.family import Family
 from daemon.engine.oom import first_line
 from daemon.errors import GenerationError
 

@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers import I2VGenXLPipeline
 
-StepCallback = Callable[[int, int], None]
+from daemon.engine.family import StepCallback
 
 
 class _StepReporter:

@@ -9,18 +9,15 @@ record of what was really run, which goes into JOB.json.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
-from daemon.engine.families import Family
+from daemon.engine.family import Family, StepCallback
 from daemon.errors import GenerationError
 from daemon.job.image import clip_size, resolution_to_short_side
-
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from daemon.engine.choices import (
     OFFLOAD_CHOICES,
     QUANTIZE_CHOICES,
 )
-from daemon.engine.families import Family
+from daemon.engine.family import Family
 from daemon.engine.oom import Ladder, first_line, parse_short_sides
 from daemon.engine.quantize import quantize_denoisers
 

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from daemon.engine.choices import QUANTIZE_CHOICES
-from daemon.engine.families import Family
+from daemon.engine.family import Family
 
 FP8_CAPABILITY = (8, 9)  # Ada Lovelace and Hopper: the first GPUs with FP8 tensor cores
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.encode.recipes import RecipeConfig
-from daemon.engine.families import Family
+from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job
