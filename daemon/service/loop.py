@@ -4,15 +4,15 @@ Four threads (or more), each doing one kind of work in order:
 
 - the scanner thread (``scanning``) looks at the inbox all the time and says what is ready;
 - the loop (the caller's thread) claims ready jobs, checks and sizes them (``job.prepare``)
-  and hands them to the executor while fewer than its ``capacity`` are in flight; claims
-  happen on this thread only;
+  and hands them to the executor while fewer than its ``capacity`` are in flight
+  (``flights`` keeps those until they end); claims happen on this thread only;
 - the executor's workers generate, with the model kept warm (``executor``: threads here,
   or Ray workers elsewhere);
 - the filing thread (``filing``) encodes and files each job in the order it finished.
 
 Signal handlers only set flags (see ``cli``); the scanner thread says at once, in the log,
-what a stop request will do. Listeners are called with one lock held, so never from two
-threads at once.
+what a stop request will do. ``publishing`` decides when status.json is written and calls the
+listeners, never from two threads at once.
 """
 
 from __future__ import annotations
@@ -21,36 +21,35 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from daemon import logs
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.onepass import validate_recipe
-from daemon.engine.interface import GenerationResult, Generator
+from daemon.engine.interface import Generator
 from daemon.errors import JobError
 from daemon.folders import fsops
 from daemon.folders.claim import claim
-from daemon.folders.jobs import Folders, Job, count_attempt
+from daemon.folders.jobs import Folders, Job
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.watch import Watcher
-from daemon.job.describe import Generated, Result
+from daemon.job.describe import Result
 from daemon.job.image import resolution_to_short_side
-from daemon.job.prepare import Prepared, prepare
-from daemon.job.record import Worker
+from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
-from daemon.service.executor import Cancelled, Executor, ThreadExecutor, WorkerLost
+from daemon.service.executor import Executor, ThreadExecutor
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
+from daemon.service.flights import Flights
 from daemon.service.lock import DaemonLocked, take_lock
+from daemon.service.publishing import Publisher
 from daemon.service.scanning import InboxMonitor
-from daemon.service.status_file import build_status, write_status
+from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
@@ -62,18 +61,6 @@ CRASH_LOOP_ERROR = (
 )
 
 
-WORKER_LOST_ERROR = (
-    "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
-    "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
-    "operator to look at the daemon's log."
-)
-
-
-# A change people see (a job started, a file arrived) reaches status.json and the share page
-# within this many seconds; changes in between are published together.
-STATUS_EVERY = 0.5
-
-
 class StartupError(Exception):
     """The daemon cannot work with this configuration (e.g. a recipe ffmpeg rejects)."""
 
@@ -81,13 +68,6 @@ class StartupError(Exception):
 def folders_of(settings: Settings) -> Folders:
     p = settings.paths
     return Folders(inbox=p.inbox, outputs=p.outputs, done=p.done, failed=p.failed, state=settings.state_dir)
-
-
-@dataclass
-class _Flight:
-    prepared: Prepared
-    future: Future[GenerationResult]
-    submitted: float
 
 
 class Service:
@@ -123,13 +103,23 @@ class Service:
         self.started = threading.Event()  # set up and looking at the inbox (when systemd hears READY)
         self.results: deque[Result] = deque(maxlen=50)
         self._resume: deque[Job] = deque()
-        self._flights: dict[str, _Flight] = {}  # in submission order
-        self._done: deque[str] = deque()  # jobs whose generation ended, in that order
+        self.flights = Flights(
+            self.executor,
+            clock=clock,
+            wake=self._work.set,
+            abort=self.abort,
+            max_attempts=lambda: self.settings.limits.max_attempts,
+            failed_where=lambda job: self._where(self.folders.failed, job),
+        )
         self._lock: IO[str] | None = None
-        self._status_at = float("-inf")
-        self._status_wanted = False
-        self._board_seen = -1
-        self._status_lock = threading.RLock()
+        self.publisher = Publisher(
+            self.folders.state,
+            self.listeners,
+            self.executor.board,
+            self._status,
+            clock=clock,
+            wake=self._work.set,
+        )
         self._watch = watch
         self._once: list[Result] | None = None  # every result of a run_once, however many
         self._watcher: Watcher | None = None
@@ -270,7 +260,7 @@ class Service:
     def run(self) -> None:
         self.setup()
         try:
-            while not self.stop.is_set() or self._flights:
+            while not self.stop.is_set() or self.flights:
                 self.step()
         finally:
             self.teardown()
@@ -285,7 +275,7 @@ class Service:
         self._work.clear()
         self._collect()
         self._enforce_stop()
-        if not self.stop.is_set() and len(self._flights) < self.executor.capacity:
+        if not self.stop.is_set() and len(self.flights) < self.executor.capacity:
             job = self._next_job()
             if job is not None:
                 self._start(*job)
@@ -294,27 +284,10 @@ class Service:
         return False
 
     def _want_status(self) -> None:
-        """Something people see changed (a job started or ended, a file arrived): publish soon.
-
-        From any thread; only sets flags. The loop publishes at most every STATUS_EVERY
-        seconds, so a backlog moving at many jobs a second does not write the status and
-        render the share page several times per job.
-        """
-        self._status_wanted = True
-        self._work.set()
+        self.publisher.want()
 
     def _publish_due(self) -> float:
-        """Publish what is due now; return how long the loop may wait before the next one is."""
-        since = self.clock() - self._status_at
-        progress = self.executor.board.version != self._board_seen
-        if (self._status_wanted and since >= STATUS_EVERY) or (progress and since >= 1.0) or since > 30:
-            # 30 s: keeps status.json fresh so `i2vd status` can tell the daemon lives.
-            self.publish_status()
-            since = 0.0
-        wait = self.settings.watch.poll_interval
-        if self._status_wanted:
-            wait = min(wait, max(0.0, STATUS_EVERY - since))
-        return wait
+        return self.publisher.due(self.settings.watch.poll_interval)
 
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
@@ -326,9 +299,9 @@ class Service:
         self._once = []
         self.setup()
         try:
-            while not self.stop.is_set() or self._flights:
+            while not self.stop.is_set() or self.flights:
                 mark = self.monitor.started
-                if self.step() or self._flights or self._resume:
+                if self.step() or self.flights or self._resume:
                     continue
                 seq, ready, waiting = self.monitor.last
                 if seq > mark and ready == 0 and waiting == 0 and self.monitor.queued()[1] == 0:
@@ -394,122 +367,44 @@ class Service:
             log.exception("internal error", folder=self._where(self.folders.failed, job))
             self.filer.put(Failed(job, INTERNAL_ERROR))
         else:
-            self._submit(prepared)
+            self.flights.submit(prepared)
         self._want_status()
 
-    def _submit(self, prepared: Prepared) -> None:
-        future = self.executor.submit(prepared.job.name, prepared.request, prepared.recipes)
-        future.add_done_callback(lambda _f, name=prepared.job.name: self._finished_order(name))
-        self._flights[prepared.job.name] = _Flight(prepared, future, self.clock())
-
-    def _retry(self, flight: _Flight, lost: WorkerLost) -> Failed | None:
-        """A worker died under this job: count the attempt, and submit it again while attempts last."""
-        job = flight.prepared.job
-        try:
-            count_attempt(job)
-        except OSError as e:
-            # The claim record cannot be written: the job stays claimed for recovery at next start.
-            self.log.error("cannot count the job's attempt; it stays claimed", job=job.name, error=str(e))
-            return None
-        flight.prepared.record.attempts = job.attempts
-        if job.attempts > self.settings.limits.max_attempts:
-            crashes = job.attempts - 1
-            self.log.error("job failed: its worker died every time", job=job.name, attempts=crashes)
-            return Failed(job, WORKER_LOST_ERROR.format(crashes=crashes))
-        self.log.warning(
-            "worker lost mid-job; submitting the job again",
-            job=job.name,
-            attempt=job.attempts,
-            reason=str(lost),
-        )
-        self._submit(flight.prepared)
-        return None
-
-    def _finished_order(self, name: str) -> None:
-        """A future's done callback (on the worker's thread): note the order, wake the loop."""
-        self._done.append(name)
-        self._work.set()
-
     def _collect(self) -> None:
-        """Hand every finished job to the filing thread, in the order they finished."""
-        while self._done:
-            name = self._done.popleft()
-            flight = self._flights.pop(name, None)
-            if flight is None:
-                continue
-            job = flight.prepared.job
-            log = self.log.bind(job=name)
-            item: Generated | Failed
-            try:
-                result = flight.future.result()
-            except Cancelled:
-                log.warning("job interrupted by shutdown; its files go back to the inbox")
-                item = Failed(job, None)
-            except WorkerLost as e:
-                if self.abort.is_set():
-                    item = Failed(job, None)  # a cold stop: back to the inbox, no attempt counted
-                else:
-                    failed = self._retry(flight, e)
-                    if failed is None:
-                        continue  # submitted again (or left claimed for the next start)
-                    item = failed
-            except JobError as e:
-                log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
-                item = Failed(job, str(e))
-            except Exception as e:
-                log.error(
-                    "internal error", error=repr(e), folder=self._where(self.folders.failed, job), exc_info=e
-                )
-                item = Failed(job, INTERNAL_ERROR)
-            else:
-                seconds = self.clock() - flight.submitted
-                log.info("frames generated", seconds=round(seconds, 2), clip_size=_size(result))
-                worker = Worker(**result.worker) if result.worker else None
-                item = Generated(flight.prepared, result, seconds, worker)
+        """Hand every job whose generation ended to the filing thread, in the order they ended."""
+        for item in self.flights.collect():
             # Blocks while the filing thread is encode_queue jobs behind: bounded memory.
             self.filer.put(item)
             self._want_status()
 
     def _enforce_stop(self) -> None:
-        self.stopping.enforce(bool(self._flights), self.settings.watch.stop_grace, self.executor.cancel)
+        self.stopping.enforce(bool(self.flights), self.settings.watch.stop_grace, self.executor.cancel)
 
     def _explain_stop(self) -> None:
-        self.stopping.explain(list(self._flights), self.settings.watch.stop_grace)
+        self.stopping.explain(self.flights.names(), self.settings.watch.stop_grace)
 
     # -- status --------------------------------------------------------------------------
 
     def publish_status(self, state: str | None = None) -> None:
-        now = self.clock()
-        queue, ready = self.monitor.queued()
-        with self._status_lock:
-            self._status_at = now
-            self._status_wanted = False
-            self._board_seen = self.executor.board.version
-            status = build_status(
-                state=state or ("busy" if self._flights else "idle"),
-                model=self.executor.model.model_id,
-                workers=self.executor.board.snapshot(),
-                in_flight=list(self._flights),
-                encoding=list(self.filer.encoding),
-                queue=queue,
-                queue_length=ready + len(self._resume),
-                scanner=self.monitor.scanner,
-                recent=[
-                    {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
-                    for r in reversed(self.results)
-                ][:20],
-                now=now,
-            )
-            write_status(self.folders.state, status)
-            self._tell(lambda listener: listener.on_status(status))
+        self.publisher.publish(state)
 
-    def _tell(self, call: Callable[[Listener], None]) -> None:
-        with self._status_lock:
-            for listener in self.listeners:
-                try:
-                    call(listener)
-                except Exception:
-                    self.log.exception("listener failed", listener=type(listener).__name__)
+    def _status(self, state: str | None, now: float) -> dict[str, Any]:
+        queue, ready = self.monitor.queued()
+        return build_status(
+            state=state or ("busy" if self.flights else "idle"),
+            model=self.executor.model.model_id,
+            workers=self.executor.board.snapshot(),
+            in_flight=self.flights.names(),
+            encoding=list(self.filer.encoding),
+            queue=queue,
+            queue_length=ready + len(self._resume),
+            scanner=self.monitor.scanner,
+            recent=[
+                {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
+                for r in reversed(self.results)
+            ][:20],
+            now=now,
+        )
 
     def _where(self, base: Path, job: Job) -> str:
         """Where a job's files go, as people on the share see it (``outputs/team-a/cup_…``)."""
@@ -522,10 +417,5 @@ class Service:
         self.results.append(result)
         if self._once is not None:
             self._once.append(result)
-        self._tell(lambda listener: listener.on_job_finished(event))
+        self.publisher.tell(lambda listener: listener.on_job_finished(event))
         self._want_status()
-
-
-def _size(result: GenerationResult) -> str:
-    height, width = result.frames.shape[1:3]
-    return f"{width}x{height}"

@@ -1,0 +1,150 @@
+"""The jobs handed to the executor and not yet collected: submitting, collecting, retrying.
+
+Apart from the loop because it is the one piece of bookkeeping that must survive every way a
+generation can end (done, bad input found late, interrupted by a stop, a worker lost under it,
+our own bug) and turn each into the one thing the filing thread takes, in the order they ended.
+Only the loop thread calls it, except ``_ended``, an executor future's done callback.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from threading import Event
+
+from daemon import logs
+from daemon.engine.interface import GenerationResult
+from daemon.errors import JobError
+from daemon.folders.jobs import Job, count_attempt
+from daemon.job.describe import Generated
+from daemon.job.prepare import Prepared
+from daemon.job.record import Worker
+from daemon.service.executor import Cancelled, Executor, WorkerLost
+from daemon.service.filing import INTERNAL_ERROR, Failed
+
+WORKER_LOST_ERROR = (
+    "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
+    "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
+    "operator to look at the daemon's log."
+)
+
+
+@dataclass
+class _Flight:
+    prepared: Prepared
+    future: Future[GenerationResult]
+    submitted: float
+
+
+class Flights:
+    """Jobs in flight, in submission order; ``collect`` yields what to file, in the order they ended."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        clock: Callable[[], float],
+        wake: Callable[[], None],
+        abort: Event,
+        max_attempts: Callable[[], int],
+        failed_where: Callable[[Job], str],
+    ) -> None:
+        self.executor = executor
+        self.clock = clock
+        self._wake = wake
+        self._abort = abort
+        self._max_attempts = max_attempts  # read at each retry: a reload may change it
+        self._failed_where = failed_where
+        self._flights: dict[str, _Flight] = {}
+        self._ended: deque[str] = deque()
+        self.log = logs.get()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def names(self) -> list[str]:
+        return list(self._flights)
+
+    def submit(self, prepared: Prepared) -> None:
+        """Hand a prepared job to the executor.
+
+        1. submit its request and recipes under the job's name;
+        2. note, from the worker's thread when it ends, the order it ended in, and wake the loop;
+        3. keep it, with when it was submitted, until it is collected.
+        """
+        future = self.executor.submit(prepared.job.name, prepared.request, prepared.recipes)
+        future.add_done_callback(lambda _f, name=prepared.job.name: self._ended_now(name))
+        self._flights[prepared.job.name] = _Flight(prepared, future, self.clock())
+
+    def _ended_now(self, name: str) -> None:
+        self._ended.append(name)
+        self._wake()
+
+    def collect(self) -> Iterator[Generated | Failed]:
+        """Every job whose generation ended, as the filing thread takes it, in the order they ended.
+
+        A job whose worker was lost is submitted again instead, while its attempts last.
+        """
+        while self._ended:
+            name = self._ended.popleft()
+            flight = self._flights.pop(name, None)
+            if flight is not None and (item := self._outcome(flight)) is not None:
+                yield item
+
+    def _outcome(self, flight: _Flight) -> Generated | Failed | None:
+        job = flight.prepared.job
+        log = self.log.bind(job=job.name)
+        try:
+            result = flight.future.result()
+        except Cancelled:
+            log.warning("job interrupted by shutdown; its files go back to the inbox")
+            return Failed(job, None)
+        except WorkerLost as e:
+            if self._abort.is_set():
+                return Failed(job, None)  # a cold stop: back to the inbox, no attempt counted
+            return self._retry(flight, e)
+        except JobError as e:
+            log.warning("job failed", reason=str(e), folder=self._failed_where(job))
+            return Failed(job, str(e))
+        except Exception as e:
+            log.error("internal error", error=repr(e), folder=self._failed_where(job), exc_info=e)
+            return Failed(job, INTERNAL_ERROR)
+        seconds = self.clock() - flight.submitted
+        log.info("frames generated", seconds=round(seconds, 2), clip_size=_size(result))
+        worker = Worker(**result.worker) if result.worker else None
+        return Generated(flight.prepared, result, seconds, worker)
+
+    def _retry(self, flight: _Flight, lost: WorkerLost) -> Failed | None:
+        """A worker died under this job.
+
+        1. count the attempt in the job's claim record (if that cannot be written, the job stays
+           claimed, for recovery at the next start);
+        2. past ``max_attempts``, fail it with an explanation;
+        3. otherwise submit it again; None means nothing to file now.
+        """
+        job = flight.prepared.job
+        try:
+            count_attempt(job)
+        except OSError as e:
+            self.log.error("cannot count the job's attempt; it stays claimed", job=job.name, error=str(e))
+            return None
+        flight.prepared.record.attempts = job.attempts
+        if job.attempts > self._max_attempts():
+            crashes = job.attempts - 1
+            self.log.error("job failed: its worker died every time", job=job.name, attempts=crashes)
+            return Failed(job, WORKER_LOST_ERROR.format(crashes=crashes))
+        self.log.warning(
+            "worker lost mid-job; submitting the job again",
+            job=job.name,
+            attempt=job.attempts,
+            reason=str(lost),
+        )
+        self.submit(flight.prepared)
+        return None
+
+
+def _size(result: GenerationResult) -> str:
+    height, width = result.frames.shape[1:3]
+    return f"{width}x{height}"
