@@ -8,60 +8,16 @@ from daemon.engine.tiny_parts import SEED, t5_tokenizer
 
 
 def build_wan() -> Any:
+    """Wan 2.1's image-to-video layout: a CLIP image encoder beside the VAE latent of the image."""
     import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanImageToVideoPipeline,
-        WanTransformer3DModel,
-    )
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        UMT5Config,
-        UMT5EncoderModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    tokenizer = t5_tokenizer(512)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(tokenizer),
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=1,
-                num_heads=2,
-                relative_attention_num_buckets=8,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
-        # Spatial x8, time x4 like the real Wan VAE; patch (1, 2, 2): sizes in multiples of 16.
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=36,
-            out_channels=16,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,  # two blocks: First Block Cache needs a first and a rest
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,  # as the real model: room for 1024p clips
-            image_dim=4,
-        )
+        tokenizer, text_encoder = _wan_text()
+        vae = _wan_vae()
+        transformer = _wan_transformer(36, 16, image_dim=4)
         image_encoder = CLIPVisionModel(
             CLIPVisionConfig(
                 hidden_size=4,
@@ -105,7 +61,21 @@ def _wan_text() -> tuple[Any, Any]:
     return tokenizer, text_encoder
 
 
-def _wan_transformer(channels_in: int, channels_out: int) -> Any:
+def _wan_vae() -> Any:
+    """Spatial x8, time x4 like the real Wan 2.1 VAE (and Wan 2.2 A14B's)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=3,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+
+
+def _wan_transformer(channels_in: int, channels_out: int, image_dim: int | None = None) -> Any:
+    """Patch (1, 2, 2): with the x8 VAE, sizes in multiples of 16. ``image_dim``: Wan 2.1's CLIP input."""
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
@@ -120,7 +90,8 @@ def _wan_transformer(channels_in: int, channels_out: int) -> Any:
         num_layers=2,  # two blocks: First Block Cache needs a first and a rest
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024,
+        rope_max_seq_len=1024,  # as the real model: room for 1024p clips
+        image_dim=image_dim,
     )
 
 
@@ -130,18 +101,12 @@ def build_wan22_a14b() -> Any:
     The image reaches the model only through its VAE latent (16 noise + 16 image + 4 mask channels).
     """
     import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         tokenizer, text_encoder = _wan_text()
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )
+        vae = _wan_vae()
         transformer = _wan_transformer(36, 16)  # the high-noise expert
         transformer_2 = _wan_transformer(36, 16)  # the low-noise expert
     return WanImageToVideoPipeline(
