@@ -239,6 +239,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=30,
         default_guidance=3.0,
         takes_lora=True,
+        # diffusers 0.42.1 has no First Block Cache entry for its blocks, and Pyramid Attention
+        # Broadcast mixes up its guidance passes (batch 2, then 1) and fails every guided job.
+        cache_methods=("taylorseer",),
         extra_kwargs=ltx2_kwargs,
         multiple_of=_ltx_multiple,
     ),

@@ -60,6 +60,8 @@ class Family:
     # The pipeline attributes that are denoisers (Wan 2.2 A14B: two experts); all are quantized,
     # compiled and given adapters alike.
     denoisers: tuple[str, ...] = ()
+    # The diffusers caching methods ([model] cache) that work on this family's denoiser; None: all.
+    cache_methods: tuple[str, ...] | None = None
     # Hooks, each given the loaded pipeline: what this family's call adds (fps, guidance in its own
     # form...), the width/height multiple its VAE and denoiser need, and the one size a model that can
     # make only one takes (None for any).
