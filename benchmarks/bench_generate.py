@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiny-cogvideox",
             "tiny-hunyuan-i2v",
             "tiny-hunyuan-i2v-33ch",
+            "tiny-ltx2",
             *WAN_ARCHS,
         ],
         help="a tiny build of a family (implies --tiny), or a full-size Wan architecture (GPU)",

@@ -26,8 +26,9 @@ CLIPS = {
     "tiny-ltx": (64, 32, 9),
     "tiny-wan": (32, 16, 5),
     "tiny-cogvideox": (32, 16, 9),
+    "tiny-ltx2": (64, 32, 9),
 }
-TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox"]
+TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox", "tiny-ltx2"]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,12 @@ def test_svd_decode_out_of_memory_decodes_fewer_frames_at_once(
 
 # Wide clips, so that the VAE's tiles (256 to 720 pixels) split them; the thresholds sit between
 # the largest decoder call untiled and tiled (measured on these builds).
-WIDE = {"tiny-ltx": (1024, 32, 9, 600), "tiny-wan": (1024, 16, 5, 100), "tiny-cogvideox": (1024, 16, 9, 300)}
+WIDE = {
+    "tiny-ltx": (1024, 32, 9, 600),
+    "tiny-wan": (1024, 16, 5, 100),
+    "tiny-cogvideox": (1024, 16, 9, 300),
+    "tiny-ltx2": (1024, 32, 9, 48),
+}
 
 
 @pytest.mark.parametrize("model_id", TRANSFORMERS)
@@ -185,11 +191,17 @@ def _attention_work(gen: DiffusersGenerator, req: Any) -> int:
     return calls[0]
 
 
-@pytest.mark.parametrize("model_id", TRANSFORMERS)
-@pytest.mark.parametrize(
-    ("method", "extra"),
-    [("first_block", {"cache_threshold": 1.0}), ("pyramid", {}), ("taylorseer", {})],
-)
+CACHE_METHODS = {"first_block": {"cache_threshold": 1.0}, "pyramid": {}, "taylorseer": {}}
+# LTX-2 takes TaylorSeer only; the others stop the start (test below).
+CACHING = [
+    (model_id, method, extra)
+    for model_id in TRANSFORMERS
+    for method, extra in CACHE_METHODS.items()
+    if model_id != "tiny-ltx2" or method == "taylorseer"
+]
+
+
+@pytest.mark.parametrize(("model_id", "method", "extra"), CACHING)
 def test_caching_skips_work_and_is_reset_between_jobs(
     cache: Path, plain: dict[str, DiffusersGenerator], model_id: str, method: str, extra: dict[str, Any]
 ) -> None:
@@ -209,6 +221,15 @@ def test_caching_skips_work_and_is_reset_between_jobs(
     with pytest.raises(KeyboardInterrupt):  # a job cut short leaves the cache half-filled
         gen.generate(req, on_step=stop_at_step_3)
     assert np.array_equal(gen.generate(req).frames, first)  # which the next job must not see
+
+
+@pytest.mark.parametrize("method", ["first_block", "pyramid"])
+def test_a_caching_method_ltx2_cannot_take_stops_the_start_with_one_line(cache: Path, method: str) -> None:
+    with pytest.raises(RuntimeError) as exc:
+        _load(cache, "tiny-ltx2", cache=method)
+    message = str(exc.value)
+    assert f"model.cache = {method!r} does not work with LTX-2" in message
+    assert "set model.cache = 'none' or 'taylorseer'." in message and "\n" not in message
 
 
 def test_caching_on_a_unet_family_is_ignored_with_a_log_line(cache: Path) -> None:

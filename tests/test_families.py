@@ -29,6 +29,7 @@ CASES = {
     "tiny-hunyuan-i2v": ("hunyuan_i2v", 64, 32, 5, 16),
     "tiny-hunyuan-i2v-33ch": ("hunyuan_i2v", 64, 32, 5, 16),
     "tiny-cogvideox": ("cogvideox", 32, 16, 9, 16),
+    "tiny-ltx2": ("ltx2", 64, 32, 9, 32),
 }
 
 
@@ -110,6 +111,8 @@ def test_svd_says_it_takes_no_prompt(generators: dict[str, DiffusersGenerator]) 
         ("tiny-wan", {"height": 24}, "height", "multiples of 16"),
         ("tiny-svd", {"steps": 0}, "steps", "1 or more"),
         ("tiny-cogvideox", {"guidance_scale": -1.0}, "guidance_scale", "0 or more"),
+        ("tiny-ltx2", {"num_frames": 12}, "num_frames", "8k+1 frames (9, 17, 25, 33, ..., e.g. 121)"),
+        ("tiny-ltx2", {"height": 48}, "height", "multiples of 32"),
     ],
 )
 def test_bad_values_are_rejected_before_model_work(
@@ -145,6 +148,8 @@ def test_bad_values_are_rejected_before_model_work(
         ("WanImageToVideoPipeline", "wan"),
         ("CogVideoXImageToVideoPipeline", "cogvideox"),
         ("I2VGenXLPipeline", "i2vgenxl"),
+        ("LTX2Pipeline", "ltx2"),
+        ("LTX2ImageToVideoPipeline", "ltx2"),
     ],
 )
 def test_family_is_detected_from_model_index(tmp_path: Path, class_name: str, family: str) -> None:

@@ -23,7 +23,7 @@ from helpers import digest, png_bytes
 from daemon.config import Settings
 from daemon.engine.adapters import AdapterSpec
 from daemon.engine.detect import family_from_index
-from daemon.engine.families import FAMILIES, HUNYUAN_I2V, WAN22_A14B, WAN22_TI2V, get_family
+from daemon.engine.families import FAMILIES, HUNYUAN_I2V, LTX2, WAN22_A14B, WAN22_TI2V, get_family
 from daemon.engine.load import load_generator
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
@@ -39,6 +39,7 @@ LORA_CASES = {
     "tiny-cogvideox": (32, 16, 9),
     "tiny-hunyuan-i2v": (64, 32, 5),
     "tiny-hunyuan-i2v-33ch": (64, 32, 5),
+    "tiny-ltx2": (64, 32, 9),
 }
 
 
@@ -194,6 +195,7 @@ PUBLISHED = {
     "wan22_ti2v": (50, 5.0),
     "cogvideox": (50, 6.0),
     "hunyuan_i2v": (50, 6.0),
+    "ltx2": (30, 3.0),
 }
 
 
@@ -294,6 +296,8 @@ def _run_once(config: Path, cache: Path) -> subprocess.CompletedProcess[bytes]:
         ("tiny-wan22-ti2v", WAN22_TI2V, {}, (50, "model"), (5.0, "model")),
         # HunyuanVideo-I2V: guidance 6.0 as published (distilled into the model).
         ("tiny-hunyuan-i2v", HUNYUAN_I2V, {"steps": 2}, (2, "config"), (6.0, "model")),
+        # LTX-2: 8k+1 frames; guidance its published 3.0; the fast adapter's 1.0 turns all guidance off.
+        ("tiny-ltx2", LTX2, {"steps": 2, "num_frames": 9}, (2, "config"), (3.0, "model")),
     ],
 )
 def test_new_families_end_to_end_with_a_distilled_adapter_picked_by_name(
@@ -307,6 +311,7 @@ def test_new_families_end_to_end_with_a_distilled_adapter_picked_by_name(
     plain_guidance: tuple[float, str],
 ) -> None:
     lora = str(random_lora(model_id))
+    frames = int(generation.get("num_frames", 5))  # type: ignore[call-overload]
     config = helpers.write_config(
         tmp_path,
         model_id,
@@ -331,9 +336,10 @@ def test_new_families_end_to_end_with_a_distilled_adapter_picked_by_name(
         (out,) = (tmp_path / "outputs").glob(f"{name}_*/")
         records[name] = info = json.loads((out / f"{out.name}.json").read_text())
         assert info["generation"]["family"] == family and info["generation"]["engine"]["family"] == family
-        assert info["parameters"]["num_frames"] == 5
+        assert info["parameters"]["num_frames"] == frames
         with av.open(str(out / f"{out.name}.mp4")) as clip:
-            assert sum(1 for _ in clip.decode(video=0)) == 5
+            assert sum(1 for _ in clip.decode(video=0)) == frames
+            assert not clip.streams.audio  # LTX-2's sound is dropped: every clip is silent
         for ext in ("png", "txt" if name == "plain" else "toml"):
             (kept,) = (tmp_path / "done").glob(f"{name}_*/{name}.{ext}")
             assert digest(kept) == originals[f"{name}.{ext}"]
@@ -454,3 +460,39 @@ def test_hunyuan_i2v_checkpoints_are_called_as_each_is_published(tiny_families_d
         kwargs = family.call_kwargs(req, **common, on_step=None, pipe=gen._pipe)
         assert {k: kwargs[k] for k in expected} == expected, model_id
         assert gen.generate(req).frames.shape == (5, 32, 64, 3)
+
+
+def test_ltx2_takes_the_clip_fps_drops_its_sound_and_runs_unguided_at_guidance_1(
+    tiny_families_dir: Path,
+) -> None:
+    """LTX-2 at guidance 3: classifier-free guidance (one batched pass) plus spatio-temporal and modality
+    guidance, three transformer passes per step. At guidance 1 (distilled): one. The clip is the video
+    alone, timed at the job's fps; the sound the pipeline made is not in the result."""
+    gen = _load("tiny-ltx2", tiny_families_dir)
+    passes: list[int] = []
+    handle = gen._pipe.transformer.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        for guidance, per_step in ((3.0, 3), (1.0, 1)):
+            passes.clear()
+            req = _request("tiny-ltx2", guidance_scale=guidance, fps=12)
+            result = gen.generate(req)
+            assert result.frames.shape == (9, 32, 64, 3)
+            assert len(passes) == per_step * req.steps, guidance
+    finally:
+        handle.remove()
+    kwargs = gen.family.call_kwargs(
+        req,
+        image=req.image,
+        width=64,
+        height=32,
+        num_frames=9,
+        generator=None,
+        decode_chunk_size=1,
+        on_step=None,
+        pipe=gen._pipe,
+    )
+    assert kwargs["frame_rate"] == 12.0
+    # The tiny transformer has no cross-attention modulation, as LTX-2.0: called the legacy way.
+    assert (kwargs["use_cross_timestep"], kwargs["spatio_temporal_guidance_blocks"]) == (False, [29])
+    assert (kwargs["audio_guidance_scale"], kwargs["stg_scale"], kwargs["modality_scale"]) == (1.0, 0.0, 1.0)
+    assert "audio" not in gen.last_run and not hasattr(result, "audio")

@@ -14,6 +14,7 @@ from daemon.engine.families import (
     HUNYUAN_I2V,
     I2VGENXL,
     LTX,
+    LTX2,
     SVD,
     WAN,
     WAN22_A14B,
@@ -33,6 +34,9 @@ CLASS_NAMES = {
     "CogVideoXImageToVideoPipeline": COGVIDEOX,
     "CogVideoXPipeline": COGVIDEOX,
     "HunyuanVideoImageToVideoPipeline": HUNYUAN_I2V,
+    # LTX-2's published folders name its text-to-video pipeline; the image-to-video one loads them.
+    "LTX2ImageToVideoPipeline": LTX2,
+    "LTX2Pipeline": LTX2,
 }
 
 

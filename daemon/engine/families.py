@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.engine.family import Family
+from daemon.engine.ltx2 import ltx2_kwargs
 
 # Names accepted by ``[model] family``.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
@@ -30,6 +31,7 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 # frame (``expand_timesteps``).
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
 HUNYUAN_I2V = "hunyuan_i2v"
+LTX2 = "ltx2"
 
 
 def _i2vgenxl_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
@@ -222,6 +224,26 @@ FAMILIES: dict[str, Family] = {
         takes_lora=True,
         multiple_of=_patch_multiple,
         one_size=_cogvideox_size,
+    ),
+    # 30 steps, guidance 3.0, 121 frames at 24 fps, 768x512: diffusers' LTX2ImageToVideoPipeline
+    # defaults, as its example runs Lightricks/LTX-2 (the distilled checkpoints publish 8 steps at
+    # guidance 1.0: set them in [generation] or on the adapter). Sizes in multiples of 32 (VAE 32x,
+    # patch 1); the VAE compresses time 8x: 8k+1 frames. The sound it makes is dropped (engine/ltx2.py).
+    LTX2: Family(
+        LTX2,
+        "LTX2ImageToVideoPipeline",
+        "LTX-2",
+        size_multiple=32,
+        frame_step=8,
+        typical_frames=121,
+        default_steps=30,
+        default_guidance=3.0,
+        takes_lora=True,
+        # diffusers 0.42.1 has no First Block Cache entry for its blocks, and Pyramid Attention
+        # Broadcast mixes up its guidance passes (batch 2, then 1) and fails every guided job.
+        cache_methods=("taylorseer",),
+        extra_kwargs=ltx2_kwargs,
+        multiple_of=_ltx_multiple,
     ),
 }
 

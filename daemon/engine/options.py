@@ -253,6 +253,12 @@ def _cache(pipe: Any, family: Family, denoiser: Any, opts: EngineOptions, ignore
         reason = f"diffusers' caching methods work on transformers; {family.label} has a UNet"
         ignored("cache", opts.cache, reason)
         return None
+    if family.cache_methods is not None and opts.cache not in family.cache_methods:
+        takes = " or ".join(repr(m) for m in ("none", *family.cache_methods))
+        raise RuntimeError(
+            f"model.cache = {opts.cache!r} does not work with {family.label} in this diffusers;"
+            f" set model.cache = {takes}."
+        )
     from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     if opts.cache == "first_block":
