@@ -18,8 +18,9 @@ from PIL import Image
 
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES
 from daemon.encode.ffmpeg import FFmpeg, FFmpegUnavailable, count_frames, ffmpeg_exe, select_ffmpeg
-from daemon.encode.onepass import EncodeResult, encode_job, validate_recipe
+from daemon.encode.onepass import EncodeResult, encode_job
 from daemon.encode.recipes import RecipeConfig
+from daemon.encode.validate import validate_recipe
 from daemon.errors import EncodeError
 
 ROOT = Path(__file__).resolve().parent.parent

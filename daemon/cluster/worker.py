@@ -1,6 +1,6 @@
 """One cluster worker: a Ray actor that holds the model on one GPU and makes one clip at a time.
 
-This module does not import Ray: ``ray_executor`` wraps ``ClusterWorker`` in ``ray.remote`` with
+This module does not import Ray: ``daemon.cluster.pool`` wraps ``ClusterWorker`` in ``ray.remote`` with
 the GPUs, CPUs and restarts the config asks for. The actor is threaded (``max_concurrency``):
 ``run`` makes a clip in one thread while ``progress`` and ``abort`` answer from another, so the
 coordinator can follow the steps and interrupt a cold-stopped job between two of them.

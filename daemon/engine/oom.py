@@ -1,7 +1,7 @@
 """Out of memory: recognising it, freeing what can be freed, and planning the next, smaller try.
 
 Owns the ladder (``model.oom_ladder``: lower resolution, fewer frames, CPU offload) that
-``DiffusersGenerator.generate`` walks down, the decode rescue (``rescued_decode``: a failed VAE
+``daemon.engine.ladder_walk`` walks down, the decode rescue (``rescued_decode``: a failed VAE
 decode repeated in halves, then tiled, inside the pipeline's own call) and the words of the
 ``error.txt`` when nothing is left. Also the fault injector ``InjectOOM`` (or the
 ``I2VD_INJECT_OOM`` variable), which raises a genuine ``torch.OutOfMemoryError`` from inside the

@@ -1,19 +1,19 @@
 """The diffusers engine: any image-to-video family, loaded once and kept warm.
 
-``DiffusersGenerator`` runs any model family of ``daemon.engine.families``: it applies the
-``[model]`` speed and memory options once at load (``daemon.engine.options``; CUDA-only ones
-are ignored with a log line on a CPU), rescues a job that runs out of memory by walking down
-the ladder of ``daemon.engine.oom``, and returns with the frames a record of what it really
-ran. ``warm_up()`` runs one small generation so the first job is not the slow one.
+``DiffusersGenerator`` runs any model family of ``daemon.engine.families``: it loads the
+pipeline, applies the ``[model]`` speed and memory options once at load
+(``daemon.engine.options``; CUDA-only ones are ignored with a log line on a CPU), and holds it.
+Each ``generate`` walks down the out-of-memory ladder (``daemon.engine.ladder_walk``), one try
+at a time (``daemon.engine.pipeline_call``), and returns with the frames a record of what it
+really ran. ``warm_up()`` runs one small generation so the first job is not the slow one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from daemon.engine.families import (
     pipeline_multiple,
 )
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo, StepCallback
+from daemon.engine.ladder_walk import LadderWalk
 from daemon.engine.load import (
     component_dtypes,
     from_pretrained_variant,
@@ -42,19 +43,10 @@ from daemon.engine.load import (
     weights_variant,
 )
 from daemon.engine.oom import ENV_VAR as OOM_ENV_VAR
-from daemon.engine.oom import (
-    LOWER_RESOLUTION,
-    InjectOOM,
-    Setting,
-    exhausted_message,
-    first_line,
-    free_memory,
-    is_out_of_memory,
-    rescued_decode,
-)
-from daemon.engine.options import EngineOptions, Placement, apply_options, reset_cache, uncompile
+from daemon.engine.oom import LOWER_RESOLUTION, InjectOOM, Setting, first_line, free_memory
+from daemon.engine.options import EngineOptions, Placement, apply_options, uncompile
+from daemon.engine.pipeline_call import PipelineCall
 from daemon.errors import GenerationError
-from daemon.job.image import fit_to
 
 if TYPE_CHECKING:
     import torch
@@ -137,9 +129,6 @@ class DiffusersGenerator:
         options: EngineOptions | None,
         cache_dir: Path | None = None,
     ) -> None:
-        import torch
-
-        self._torch = torch
         self.family = family
         self.model_id = model_id
         self.revision = revision
@@ -172,9 +161,17 @@ class DiffusersGenerator:
         applied = apply_options(pipe, family, self.options, device, self._log)
         self.engine = applied.engine
         self.engine["loras"] = self._adapters.describe()
-        self._sdpa = applied.sdpa
         self._placement = Placement(pipe, device, self._log)
         self._placement.place(self.engine["offload"])
+        self._call = PipelineCall(
+            family,
+            device,
+            self._placement,
+            self._adapters,
+            applied.sdpa,
+            self.options.decode_chunk_size,
+            self._log,
+        )
         ladder = self.options.ladder
         if self.fixed_size is not None:  # no smaller size to fall back to
             ladder = replace(ladder, rungs=tuple(r for r in ladder.rungs if r != LOWER_RESOLUTION))
@@ -193,7 +190,6 @@ class DiffusersGenerator:
 
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         self.check(req)  # before any model work
-        torch, device = self._torch, self._torch_device
         if not self.family.takes_prompt:
             self._log.info(
                 f"{self.family.label} takes no prompt: the clip is made from the image alone;"
@@ -202,180 +198,48 @@ class DiffusersGenerator:
             )
         configured = self.engine["offload"]
         requested = Setting(req.width, req.height, req.num_frames, configured)
-        setting, change = requested, None
-        attempts: list[dict[str, Any]] = []
+        walk = LadderWalk(
+            requested,
+            self._ladder,
+            family=self.family,
+            multiple=self.size_multiple,
+            device=self._torch_device,
+            log=self._log,
+        )
+
+        def attempt(setting: Setting, record: dict[str, Any], first: bool) -> np.ndarray:
+            return self._call(
+                self._pipe,
+                req,
+                setting,
+                on_step,
+                record,
+                # A smaller rung is a new shape: run it eagerly rather than compile it for one job.
+                eager_on_recompile=self.engine["compile"] and not first,
+                inject_oom=self.inject_oom,
+            )
+
         with self._lock:
             self.last_run = None
             try:
-                while True:
-                    t0 = time.monotonic()
-                    record: dict[str, Any] = {**asdict(setting), "change": change}
-                    oom: str | None = None
-                    try:
-                        video = self._attempt(req, setting, on_step, record, first=not attempts)
-                    except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
-                        if not is_out_of_memory(exc):
-                            raise
-                        oom = first_line(exc)
-                    # Out of the except block: the failed try's tensors (held by the traceback) are gone.
-                    record.update(seconds=round(time.monotonic() - t0, 3))
-                    if oom is None:
-                        record.pop("stage", None)  # where a failed try failed; this one did not
-                        attempts.append({**record, "outcome": "ok"})
-                        break
-                    attempts.append({**record, "outcome": "out_of_memory", "error": oom})
-                    free_memory(device)
-                    step = self._ladder.next(
-                        setting,
-                        requested=requested,
-                        multiple=self.size_multiple,
-                        can_offload=device.type == "cuda",
-                        fit_frames=self.family.fit_frames,
-                    )
-                    if step is None:
-                        self.last_run = self._run_record(requested, setting, attempts, ok=False)
-                        self._log.error("out of memory at every step of the ladder", tried=len(attempts))
-                        tried = [
-                            Setting(a["width"], a["height"], a["num_frames"], a["offload"]) for a in attempts
-                        ]
-                        raise GenerationError(
-                            exhausted_message(
-                                tried,
-                                on_gpu=device.type == "cuda",
-                                requested=requested,
-                                fit_frames=self.family.fit_frames,
-                            )
-                        )
-                    failed, (change, setting) = setting, step
-                    self._log.warning(
-                        "out of memory; trying again with smaller settings",
-                        failed=failed.describe(),
-                        next=setting.describe(),
-                        step=change,
-                        error=oom,
-                    )
+                video = walk.run(attempt)
+            except GenerationError:
+                if walk.exhausted:
+                    self.last_run = walk.record(self.engine, ok=False)
+                raise
             finally:
                 self._placement.restore(configured)
-        self.last_run = self._run_record(requested, setting, attempts, ok=True)
-        if len(attempts) > 1:
+        self.last_run = walk.record(self.engine, ok=True)
+        if len(walk.attempts) > 1:
             self._log.warning(
                 "clip made with smaller settings after running out of memory",
                 requested=requested.describe(),
-                made=setting.describe(),
-                attempts=len(attempts),
+                made=walk.setting.describe(),
+                attempts=len(walk.attempts),
             )
         # Same rounding as diffusers' own numpy -> PIL conversion.
         frames = (video * 255).round().clip(0, 255).astype(np.uint8)
         return GenerationResult(frames, self.last_run)
-
-    def _attempt(
-        self,
-        req: GenerationRequest,
-        setting: Setting,
-        on_step: StepCallback | None,
-        record: dict[str, Any],
-        *,
-        first: bool,
-    ) -> np.ndarray:
-        """One try at ``setting``: frames as floats in [0, 1]; out-of-memory errors propagate."""
-        torch, device, pipe, family = self._torch, self._torch_device, self._pipe, self.family
-        size = (setting.width, setting.height)
-        # A smaller rung: the same picture, centre-cropped to the new aspect ratio and resized
-        # (never stretched).
-        image = req.image if size == (req.width, req.height) else fit_to(req.image, *size)
-        self._placement.place(setting.offload)
-        pixels = setting.width * setting.height * setting.num_frames
-        detach = self.inject_oom.attach(pipe, family.denoiser, pixels) if self.inject_oom else None
-        if family.step_hook is not None:
-            setattr(pipe, family.step_hook, on_step)
-        reset_cache(pipe, family)
-        try:
-            # This job's adapters on, every other one off; off again in the finally below, so they
-            # can never reach the next job.
-            record["loras"] = [*self._adapters.fused, *self._adapters.activate(req.loras)]
-            with contextlib.ExitStack() as stack:
-                if self._sdpa is not None:
-                    from torch.nn.attention import sdpa_kernel
-
-                    stack.enter_context(sdpa_kernel(self._sdpa, set_priority=True))
-                if self.engine["compile"] and not first:
-                    # A smaller rung is a new shape: run it eagerly rather than compile it for one job.
-                    stack.enter_context(torch.compiler.set_stance("eager_on_recompile"))
-                # Pipelines sample some noise (I2VGen-XL's image latent, for one) from the global RNG,
-                # not from `generator`: seed that too, inside fork_rng so the caller's global state is
-                # left as it was. Together: the same request gives the same frames.
-                cuda_devices = [device.index or 0] if device.type == "cuda" else []
-                stack.enter_context(torch.random.fork_rng(devices=cuda_devices))
-                torch.manual_seed(req.seed)
-                generator = torch.Generator(device=device).manual_seed(req.seed)
-                record["stage"] = "denoise"
-                rescue = stack.enter_context(
-                    rescued_decode(
-                        pipe.vae, device=device, log=self._log, on_first=lambda: record.update(stage="decode")
-                    )
-                )
-                chunk = self.options.decode_chunk_size
-                out = pipe(
-                    **family.call_kwargs(
-                        req,
-                        image=image.convert("RGB"),
-                        width=setting.width,
-                        height=setting.height,
-                        num_frames=setting.num_frames,
-                        generator=generator,
-                        decode_chunk_size=chunk,
-                        on_step=on_step,
-                        pipe=pipe,
-                    )
-                )
-                if family.chunked_decode:
-                    chunk = min(chunk, setting.num_frames, rescue.limit or chunk)
-                    record["decode_chunk_size"] = chunk
-                record["vae_tiling"] = bool(getattr(pipe.vae, "use_tiling", False))
-        finally:
-            self._adapters.deactivate()
-            if family.step_hook is not None:
-                setattr(pipe, family.step_hook, None)
-            if detach is not None:
-                detach()
-        video = np.asarray(out.frames[0], dtype=np.float32)
-        if not np.isfinite(video).all():
-            raise GenerationError(
-                "The model produced invalid pixels (not-a-number). This usually means float16 overflowed:"
-                " ask the operator to set model.dtype to bfloat16 or float32."
-            )
-        expected = (setting.num_frames, setting.height, setting.width, 3)
-        if video.shape != expected:
-            raise GenerationError(
-                f"The model returned frames shaped {video.shape}, expected {expected}; this is a bug in"
-                " i2vd, please report it."
-            )
-        return video
-
-    def _run_record(
-        self, requested: Setting, final: Setting, attempts: list[dict[str, Any]], *, ok: bool
-    ) -> dict[str, Any]:
-        last = attempts[-1]
-        return {
-            "ok": ok,
-            "family": self.family.name,
-            "prompt_used": self.family.takes_prompt,
-            "width": final.width,
-            "height": final.height,
-            "num_frames": final.num_frames,
-            "offload": final.offload,
-            "decode_chunk_size": last.get("decode_chunk_size"),
-            "vae_tiling": last.get("vae_tiling"),
-            "loras": last.get("loras") or None,
-            "fallback": len(attempts) > 1,
-            "requested": {
-                "width": requested.width,
-                "height": requested.height,
-                "num_frames": requested.num_frames,
-            },
-            "attempts": attempts,
-            "engine": dict(self.engine),
-        }
 
     def warm_up(self, *, short_side: int = 512, num_frames: int = 16, steps: int = 2) -> float:
         """One small generation now, so the first real job does not pay for the start-up work.

@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
-from daemon.encode.onepass import validate_recipe
+from daemon.encode.validate import validate_recipe
 from daemon.engine.families import defaults_problem
 from daemon.folders.watch import filesystem_type, watch_mode
 

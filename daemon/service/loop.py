@@ -28,7 +28,7 @@ from typing import IO, Any
 from daemon import logs
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
-from daemon.encode.onepass import validate_recipe
+from daemon.encode.validate import validate_recipe
 from daemon.engine.interface import Generator
 from daemon.errors import JobError
 from daemon.folders import fsops
