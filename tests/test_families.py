@@ -28,6 +28,7 @@ CASES = {
     "tiny-wan22-ti2v": ("wan22_ti2v", 64, 32, 5, 32),
     "tiny-hunyuan-i2v": ("hunyuan_i2v", 64, 32, 5, 16),
     "tiny-hunyuan-i2v-33ch": ("hunyuan_i2v", 64, 32, 5, 16),
+    "tiny-hunyuan15-i2v": ("hunyuan15_i2v", 64, 32, 5, 16),
     "tiny-cogvideox": ("cogvideox", 32, 16, 9, 16),
 }
 
@@ -106,6 +107,8 @@ def test_svd_says_it_takes_no_prompt(generators: dict[str, DiffusersGenerator]) 
         ("tiny-ltx", {"num_frames": 16}, "num_frames", "8k+1"),
         ("tiny-wan", {"num_frames": 8}, "num_frames", "4k+1"),
         ("tiny-cogvideox", {"num_frames": 13}, "num_frames", "8k+1"),
+        ("tiny-hunyuan15-i2v", {"num_frames": 8}, "num_frames", "4k+1"),
+        ("tiny-hunyuan15-i2v", {"width": 40}, "width", "multiples of 16"),
         ("tiny-ltx", {"width": 48}, "width", "multiples of 32"),
         ("tiny-wan", {"height": 24}, "height", "multiples of 16"),
         ("tiny-svd", {"steps": 0}, "steps", "1 or more"),
@@ -144,6 +147,7 @@ def test_bad_values_are_rejected_before_model_work(
         ("LTXImageToVideoPipeline", "ltx"),
         ("WanImageToVideoPipeline", "wan"),
         ("CogVideoXImageToVideoPipeline", "cogvideox"),
+        ("HunyuanVideo15ImageToVideoPipeline", "hunyuan15_i2v"),
         ("I2VGenXLPipeline", "i2vgenxl"),
     ],
 )

@@ -11,6 +11,7 @@ from daemon.engine.choices import FAMILY_CHOICES
 from daemon.engine.families import (
     COGVIDEOX,
     FAMILIES,
+    HUNYUAN15_I2V,
     HUNYUAN_I2V,
     I2VGENXL,
     LTX,
@@ -33,6 +34,7 @@ CLASS_NAMES = {
     "CogVideoXImageToVideoPipeline": COGVIDEOX,
     "CogVideoXPipeline": COGVIDEOX,
     "HunyuanVideoImageToVideoPipeline": HUNYUAN_I2V,
+    "HunyuanVideo15ImageToVideoPipeline": HUNYUAN15_I2V,
 }
 
 

@@ -1,4 +1,4 @@
-"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo (image-to-video).
+"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo and 1.5 (image-to-video).
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it; see ``daemon.engine.detect``). Each entry in ``FAMILIES`` is a ``Family``
@@ -30,6 +30,7 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 # frame (``expand_timesteps``).
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
 HUNYUAN_I2V = "hunyuan_i2v"
+HUNYUAN15_I2V = "hunyuan15_i2v"
 
 
 def _i2vgenxl_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
@@ -206,6 +207,22 @@ FAMILIES: dict[str, Family] = {
         extra_kwargs=_hunyuan_kwargs,
         multiple_of=_patch_multiple,
     ),
+    # 50 steps (the pipeline's default and diffusers' example), guidance 6.0 (the guider diffusers'
+    # conversion script writes for the 480p and 720p I2V checkpoints; the cfg-distilled ones ship 1.0:
+    # set it in [generation] for those), 121 frames (the pipeline's default). The pipeline is our
+    # subclass, which takes the clip size and guidance as the others do (see daemon.engine.hunyuan15).
+    HUNYUAN15_I2V: Family(
+        HUNYUAN15_I2V,
+        "daemon.engine.hunyuan15:DaemonHunyuanVideo15ImageToVideoPipeline",
+        "HunyuanVideo 1.5",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=121,
+        step_hook="step_callback",
+        default_steps=50,
+        default_guidance=6.0,
+        multiple_of=_patch_multiple,
+    ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
     # 50 steps, guidance 6.0: diffusers' CogVideoXImageToVideoPipeline defaults, as THUDM's model
@@ -251,9 +268,14 @@ def pipeline_class(family: Family) -> Any:
         from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
 
         return DaemonI2VGenXLPipeline
+    module, _, name = family.pipeline_class.rpartition(":")
+    if module:  # "module:Class": our subclass of a diffusers pipeline
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
     import diffusers
 
-    return getattr(diffusers, family.pipeline_class)
+    return getattr(diffusers, name)
 
 
 def pipeline_multiple(family: Family, pipe: Any) -> int:

@@ -13,13 +13,14 @@ from typing import Any
 
 from daemon.engine import tiny
 from daemon.engine.tiny_hunyuan import build_hunyuan_i2v
+from daemon.engine.tiny_hunyuan15 import build_hunyuan15_i2v
 from daemon.engine.tiny_parts import SEED, t5_encoder, t5_tokenizer
 from daemon.engine.tiny_wan import build_wan, build_wan22_a14b, build_wan22_ti2v
 
 MARKER = tiny.MARKER  # one marker file name for every tiny build
 
 # Bump when a build below changes: the folder name and marker carry it, so old builds are not reused.
-TINY_FAMILIES_VERSION = 3
+TINY_FAMILIES_VERSION = 4
 
 
 def _build_svd() -> Any:
@@ -213,6 +214,7 @@ BUILDERS: dict[str, tuple[str, Callable[[], Any]]] = {
     "tiny-cogvideox": ("cogvideox", _build_cogvideox),
     "tiny-hunyuan-i2v": ("hunyuan_i2v", lambda: build_hunyuan_i2v("token_replace")),
     "tiny-hunyuan-i2v-33ch": ("hunyuan_i2v", lambda: build_hunyuan_i2v("latent_concat")),
+    "tiny-hunyuan15-i2v": ("hunyuan15_i2v", build_hunyuan15_i2v),
 }
 
 
