@@ -203,7 +203,7 @@ def test_caching_skips_work_and_is_reset_between_jobs(
 ) -> None:
     if (model_id, method) in NO_FIRST_BLOCK:
         # diffusers 0.42 has no First Block Cache for HunyuanVideo 1.5's blocks: the start says so.
-        with pytest.raises(RuntimeError, match="cannot be used with this HunyuanVideo 1.5 model"):
+        with pytest.raises(RuntimeError, match=r"cannot be used with this HunyuanVideo 1\.5 model"):
             _load(cache, model_id, cache=method, **extra)
         return
     gen = _load(cache, model_id, cache=method, **extra)

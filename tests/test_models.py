@@ -1,4 +1,4 @@
-"""LoRA adapters, quantization, per-model defaults, Wan 2.2 and HunyuanVideo-I2V and 1.5, on the tiny builds (CPU).
+"""LoRA adapters, quantization, per-model defaults, Wan 2.2 and HunyuanVideo-I2V, on the tiny builds (CPU).
 
 Adapters are random-weight LoRA files made in code in peft's layout, once per session
 (``random_lora``), and loaded through diffusers and peft the way the daemon loads a configured one.
@@ -488,8 +488,9 @@ def test_hunyuan15_makes_the_size_asked_for_and_takes_guidance_through_its_guide
         hook.remove()
     assert not np.array_equal(made[6.0], made[1.0])
     assert pipe.guider.guidance_scale == 6.0  # the checkpoint's own value is back after each job
+    lora = AdapterSpec("a", str(random_lora("tiny-wan")))
     with pytest.raises(RuntimeError) as exc:
-        _load("tiny-hunyuan15-i2v", tiny_families_dir, loras=(AdapterSpec("a", str(random_lora("tiny-wan"))),))
+        _load("tiny-hunyuan15-i2v", tiny_families_dir, loras=(lora,))
     assert "HunyuanVideo 1.5 takes no LoRA adapters (diffusers has no LoRA loader for it)" in str(exc.value)
 
 

@@ -1,4 +1,4 @@
-"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo and 1.5 (image-to-video).
+"""Model families: I2VGen-XL, SVD, LTX-Video, Wan 2.1 and 2.2, CogVideoX, HunyuanVideo (image-to-video).
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it; see ``daemon.engine.detect``). Each entry in ``FAMILIES`` is a ``Family``
