@@ -21,8 +21,12 @@ _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _qwen2_tokenizer(system_message: str) -> Any:
     """A Qwen2 tokenizer with a vocab of the 256 byte pieces plus one merged token per word of the
-    pipeline's system message, so the template prefix the pipeline crops is short, as with the real one
-    (the prompt itself is mostly spelled out in bytes)."""
+    pipeline's system message (the prompt itself is mostly spelled out in bytes).
+
+    The pipeline crops the first 108 tokens, the template before the prompt with the real tokenizer.
+    Here that template is 123 tokens (whitespace and punctuation are pieces of their own), so 15 of
+    them stay before the prompt: the same code runs, on a slightly different crop.
+    """
     from transformers import Qwen2Tokenizer
 
     from daemon.engine.tiny import _byte_chars
