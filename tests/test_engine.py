@@ -14,6 +14,8 @@ import pytest
 import structlog
 import torch
 
+from daemon.engine import tiny_families
+from daemon.engine.families import get_family
 from daemon.engine.load import load_generator
 from daemon.engine.oom import InjectOOM, Ladder
 from daemon.engine.options import EngineOptions
@@ -27,8 +29,9 @@ CLIPS = {
     "tiny-wan": (32, 16, 5),
     "tiny-cogvideox": (32, 16, 9),
     "tiny-ltx2": (64, 32, 9),
+    "tiny-hunyuan15-i2v": (64, 32, 5),
 }
-TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox", "tiny-ltx2"]
+TRANSFORMERS = ["tiny-ltx", "tiny-wan", "tiny-cogvideox", "tiny-ltx2", "tiny-hunyuan15-i2v"]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,7 @@ WIDE = {
     "tiny-wan": (1024, 16, 5, 100),
     "tiny-cogvideox": (1024, 16, 9, 300),
     "tiny-ltx2": (1024, 32, 9, 48),
+    "tiny-hunyuan15-i2v": (1024, 16, 5, 100),
 }
 
 
@@ -180,7 +184,8 @@ def _attention_work(gen: DiffusersGenerator, req: Any) -> int:
     """
     calls = [0]
     denoiser = getattr(gen._pipe, gen.family.denoiser)
-    queries = [m for name, m in denoiser.named_modules() if name.endswith("attn1.to_q")]
+    # HunyuanVideo 1.5 names them attn (its text refiner's too, which runs alike with and without a cache).
+    queries = [m for name, m in denoiser.named_modules() if name.endswith(("attn1.to_q", "attn.to_q"))]
     assert queries
     handles = [q.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) for q in queries]
     try:
@@ -192,12 +197,25 @@ def _attention_work(gen: DiffusersGenerator, req: Any) -> int:
 
 
 CACHE_METHODS = {"first_block": {"cache_threshold": 1.0}, "pyramid": {}, "taylorseer": {}}
-# LTX-2 takes TaylorSeer only; the others stop the start (test below).
+
+
+def _takes(model_id: str, method: str) -> bool:
+    methods = get_family(tiny_families.BUILDERS[model_id][0]).cache_methods
+    return methods is None or method in methods
+
+
+# LTX-2 takes TaylorSeer only, HunyuanVideo 1.5 no First Block Cache: the others stop the start (below).
 CACHING = [
     (model_id, method, extra)
     for model_id in TRANSFORMERS
     for method, extra in CACHE_METHODS.items()
-    if model_id != "tiny-ltx2" or method == "taylorseer"
+    if _takes(model_id, method)
+]
+REFUSED = [
+    (model_id, method)
+    for model_id in TRANSFORMERS
+    for method in CACHE_METHODS
+    if not _takes(model_id, method)
 ]
 
 
@@ -223,13 +241,41 @@ def test_caching_skips_work_and_is_reset_between_jobs(
     assert np.array_equal(gen.generate(req).frames, first)  # which the next job must not see
 
 
-@pytest.mark.parametrize("method", ["first_block", "pyramid"])
-def test_a_caching_method_ltx2_cannot_take_stops_the_start_with_one_line(cache: Path, method: str) -> None:
+def test_the_refused_caching_methods_are_those_of_ltx2_and_hunyuan15() -> None:
+    assert REFUSED == [
+        ("tiny-ltx2", "first_block"),
+        ("tiny-ltx2", "pyramid"),
+        ("tiny-hunyuan15-i2v", "first_block"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "method", "says"),
+    [
+        (
+            "tiny-ltx2",
+            "first_block",
+            "does not work with LTX-2 in this diffusers; set model.cache = 'none' or 'taylorseer'.",
+        ),
+        (
+            "tiny-ltx2",
+            "pyramid",
+            "does not work with LTX-2 in this diffusers; set model.cache = 'none' or 'taylorseer'.",
+        ),
+        (
+            "tiny-hunyuan15-i2v",
+            "first_block",
+            "does not work with HunyuanVideo 1.5 in this diffusers; set"
+            " model.cache = 'none' or 'pyramid' or 'taylorseer'.",
+        ),
+    ],
+)
+def test_a_caching_method_a_family_cannot_take_stops_the_start_with_one_line(
+    cache: Path, model_id: str, method: str, says: str
+) -> None:
     with pytest.raises(RuntimeError) as exc:
-        _load(cache, "tiny-ltx2", cache=method)
-    message = str(exc.value)
-    assert f"model.cache = {method!r} does not work with LTX-2" in message
-    assert "set model.cache = 'none' or 'taylorseer'." in message and "\n" not in message
+        _load(cache, model_id, cache=method)
+    assert str(exc.value) == f"model.cache = {method!r} {says}"
 
 
 def test_caching_on_a_unet_family_is_ignored_with_a_log_line(cache: Path) -> None:
@@ -274,7 +320,6 @@ def test_warm_up_runs_each_family_at_a_frame_count_it_takes(
 
 
 def test_auto_precision_follows_the_family_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.engine.families import get_family
     from daemon.engine.load import component_dtypes, resolve_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)

@@ -196,6 +196,7 @@ PUBLISHED = {
     "cogvideox": (50, 6.0),
     "hunyuan_i2v": (50, 6.0),
     "ltx2": (30, 3.0),
+    "hunyuan15_i2v": (50, 6.0),
 }
 
 
@@ -496,3 +497,82 @@ def test_ltx2_takes_the_clip_fps_drops_its_sound_and_runs_unguided_at_guidance_1
     assert (kwargs["use_cross_timestep"], kwargs["spatio_temporal_guidance_blocks"]) == (False, [29])
     assert (kwargs["audio_guidance_scale"], kwargs["stg_scale"], kwargs["modality_scale"]) == (1.0, 0.0, 1.0)
     assert "audio" not in gen.last_run and not hasattr(result, "audio")
+
+
+# -- HunyuanVideo 1.5 ---------------------------------------------------------------------------------
+
+
+def test_hunyuan15_makes_the_size_asked_for_and_takes_guidance_through_its_guider(
+    tiny_families_dir: Path, random_lora: Any
+) -> None:
+    """Upstream's pipeline picks its own size from the image and reads guidance from its guider
+    component; ours makes the size the job asks for and sets the job's guidance on the guider for
+    that call only: two transformer passes a step, one at guidance 1.0."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+
+    gen = _load("tiny-hunyuan15-i2v", tiny_families_dir)
+    pipe = gen._pipe
+    req = helpers.request(64, 32, num_frames=5, steps=2, guidance_scale=6.0)
+    upstream = HunyuanVideo15ImageToVideoPipeline(**pipe.components)
+    upstream.set_progress_bar_config(disable=True)
+    picked = upstream(image=req.image, prompt=req.prompt, num_frames=5, num_inference_steps=1).frames
+    assert picked.shape[2:4] == (48, 80)  # its bucket for 2:1 at the tiny's target_size 64, not 32x64
+    passes: list[int] = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        made = {}
+        for guidance, expected in ((6.0, 4), (1.0, 2)):
+            passes.clear()
+            made[guidance] = gen.generate(replace(req, guidance_scale=guidance)).frames
+            assert made[guidance].shape == (5, 32, 64, 3)
+            assert len(passes) == expected, guidance
+    finally:
+        hook.remove()
+    assert not np.array_equal(made[6.0], made[1.0])
+    assert pipe.guider.guidance_scale == 6.0  # the checkpoint's own value is back after each job
+    lora = AdapterSpec("a", str(random_lora("tiny-wan")))
+    with pytest.raises(RuntimeError) as exc:
+        _load("tiny-hunyuan15-i2v", tiny_families_dir, loras=(lora,))
+    assert "HunyuanVideo 1.5 takes no LoRA adapters (diffusers has no LoRA loader for it)" in str(exc.value)
+
+
+@pytest.mark.slow
+def test_hunyuan15_end_to_end_at_the_size_asked_for_with_its_published_guidance(
+    tmp_path: Path, tiny_families_dir: Path
+) -> None:
+    config = helpers.write_config(tmp_path, "tiny-hunyuan15-i2v", {"num_frames": 5, "fps": 8, "steps": 2})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    prompt = 'prompt = "a paper boat drifts past a sign that reads \\"OPEN\\""\n'
+    (inbox / "plain.png").write_bytes(png_bytes(seed=1, size=(96, 64)))
+    (inbox / "plain.txt").write_text("a paper boat drifts")
+    (inbox / "one.png").write_bytes(png_bytes(seed=2, size=(96, 64)))
+    (inbox / "one.toml").write_text(prompt + "guidance_scale = 1.0\n")
+    (inbox / "eight.png").write_bytes(png_bytes(seed=3, size=(96, 64)))
+    (inbox / "eight.toml").write_text(prompt + "num_frames = 8\n")
+    originals = {p.name: digest(p) for p in inbox.iterdir()}
+
+    done = _run_once(config, tiny_families_dir)
+    assert done.returncode == 1, done.stderr.decode()[-3000:]  # the 8-frame job failed; the others did not
+
+    records = {}
+    for name in ("plain", "one"):
+        (out,) = (tmp_path / "outputs").glob(f"{name}_*/")
+        records[name] = info = json.loads((out / f"{out.name}.json").read_text())
+        assert info["generation"]["family"] == "hunyuan15_i2v"
+        # 3:2 at the shipped 512p: the size asked for, not the pipeline's own pick from the image.
+        clip = helpers.probe(out / f"{out.name}.mp4")
+        assert (clip["width"], clip["height"], clip["frames"]) == (768, 512, 5)
+        assert (info["generation"]["width"], info["generation"]["height"]) == (768, 512)
+    plain, one = records["plain"]["parameters"], records["one"]["parameters"]
+    assert (plain["steps"], plain["steps_from"]) == (2, "config")
+    assert (plain["guidance_scale"], plain["guidance_scale_from"]) == (6.0, "model")
+    assert (one["guidance_scale"], one["guidance_scale_from"]) == (1.0, "sidecar")
+    for kept in ("plain.png", "plain.txt", "one.png", "one.toml"):
+        (path,) = (tmp_path / "done").glob(f"*/{kept}")
+        assert digest(path) == originals[kept]
+
+    (failed,) = (tmp_path / "failed").glob("eight_*/")
+    error = (failed / "error.txt").read_text()
+    assert "num_frames = 8 does not suit HunyuanVideo 1.5" in error and "4k+1 frames (5, 9, 13, 17" in error
+    assert digest(failed / "eight.png") == originals["eight.png"]

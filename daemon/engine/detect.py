@@ -11,6 +11,7 @@ from daemon.engine.choices import FAMILY_CHOICES
 from daemon.engine.families import (
     COGVIDEOX,
     FAMILIES,
+    HUNYUAN15_I2V,
     HUNYUAN_I2V,
     I2VGENXL,
     LTX,
@@ -37,8 +38,8 @@ CLASS_NAMES = {
     # LTX-2's published folders name its text-to-video pipeline; the image-to-video one loads them.
     "LTX2ImageToVideoPipeline": LTX2,
     "LTX2Pipeline": LTX2,
+    "HunyuanVideo15ImageToVideoPipeline": HUNYUAN15_I2V,
 }
-
 
 
 def family_from_index(index: dict[str, Any]) -> str:
@@ -117,5 +118,3 @@ def family_of_pipeline(pipe: Any) -> Family:
             name = CLASS_NAMES[cls.__name__]
             return FAMILIES[wan_generation(pipe.config) if name == WAN else name]
     raise ValueError(f"i2vd cannot run a {type(pipe).__name__}")
-
-

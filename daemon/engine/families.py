@@ -32,6 +32,7 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
 HUNYUAN_I2V = "hunyuan_i2v"
 LTX2 = "ltx2"
+HUNYUAN15_I2V = "hunyuan15_i2v"
 
 
 def _i2vgenxl_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
@@ -100,7 +101,7 @@ FAMILIES: dict[str, Family] = {
     # 50 steps, guidance 9.0: ali-vilab/i2vgen-xl's model card and diffusers' I2VGenXLPipeline defaults.
     I2VGENXL: Family(
         I2VGENXL,
-        "DaemonI2VGenXLPipeline",
+        "daemon.engine.i2vgenxl:DaemonI2VGenXLPipeline",
         "I2VGen-XL",
         denoiser="unet",
         size_multiple=8,
@@ -208,6 +209,24 @@ FAMILIES: dict[str, Family] = {
         extra_kwargs=_hunyuan_kwargs,
         multiple_of=_patch_multiple,
     ),
+    # 50 steps (the pipeline's default and diffusers' example), guidance 6.0 (the guider diffusers'
+    # conversion script writes for the 480p and 720p I2V checkpoints; the cfg-distilled ones ship 1.0:
+    # set it in [generation] for those), 121 frames (the pipeline's default). The pipeline is our
+    # subclass, which takes the clip size and guidance as the others do (see daemon.engine.hunyuan15).
+    HUNYUAN15_I2V: Family(
+        HUNYUAN15_I2V,
+        "daemon.engine.hunyuan15:DaemonHunyuanVideo15ImageToVideoPipeline",
+        "HunyuanVideo 1.5",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=121,
+        step_hook="step_callback",
+        default_steps=50,
+        default_guidance=6.0,
+        # diffusers 0.42.1 has no First Block Cache entry for its blocks.
+        cache_methods=("pyramid", "taylorseer"),
+        multiple_of=_patch_multiple,
+    ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
     # 50 steps, guidance 6.0: diffusers' CogVideoXImageToVideoPipeline defaults, as THUDM's model
@@ -269,13 +288,14 @@ def get_family(name: str) -> Family:
 
 
 def pipeline_class(family: Family) -> Any:
-    if family.name == I2VGENXL:
-        from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
+    module, _, name = family.pipeline_class.rpartition(":")
+    if module:  # "module:Class": our subclass of a diffusers pipeline
+        import importlib
 
-        return DaemonI2VGenXLPipeline
+        return getattr(importlib.import_module(module), name)
     import diffusers
 
-    return getattr(diffusers, family.pipeline_class)
+    return getattr(diffusers, name)
 
 
 def pipeline_multiple(family: Family, pipe: Any) -> int:

@@ -35,7 +35,7 @@ class Family:
     """What differs between model families (see ``daemon.engine.families``)."""
 
     name: str
-    pipeline_class: str  # in diffusers (I2VGen-XL: our subclass in daemon.engine.i2vgenxl)
+    pipeline_class: str  # a diffusers class name, or "module:Class" for our subclass of one
     label: str
     denoiser: str = "transformer"  # the pipeline attribute that runs every step
     takes_prompt: bool = True

@@ -13,6 +13,7 @@ from typing import Any
 
 from daemon.engine import tiny
 from daemon.engine.tiny_hunyuan import build_hunyuan_i2v
+from daemon.engine.tiny_hunyuan15 import build_hunyuan15_i2v
 from daemon.engine.tiny_ltx2 import build_ltx2
 from daemon.engine.tiny_parts import SEED, t5_encoder, t5_tokenizer
 from daemon.engine.tiny_wan import build_wan, build_wan22_a14b, build_wan22_ti2v
@@ -215,6 +216,7 @@ BUILDERS: dict[str, tuple[str, Callable[[], Any]]] = {
     "tiny-hunyuan-i2v": ("hunyuan_i2v", lambda: build_hunyuan_i2v("token_replace")),
     "tiny-hunyuan-i2v-33ch": ("hunyuan_i2v", lambda: build_hunyuan_i2v("latent_concat")),
     "tiny-ltx2": ("ltx2", build_ltx2),
+    "tiny-hunyuan15-i2v": ("hunyuan15_i2v", build_hunyuan15_i2v),
 }
 
 
