@@ -64,20 +64,24 @@ def encode_seconds(settings: Any, repeat: int) -> float:
     """Median time to encode one job's frames with the default recipes, alone."""
     table = settings.recipe_table()
     recipes = {n: table[n] for n in settings.output.default_recipes}
-    frames = StubGenerator().generate(
-        GenerationRequest(
-            image=Image.new("RGB", (704, 512), (90, 120, 200)),
-            width=704,
-            height=512,
-            prompt="",
-            negative_prompt="",
-            num_frames=settings.generation.num_frames,
-            fps=settings.generation.fps,
-            steps=1,
-            guidance_scale=1.0,
-            seed=1,
+    frames = (
+        StubGenerator()
+        .generate(
+            GenerationRequest(
+                image=Image.new("RGB", (704, 512), (90, 120, 200)),
+                width=704,
+                height=512,
+                prompt="",
+                negative_prompt="",
+                num_frames=settings.generation.num_frames,
+                fps=settings.generation.fps,
+                steps=1,
+                guidance_scale=1.0,
+                seed=1,
+            )
         )
-    ).frames
+        .frames
+    )
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):

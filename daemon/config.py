@@ -45,6 +45,7 @@ DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/i2vd/config.toml"))
 ENV_PREFIX = "I2VD_"
 ENV_NOT_SETTINGS = frozenset({"I2VD_CONFIG"})
 
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the fix."""
 

@@ -323,5 +323,3 @@ class ClusterConfig(_Section):
                 " above 0 or give workers a number"
             )
         return self
-
-

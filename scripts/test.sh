@@ -32,4 +32,5 @@ fi
 
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check daemon tests benchmarks
+.venv/bin/ruff format --check daemon tests benchmarks
 .venv/bin/python -m pytest "$@"

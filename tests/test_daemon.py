@@ -29,7 +29,6 @@ def png(path: Path, size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Pa
     return path
 
 
-
 def make_service(settings: Settings, generator) -> Service:  # type: ignore[no-untyped-def]
     return Service(settings, generator, watch=False)
 

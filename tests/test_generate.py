@@ -36,10 +36,10 @@ class _Abort(Exception):
     pass
 
 
-
 @pytest.fixture
 def tiny(tiny_generator: DiffusersGenerator) -> DiffusersGenerator:
     return tiny_generator
+
 
 def test_tiny_loads_through_the_real_pipeline(tiny_model_dir: Path) -> None:
     pipe = I2VGenXLPipeline.from_pretrained(tiny_model_dir)

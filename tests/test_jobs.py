@@ -21,7 +21,6 @@ from daemon.folders.scan import Group
 WHEN = datetime(2026, 11, 22, 14, 30, 5)
 
 
-
 def drop(folders: Folders, name: str = "cat", rel: str = ".") -> Group:
     d = folders.inbox / rel
     d.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,6 @@ def test_kill_nine_at_random_moments_loses_doubles_and_half_writes_nothing(tmp_p
 # -- each crash point, visited deliberately -----------------------------------------------------
 
 
-
 def ready_group(folders: Folders, name: str = "cat", rel: str = ".") -> tuple[Group, dict[str, str]]:
     """Drop a pair and let the real scanner judge it ready (settle 0: these tests visit crash points)."""
     d = folders.inbox / rel

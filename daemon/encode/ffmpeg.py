@@ -140,7 +140,6 @@ def _has_libx264(exe: str) -> bool:
     return proc.returncode == 0 and re.search(r"^\s*V\S*\s+libx264\s", proc.stdout, re.MULTILINE) is not None
 
 
-
 def count_frames(path: Path | str, exe: str, timeout: float = 60.0) -> tuple[int | None, str | None]:
     """Decode the first video stream of ``path`` with ``exe``; return (frames, None) or (None, why not).
 
@@ -167,5 +166,3 @@ def count_frames(path: Path | str, exe: str, timeout: float = 60.0) -> tuple[int
     if not counts:
         return None, "ffmpeg reported no frame count when reading it back"
     return int(counts[-1]), None
-
-

@@ -107,5 +107,3 @@ def filter_names(text: str) -> list[str]:
         i += 1
     close()
     return names
-
-

@@ -335,16 +335,12 @@ def _check_recipes(
         fix = (
             example("recipes", f'["{value}"]') if isinstance(value, str) else example("recipes", '["poster"]')
         )
-        problems.append(
-            f"recipes = {show(value)} is {kind(value)}; it must be a list of names, e.g. {fix}."
-        )
+        problems.append(f"recipes = {show(value)} is {kind(value)}; it must be a list of names, e.g. {fix}.")
         return ()
     names: list[str] = []
     for item in value:
         if not isinstance(item, str):
-            problems.append(
-                f"recipes: {show(item)} is {kind(item)}; each recipe is a name in double quotes."
-            )
+            problems.append(f"recipes: {show(item)} is {kind(item)}; each recipe is a name in double quotes.")
         elif not is_recipe_name(item) or item not in known:  # shape first: never trust a name
             close = difflib.get_close_matches(item, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean '{close[0]}'?" if close else "."

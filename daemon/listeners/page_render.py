@@ -97,7 +97,6 @@ _STATE_TEXT = {
 }
 
 
-
 def _now_box(status: Mapping[str, Any]) -> str:
     """The job being made, with its progress; one box per job when several workers make clips."""
     running = status.get("in_flight")
