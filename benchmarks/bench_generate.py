@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from daemon.engine.tiny_families import BUILDERS
+
 REFERENCE = "RTX 4090, as published by a popular I2VGen-XL web front end"
 REFERENCE_SECONDS, REFERENCE_GB = 52.0, 13.6
 # Wan2.1-I2V-14B, 480p (832x480), 81 frames (a 5 s clip), one H200: published by LightX2V's
@@ -294,13 +296,16 @@ def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
     import torch
 
     from daemon.engine import tiny_families
-    from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
+    from daemon.engine.families import I2VGENXL, get_family, pipeline_class
     from daemon.engine.tiny import _build_pipeline
 
-    if model == "tiny":
-        pipe = DaemonI2VGenXLPipeline(**_build_pipeline().components)
-    else:
-        pipe = tiny_families.BUILDERS[model][1]()
+    family, build = (I2VGENXL, _build_pipeline) if model == "tiny" else tiny_families.BUILDERS[model]
+    pipe = build()
+    # I2VGen-XL and HunyuanVideo 1.5 run as our subclasses of diffusers' pipelines (a repair; the
+    # size and guidance i2vd asks for), the rest as built.
+    cls = pipeline_class(get_family(family))
+    if type(pipe) is not cls:
+        pipe = cls(**pipe.components)
     return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
 
 
@@ -344,15 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         choices=[
             "tiny",
-            "tiny-svd",
-            "tiny-ltx",
-            "tiny-wan",
-            "tiny-wan22",
-            "tiny-wan22-ti2v",
-            "tiny-cogvideox",
-            "tiny-hunyuan-i2v",
-            "tiny-hunyuan-i2v-33ch",
-            "tiny-ltx2",
+            *BUILDERS,
             *WAN_ARCHS,
         ],
         help="a tiny build of a family (implies --tiny), or a full-size Wan architecture (GPU)",
@@ -395,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.engine.load import resolve_device, resolve_dtype
     from daemon.engine.options import EngineOptions
     from daemon.engine.runner import DiffusersGenerator
-    from daemon.engine.tiny_families import BUILDERS
     from daemon.errors import GenerationError
     from daemon.job.image import resolution_to_short_side
 

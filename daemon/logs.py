@@ -56,9 +56,27 @@ def _journal_priority(_logger: Any, method: str, line: str) -> str:
     return f"<{_PRIORITY.get(method, 6)}>{line}"
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured: an embedder
+    (pytest's capture, a benchmark harness) that swaps and later closes its stream must not take our
+    log down with it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _CurrentStderr()
+
+
 def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog for the process; ``json_lines=None`` picks by the output's kind."""
-    out = stream or sys.stderr
+    out = stream or _STDERR
     journal = "JOURNAL_STREAM" in os.environ
     if json_lines is None:
         json_lines = journal or not out.isatty()

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from daemon import logs
@@ -276,6 +277,22 @@ def test_watchdogs_stop_race_is_dropped_and_its_real_warnings_kept() -> None:
         ("watchdog.observers.inotify", "inotify watch limit reached"),
         ("elsewhere", "called when the thread is inactive"),
     ]
+
+
+def test_the_log_follows_sys_stderr_after_an_embedder_swapped_and_closed_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Logging configured lazily inside pytest's capture (or a benchmark harness) used to keep that
+    # stream; once it was closed, the next log line anywhere raised "I/O operation on closed file".
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure(json_lines=True)
+    logs.get().info("first line")
+    assert '"first line"' in first.getvalue()
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logs.get().info("second line")
+    assert '"second line"' in second.getvalue()
 
 
 def test_run_once_fails_an_empty_recipe_output_and_check_names_the_ffmpeg(
