@@ -38,10 +38,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from daemon.config_sections import OutputConfig
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
 from daemon.encode.graph import MASTER_OPTIONS
 from daemon.encode.onepass import encode_job
-from daemon.encode.recipes import ClipInfo, RecipeConfig
+from daemon.encode.recipes import RecipeConfig
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator
 

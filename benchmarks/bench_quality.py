@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES
+from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import ffmpeg_exe
 from daemon.encode.onepass import encode_job
-from daemon.encode.recipes import ClipInfo, RecipeConfig
+from daemon.encode.recipes import RecipeConfig
 
 try:  # python -m benchmarks.bench_quality
     from benchmarks.bench_encode import (

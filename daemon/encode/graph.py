@@ -17,7 +17,8 @@ from typing import Any
 import ffmpeg
 from ffmpeg.nodes import FilterNode
 
-from daemon.encode.recipes import ClipInfo, FrameCount, RecipeConfig, check_recipe_name
+from daemon.encode.clip import ClipInfo, FrameCount
+from daemon.encode.recipes import RecipeConfig, check_recipe_name
 
 MASTER_KEY = "master"
 #: The master is the clip users keep; it gets more bits than the CRF-23 delivery recipes.

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.encode.ffmpeg_run import run_targets
 from daemon.encode.graph import MASTER_KEY, job_targets
-from daemon.encode.recipes import ClipInfo, RecipeConfig
+from daemon.encode.recipes import RecipeConfig
 from daemon.errors import EncodeError
 from daemon.folders.fsops import fsync_dir
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.encode.ffmpeg_run import run_targets
 from daemon.encode.graph import recipe_target
-from daemon.encode.recipes import ClipInfo, RecipeConfig, check_recipe_name
+from daemon.encode.recipes import RecipeConfig, check_recipe_name
 from daemon.errors import EncodeError
 
 
