@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,8 @@ def validate_recipe(
     except (OSError, ValueError, EncodeError) as exc:
         return str(exc)
     return results[name]
+
+
+def recipe_errors(recipes: Mapping[str, RecipeConfig], ffmpeg: FFmpeg) -> dict[str, str | None]:
+    """Every recipe tried with this ffmpeg, by name in order: its error, or None where it works."""
+    return {name: validate_recipe(name, recipes[name], ffmpeg=ffmpeg) for name in sorted(recipes)}

@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
-from daemon.encode.validate import validate_recipe
+from daemon.encode.validate import recipe_errors
 from daemon.engine.families import defaults_problem
 from daemon.folders.watch import filesystem_type, watch_mode
 
@@ -54,8 +54,7 @@ def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) ->
         return
     yield True, "ffmpeg", ffmpeg.describe()
 
-    for name, recipe in sorted(settings.recipe_table().items()):
-        error = validate_recipe(name, recipe, ffmpeg=ffmpeg)
+    for name, error in recipe_errors(settings.recipe_table(), ffmpeg).items():
         yield error is None, f"recipe {name}", "works" if error is None else error
 
     if settings.cluster.backend == "ray":

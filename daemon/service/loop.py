@@ -28,7 +28,7 @@ from typing import IO, Any
 from daemon import logs
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
-from daemon.encode.validate import validate_recipe
+from daemon.encode.validate import recipe_errors
 from daemon.engine.interface import Generator
 from daemon.errors import JobError
 from daemon.folders import fsops
@@ -216,17 +216,13 @@ class Service:
         except FFmpegUnavailable as e:
             raise StartupError(str(e)) from None
         self.log.info("ffmpeg", path=ffmpeg.path, version=ffmpeg.version, chosen_by=ffmpeg.chosen_by)
-        broken = {
-            name: err
-            for name, recipe in self.settings.recipe_table().items()
-            if (err := validate_recipe(name, recipe, ffmpeg=ffmpeg)) is not None
-        }
+        broken = [
+            f"recipe {name!r} does not work with this ffmpeg: {error}"
+            for name, error in recipe_errors(self.settings.recipe_table(), ffmpeg).items()
+            if error is not None
+        ]
         if broken:
-            raise StartupError(
-                "; ".join(
-                    f"recipe {name!r} does not work with this ffmpeg: {err}" for name, err in broken.items()
-                )
-            )
+            raise StartupError("; ".join(broken))
 
     def teardown(self) -> None:
         """Stop looking, let the filing thread file every job handed over, release the folders."""
