@@ -325,6 +325,7 @@ def test_progress_ticks_are_throttled_but_changes_are_not(tmp_path: Path) -> Non
     clock.t += 0.1
     sp.on_status(busy(step=5))
     assert sp.renders == 5
+    (failed / "x_20240601_120000").mkdir(parents=True)  # filed before the event, as the daemon does
     sp.on_job_finished(
         JobFinished("x_20240601_120000", "failed", failed / "x_20240601_120000", None, "broken")
     )
@@ -347,6 +348,21 @@ def test_finished_event_adds_an_entry_with_poster(tmp_path: Path) -> None:
     out = (outputs / PAGE).read_text()
     assert out.index("the sun sets") < out.index("waves roll in")
     assert 'src="holiday/sun_20240601_130000/sun_20240601_130000.poster.png"' in out
+
+
+def test_a_failed_job_dragged_back_to_retry_leaves_the_page(tmp_path: Path) -> None:
+    outputs, failed, inbox = tmp_path / "outputs", tmp_path / "failed", tmp_path / "inbox"
+    make_done(outputs, ".", "sea_20240601_120000", "waves roll in")
+    cup = make_failed(failed, "team", "cup_20240601_121500", "unknown key 'promt'", ("cup.png", "cup.toml"))
+    sp = SharePage(outputs, failed)
+    sp.on_status({"state": "idle"})
+    assert "cup_20240601_121500" in (outputs / PAGE).read_text()
+    (inbox / "team").mkdir(parents=True)
+    cup.rename(inbox / "team" / cup.name)  # the person drags the folder back to try again
+    sp.on_status({"state": "busy", "current": {"job": "cup_20240601_123000"}})
+    page = (outputs / PAGE).read_text()
+    assert "cup_20240601_121500" not in page and "Could not be made" not in page
+    assert "waves roll in" in page  # the done job, whose folder is there, stays
 
 
 def test_start_up_reads_only_the_newest_keep_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

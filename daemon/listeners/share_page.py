@@ -89,11 +89,20 @@ class SharePage:
             if self._pending:
                 self._write()
 
+    def _forget_moved(self) -> None:
+        """Drop the entries whose folder is gone: a failed job dragged back into the inbox to be tried
+        again, or a folder someone deleted. The page never links to nothing, and a retried job is not
+        shown as failed beside its new result."""
+        if any(not (self.outputs / e.link).is_dir() for e in self._entries):
+            kept = [e for e in self._entries if (self.outputs / e.link).is_dir()]
+            self._entries = deque(kept, maxlen=self._entries.maxlen)
+
     def _write(self) -> None:
         """Render and publish; never raises, since a page problem must not stop the daemon."""
         self._rendered_at = self.clock()
         self._pending = False
         try:
+            self._forget_moved()
             page = render(self._status, list(reversed(self._entries)))
             fsops.write_atomic(self.path, page.encode("utf-8"), durable=False)
             self.renders += 1
