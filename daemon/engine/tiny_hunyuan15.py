@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.tiny_parts import SEED
+from daemon.engine.tiny_parts import SEED, SIGLIP_VISION
 
 # Qwen2.5's chat template reduced to what the pipeline renders: text messages and the generation prompt.
 _CHAT_TEMPLATE = (
@@ -112,16 +112,7 @@ def build_hunyuan15_i2v() -> Any:
                 eos_token_id=tokenizer_2.eos_token_id,
             )
         )
-        image_encoder = SiglipVisionModel(
-            SiglipVisionConfig(
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=16,
-            )
-        )
+        image_encoder = SiglipVisionModel(SiglipVisionConfig(**SIGLIP_VISION))
         transformer = HunyuanVideo15Transformer3DModel(
             in_channels=2 * latent + 1,
             out_channels=latent,

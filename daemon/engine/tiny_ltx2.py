@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from daemon.engine.tiny_parts import SEED
+from daemon.engine.tiny_parts import SEED, SIGLIP_VISION
 
 TEXT_WIDTH = 32
 TEXT_LAYERS = 2
@@ -48,17 +48,9 @@ def gemma3_encoder(vocab_size: int) -> Any:
         eos_token_id=1,
         bos_token_id=2,
     )
-    vision = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=16,
-    )
     config = Gemma3Config(
         text_config=text,
-        vision_config=vision,
+        vision_config=dict(SIGLIP_VISION),
         mm_tokens_per_image=4,
         boi_token_index=vocab_size - 1,
         eoi_token_index=vocab_size - 1,

@@ -1,11 +1,21 @@
 """What the tiny builds of the transformer families share: the seed, a T5-style tokenizer and
-text encoder made from scratch (no hub)."""
+text encoder made from scratch (no hub), a tiny SigLIP vision tower."""
 
 from __future__ import annotations
 
 from typing import Any
 
 SEED = 20240102
+
+# A one-layer SigLIP vision tower: HunyuanVideo 1.5's image encoder, and LTX-2's Gemma 3's vision half.
+SIGLIP_VISION: dict[str, Any] = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=16,
+)
 
 
 def t5_tokenizer(max_length: int) -> Any:
