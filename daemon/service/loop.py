@@ -276,14 +276,11 @@ class Service:
             if job is not None:
                 self._start(*job)
                 return True
-        self._work.wait(self._publish_due())
+        self._work.wait(self.publisher.due(self.settings.watch.poll_interval))
         return False
 
     def _want_status(self) -> None:
         self.publisher.want()
-
-    def _publish_due(self) -> float:
-        return self.publisher.due(self.settings.watch.poll_interval)
 
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
