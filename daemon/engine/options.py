@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.engine.adapters import AdapterSpec
+from daemon.engine.batch_split import split_large_batches
 from daemon.engine.choices import (
     ATTENTION_CHOICES,
     CACHE_CHOICES,
@@ -138,6 +139,9 @@ def apply_options(pipe: Any, family: Family, opts: EngineOptions, device: Any, l
     engine: dict[str, Any] = {"family": family.name}
     attention, sdpa = _attention(pipe, family, opts.attention, cuda, ignored)
     engine["attention"] = attention
+    if family.uses_unet:
+        # After the processors are chosen: a large clip's temporal attention is run in parts.
+        split_large_batches(pipe.unet)
 
     if opts.channels_last:
         # 4-D conv weights only: Module.to(memory_format=...) refuses the 5-D temporal convs.
