@@ -357,6 +357,16 @@ def test_heic_and_avif_photos_load_upright(tmp_path: Path, ext: str, fmt: str) -
 
 
 @pytest.mark.parametrize("ext", ["heic", "avif"])
+def test_the_pixel_limit_holds_for_heic_and_avif(tmp_path: Path, ext: str) -> None:
+    p = tmp_path / f"big.{ext}"
+    _rotated_photo(p)  # 60x40 = 2,400 pixels
+    with pytest.raises(ImageError, match=r"is (40 x 60|60 x 40) = 2,400 pixels; at most 2,399 pixels") as e:
+        load(p, max_pixels=2399)
+    assert "limits.max_image_pixels" in str(e.value)
+    assert load(p, max_pixels=2400).size == (40, 60)
+
+
+@pytest.mark.parametrize("ext", ["heic", "avif"])
 def test_a_damaged_heic_or_avif_says_so(tmp_path: Path, ext: str) -> None:
     whole = tmp_path / f"whole.{ext}"
     _noise(200, 120).save(whole, quality=80)
