@@ -547,6 +547,7 @@ BIG = "9" * 5000  # past Python's 4,300-digit limit on converting numbers from a
         ("job.toml", f'prompt = "x"\nguidance_scale = {BIG}', "guidance_scale", "from 0 to 30"),
         ("job.toml", f'prompt = "x"\nresolution = {BIG}', "resolution", '"512p", "768p", "1024p"'),
         ("job.toml", f'prompt = "x"\nseed = 1{"0" * 200}', "seed", "from 0 to 4294967295"),
+        ("job.toml", f'prompt = "x"\nseed = {"9" * 4300}', "seed", "(4,300 digits) is a number far too long"),
         ("job.json", f'{{"prompt": "x", "seed": {BIG}}}', "seed", "from 0 to 4294967295"),
         ("job.json", f'{{"prompt": "x", "num_frames": -{BIG}}}', "num_frames", "from 2 to 64"),
         ("job.json", f'{{"prompt": "x", "guidance_scale": {BIG}}}', "guidance_scale", "from 0 to 30"),

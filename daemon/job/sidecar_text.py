@@ -52,12 +52,17 @@ class HugeNumber:
         return cls(f"{sign}{digits[:20]}… ({len(digits):,} digits)")
 
     @classmethod
-    def from_int(cls, value: int) -> HugeNumber:
-        if value.bit_length() < 14_000:  # under Python's 4,300-digit limit for str()
-            return cls.from_text(str(value))
-        digits = math.floor(abs(value).bit_length() * math.log10(2)) + 1
-        sign = "-" if value < 0 else ""
-        return cls(f"{sign}{hex(abs(value))[:20]}… (about {digits:,} digits)")
+    def from_int(cls, value: int) -> HugeNumber | None:
+        """A HugeNumber for ``value`` if it has more than MAX_DIGITS digits, else None."""
+        if value.bit_length() <= 330:  # below 2**330 a number has at most 100 digits
+            return None
+        try:
+            text = str(value)
+        except ValueError:  # past Python's limit (a TOML hex, octal or binary number): shown in hex
+            digits = math.floor(abs(value).bit_length() * math.log10(2)) + 1
+            sign = "-" if value < 0 else ""
+            return cls(f"{sign}{hex(abs(value))[:20]}… (about {digits:,} digits)")
+        return cls.from_text(text) if len(text.lstrip("-")) > MAX_DIGITS else None
 
 
 def read_capped(path: Path, cap: int) -> bytes:
@@ -194,10 +199,7 @@ def _tame(data: dict[str, Any], longs: list[str]) -> dict[str, Any]:
             return value
         if 0 <= value - _STAND_IN < len(longs):
             return HugeNumber.from_text(longs[value - _STAND_IN])
-        # Below 2**330 a number has at most 100 digits: only longer ones are converted to count them.
-        if value.bit_length() > 330 and (value.bit_length() >= 14_000 or len(str(abs(value))) > MAX_DIGITS):
-            return HugeNumber.from_int(value)
-        return value
+        return HugeNumber.from_int(value) or value
 
     tame(data)
     return data
