@@ -93,11 +93,6 @@ _EXIF_ERRORS = (
 )
 
 
-def readable_formats() -> frozenset[str]:
-    """Pillow's names of the formats this installation can open (what limits.image_formats may list)."""
-    return frozenset(f for f in Image.OPEN if f not in REFUSED_FORMATS)
-
-
 def load_image(
     path: str | os.PathLike[str], *, max_pixels: int, max_bytes: int, formats: Sequence[str]
 ) -> Image.Image:
