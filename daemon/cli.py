@@ -278,7 +278,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # the inbox, so a problem names their file and their options, not a temporary copy.
     try:
         load_image(
-            image, max_pixels=settings.limits.max_image_pixels, max_bytes=settings.limits.max_image_bytes
+            image,
+            max_pixels=settings.limits.max_image_pixels,
+            max_bytes=settings.limits.max_image_bytes,
+            formats=settings.limits.image_formats,
         )
     except JobError as e:
         raise UsageError(str(e).replace("\n", " ")) from None

@@ -34,6 +34,12 @@ from daemon.engine.choices import (
 
 RESOLUTIONS = ("512p", "768p", "1024p")
 
+# What phones, cameras and the web make. HEIF (HEIC, iPhone photos) is read through pillow-heif,
+# AVIF through Pillow's own plugin; every other format Pillow knows stays off unless listed.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "BMP", "TIFF")
+# Names people write for them that are not Pillow's.
+_FORMAT_ALIASES = {"JPG": "JPEG", "HEIC": "HEIF", "TIF": "TIFF"}
+
 # What file managers and copy tools leave behind; matched against the file name only.
 DEFAULT_IGNORE = [
     ".*",
@@ -206,6 +212,8 @@ class LimitsConfig(_Section):
     max_seed: int = Field(2**32 - 1, ge=0)
     # A job that crashed the daemon this many times goes to failed/ instead of crash-looping.
     max_attempts: int = Field(3, ge=1)
+    # The image formats (Pillow's names) a job's image may be in; no other decoder is tried.
+    image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS))
 
     @field_validator("resolutions")
     @classmethod
@@ -214,6 +222,30 @@ class LimitsConfig(_Section):
         if bad or not v:
             raise ValueError(f"each must be one of {', '.join(RESOLUTIONS)}")
         return v
+
+    @field_validator("image_formats")
+    @classmethod
+    def _image_formats(cls, v: list[str]) -> list[str]:
+        from PIL import Image  # only when the operator sets the list: Pillow's plugins load slowly
+
+        Image.init()
+        known = set(Image.OPEN) | {"HEIF"}  # HEIF: the pillow-heif plugin, registered by daemon.job.image
+        out: list[str] = []
+        for name in v:
+            fmt = _FORMAT_ALIASES.get(name.strip().upper(), name.strip().upper())
+            if fmt == "EPS":
+                raise ValueError("EPS is never read: Pillow would run the external Ghostscript program on it")
+            if fmt not in known:
+                others = ", ".join(sorted(known - {"EPS", *IMAGE_FORMATS}))
+                raise ValueError(
+                    f"{name!r} is not an image format Pillow reads; use Pillow's names, such as "
+                    f"{', '.join(IMAGE_FORMATS)} (others: {others})"
+                )
+            if fmt not in out:
+                out.append(fmt)
+        if not out:
+            raise ValueError('must name at least one format, e.g. ["JPEG", "PNG"]')
+        return out
 
 
 class OutputConfig(_Section):

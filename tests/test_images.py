@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
+from pydantic import ValidationError
 
+from daemon.config_sections import IMAGE_FORMATS, LimitsConfig
 from daemon.errors import ImageError
 from daemon.job.image import (
     IMAGE_EXTS,
@@ -23,8 +27,15 @@ from daemon.job.image import (
 BIG = 10**9
 
 
-def load(path: Path, *, max_pixels: int = 40_000_000, max_bytes: int = BIG) -> Image.Image:
-    return load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+def load(
+    path: Path,
+    *,
+    max_pixels: int = 40_000_000,
+    max_bytes: int = BIG,
+    formats: tuple[str, ...] = IMAGE_FORMATS,
+) -> Image.Image:
+    """``load_image`` with the shipped [limits] (the formats of config.example.toml)."""
+    return load_image(path, max_pixels=max_pixels, max_bytes=max_bytes, formats=formats)
 
 
 def test_image_exts_are_lower_case_with_dot() -> None:
@@ -249,8 +260,12 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_eps_is_refused_without_running_ghostscript(tmp_path: Path) -> None:
     p = tmp_path / "x.png"
     p.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
-    with pytest.raises(ImageError, match="not an image"):
-        load(p)
+    # Not even when a caller lists it (the config refuses to: see test_image_formats_config_refuses_eps).
+    for formats in (IMAGE_FORMATS, (*IMAGE_FORMATS, "EPS")):
+        with pytest.raises(
+            ImageError, match=r"is in the EPS \(Encapsulated Postscript\) format, which is not"
+        ):
+            load(p, formats=formats)
 
 
 def _bomb_png(width: int, height: int) -> bytes:
@@ -311,6 +326,190 @@ def test_file_over_max_bytes(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="disappeared"):
         load(tmp_path / "gone.png")
+
+
+# --- iPhone and web photos: HEIC/HEIF and AVIF ---------------------------------------------------
+
+
+def _rotated_photo(path: Path, size: tuple[int, int] = (60, 40)) -> None:
+    """A landscape image with a red left half and a blue right half, saved in ``path``'s format
+    with EXIF orientation 6 ("rotate 90 degrees clockwise to view"), as phones save portraits."""
+    img = Image.new("RGB", size, (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(path, quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("ext, fmt", [("heic", "HEIF"), ("avif", "AVIF")])
+def test_heic_and_avif_photos_load_upright(tmp_path: Path, ext: str, fmt: str) -> None:
+    p = tmp_path / f"IMG_0001.{ext}"
+    _rotated_photo(p)
+    with Image.open(p) as stored:
+        assert stored.format == fmt
+    im = load(p)
+    # Upright: portrait 40x60 with red on top (the left half, turned clockwise).
+    assert im.mode == "RGB" and im.size == (40, 60)
+    r, _, b = im.getpixel((20, 8))
+    assert r > 200 and b < 60
+    r, _, b = im.getpixel((20, 52))
+    assert b > 200 and r < 60
+
+
+@pytest.mark.parametrize("ext", ["heic", "avif"])
+def test_the_pixel_limit_holds_for_heic_and_avif(tmp_path: Path, ext: str) -> None:
+    p = tmp_path / f"big.{ext}"
+    _rotated_photo(p)  # 60x40 = 2,400 pixels
+    with pytest.raises(ImageError, match=r"is (40 x 60|60 x 40) = 2,400 pixels; at most 2,399 pixels") as e:
+        load(p, max_pixels=2399)
+    assert "limits.max_image_pixels" in str(e.value)
+    assert load(p, max_pixels=2400).size == (40, 60)
+
+
+@pytest.mark.parametrize("ext", ["heic", "avif"])
+def test_a_damaged_heic_or_avif_says_so(tmp_path: Path, ext: str) -> None:
+    whole = tmp_path / f"whole.{ext}"
+    _noise(200, 120).save(whole, quality=80)
+    data = whole.read_bytes()
+    for cut in (40, len(data) // 2):
+        p = tmp_path / f"cut.{ext}"
+        p.write_bytes(data[:cut])
+        with pytest.raises(ImageError) as e:
+            load(p)
+        msg = str(e.value)
+        assert '"cut.' in msg and ("damaged" in msg or "incomplete" in msg), msg
+
+
+# --- which formats are read: limits.image_formats -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt, ext, named",
+    [
+        ("PPM", "ppm", "PPM (Pbmplus image)"),
+        ("PCX", "pcx", "PCX (Paintbrush)"),
+        ("ICO", "ico", "ICO (Windows Icon)"),
+        ("SGI", "sgi", "SGI (SGI Image File Format)"),
+        ("DDS", "dds", "DDS (DirectDraw Surface)"),
+        ("TGA", "tga", "TGA (Targa)"),  # no signature: named by its extension
+    ],
+)
+def test_formats_outside_the_list_are_refused_naming_their_format(
+    tmp_path: Path, fmt: str, ext: str, named: str
+) -> None:
+    p = tmp_path / f"scan.{ext}"
+    _noise(32, 24).save(p, fmt)
+    with pytest.raises(ImageError) as e:
+        load(p)
+    msg = str(e.value)
+    assert f'"scan.{ext}" is in the {named} format, which is not accepted here' in msg
+    assert "JPEG, PNG, WebP, HEIC/HEIF, AVIF, GIF, BMP or TIFF (limits.image_formats)" in msg
+    assert "save or export it as JPEG or PNG" in msg
+    # The list decides: an operator who allows the format gets the image.
+    assert load(p, formats=(*IMAGE_FORMATS, fmt)).mode == "RGB"
+
+
+@pytest.fixture
+def spy_format() -> Iterator[list[str]]:
+    """A Pillow format plugin, registered for real, that notes every file it is asked to open."""
+    opened: list[str] = []
+
+    class SpyImageFile(ImageFile.ImageFile):
+        format = "I2VDSPY"
+        format_description = "test format"
+
+        def _open(self) -> None:
+            opened.append("opened")
+            self._size = (4, 4)
+            self._mode = "L"
+            self.tile = []
+
+    Image.register_open("I2VDSPY", SpyImageFile, lambda prefix: prefix.startswith(b"I2VDSPY"))
+    try:
+        yield opened
+    finally:
+        del Image.OPEN["I2VDSPY"]
+        Image.ID.remove("I2VDSPY")
+
+
+def test_a_decoder_outside_the_list_never_sees_the_file(tmp_path: Path, spy_format: list[str]) -> None:
+    p = tmp_path / "odd.png"
+    p.write_bytes(b"I2VDSPY" + bytes(100))
+    with pytest.raises(ImageError, match=r"is in the I2VDSPY \(test format\) format, which is not accepted"):
+        load(p)
+    assert spy_format == []  # only its signature was compared
+    with pytest.raises(ImageError):
+        load(p, formats=("I2VDSPY",))  # listed, its decoder runs (and its empty image is refused)
+    assert spy_format == ["opened"]
+
+
+def test_only_the_listed_formats_are_read(tmp_path: Path) -> None:
+    p = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(p)
+    with pytest.raises(ImageError, match=r"is in the PNG \(Portable network graphics\) format, which is not"):
+        load(p, formats=("JPEG",))
+    assert load(p, formats=("jpeg", "png")).size == (8, 8)  # any case
+
+
+def test_image_formats_config_takes_pillow_names_and_common_aliases() -> None:
+    assert LimitsConfig().image_formats == list(IMAGE_FORMATS)
+    limits = LimitsConfig(image_formats=["jpg", "HEIC", "tif", "png", "JPEG"])
+    assert limits.image_formats == ["JPEG", "HEIF", "TIFF", "PNG"]
+
+
+@pytest.mark.parametrize(
+    "formats, says",
+    [
+        (["JPEG", "PHOTOSHOP"], "'PHOTOSHOP' is not an image format Pillow reads"),
+        (["EPS"], "EPS is never read"),
+        ([], "must name at least one format"),
+    ],
+)
+def test_image_formats_config_refuses_eps(formats: list[str], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        LimitsConfig(image_formats=formats)
+
+
+# --- memory: 16-bit and float images -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_deep_images_convert_in_bands_not_whole_float64_copies(tmp_path: Path, mode: str) -> None:
+    # A 3000x3000 smooth gradient: a few kilobytes of 16-bit PNG, 9 million pixels to convert.
+    side = 3000
+    ramp = np.linspace(0, 1, side, dtype=np.float32)
+    if mode == "I;16":
+        p = tmp_path / "deep.png"
+        Image.fromarray(
+            np.ascontiguousarray(np.broadcast_to((ramp * 65535).astype(np.uint16), (side, side)))
+        ).save(p)
+    else:
+        p = tmp_path / "deep.tif"
+        Image.fromarray(np.ascontiguousarray(np.broadcast_to(ramp, (side, side))), "F").save(p)
+    tracemalloc.start()  # sees numpy's and Python's allocations (not Pillow's own buffers)
+    try:
+        im = load(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert im.size == (side, side) and im.getpixel((side - 1, 0)) == (255, 255, 255)
+    assert im.getpixel((0, 0)) == (0, 0, 0) and abs(im.getpixel((side // 2, 5))[0] - 128) <= 1
+    # The 8-bit result (1 byte a pixel) and bands; a float64 copy alone would be 8 bytes a pixel
+    # (the whole conversion took 23 to 27). The float TIFF's own bytes, 4 a pixel, come on top.
+    budget = side * side * (3 if mode == "I;16" else 4 + 4)
+    assert peak < budget, f"{peak / 2**20:.0f} MiB traced, budget {budget / 2**20:.0f} MiB"
+
+
+# --- names --------------------------------------------------------------------------------------------
+
+
+def test_a_file_name_with_control_characters_is_shown_escaped(tmp_path: Path) -> None:
+    p = tmp_path / "cat\x1b]0;owned\x07.png"
+    p.write_text("not a picture")
+    with pytest.raises(ImageError) as e:
+        load(p)
+    msg = str(e.value)
+    assert '"cat\\u001b]0;owned\\u0007.png"' in msg and "\x1b" not in msg and "\x07" not in msg
 
 
 # --- clip_size --------------------------------------------------------------------------------------

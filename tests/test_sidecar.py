@@ -430,7 +430,7 @@ def test_toml_prompt_too_long_and_empty(tmp_path: Path) -> None:
 
 def test_control_characters_in_prompt_refused(tmp_path: Path) -> None:
     msg = error_of(write(tmp_path, "job.json", '{"prompt": "a cat\\u0000\\u001b[31m"}'))
-    assert "prompt contains control characters" in msg
+    assert "prompt contains the control character NUL (U+0000) at character 6" in msg
 
 
 def test_unknown_recipe_lists_available(tmp_path: Path) -> None:
@@ -529,3 +529,114 @@ def test_messages_have_no_python_jargon(tmp_path: Path) -> None:
         msg = error_of(write(tmp_path, f"j{i}.toml", body))
         for word in ("Traceback", "ValidationError", "TOMLDecodeError", "<class", "str'", "int'", "None"):
             assert word not in msg
+
+
+# --- absurd numbers and strings: every one named with its key, never an internal error -------------
+
+BIG = "9" * 5000  # past Python's 4,300-digit limit on converting numbers from and to text
+
+
+@pytest.mark.parametrize(
+    "name, body, key, allowed",
+    [
+        ("job.toml", f'prompt = "x"\nnum_frames = {BIG}', "num_frames", "from 2 to 64"),
+        ("job.toml", f'prompt = "x"\nnum_frames = -{BIG}', "num_frames", "from 2 to 64"),
+        ("job.toml", f'prompt = "x"\nfps = 1_{BIG}', "fps", "from 1 to 60"),
+        ("job.toml", f'prompt = "x"\nseed = 0x{"f" * 4000}', "seed", "from 0 to 4294967295"),
+        ("job.toml", f'prompt = "x"\nsteps = 0o{"7" * 5000}', "steps", "from 1 to 150"),
+        ("job.toml", f'prompt = "x"\nguidance_scale = {BIG}', "guidance_scale", "from 0 to 30"),
+        ("job.toml", f'prompt = "x"\nresolution = {BIG}', "resolution", '"512p", "768p", "1024p"'),
+        ("job.toml", f'prompt = "x"\nseed = 1{"0" * 200}', "seed", "from 0 to 4294967295"),
+        ("job.toml", f'prompt = "x"\nseed = {"9" * 4300}', "seed", "(4,300 digits) is a number far too long"),
+        ("job.json", f'{{"prompt": "x", "seed": {BIG}}}', "seed", "from 0 to 4294967295"),
+        ("job.json", f'{{"prompt": "x", "num_frames": -{BIG}}}', "num_frames", "from 2 to 64"),
+        ("job.json", f'{{"prompt": "x", "guidance_scale": {BIG}}}', "guidance_scale", "from 0 to 30"),
+    ],
+)
+def test_numbers_thousands_of_digits_long_name_the_key(
+    tmp_path: Path, name: str, body: str, key: str, allowed: str
+) -> None:
+    limits = LIMITS.model_copy(update={"max_sidecar_bytes": 64 * 1024})
+    msg = error_of(write(tmp_path, name, body), limits)
+    assert f"{key} = " in msg and allowed in msg, msg
+    assert "digits)" in msg and "…" in msg  # the value, shortened, with its length
+    assert len(msg) < 400, msg
+
+
+def test_a_long_number_among_other_problems_is_reported_with_them(tmp_path: Path) -> None:
+    body = f'prompt = "x"\nseed = {BIG}\nrecipes = [{BIG}, "poster"]\nfps = 0\n'
+    msg = error_of(
+        write(tmp_path, "job.toml", body), LIMITS.model_copy(update={"max_sidecar_bytes": 64 * 1024})
+    )
+    assert "3 problems" in msg
+    assert "seed = 99999999999999999999… (5,000 digits) is a number far too long" in msg
+    assert "recipes: 99999999999999999999… (5,000 digits) is a number far too long" in msg
+    assert "fps = 0 is out of range" in msg
+
+
+@pytest.mark.parametrize(
+    "body, key, allowed",
+    [
+        ("guidance_scale = nan", "guidance_scale = NaN", "from 0 to 30"),
+        ("guidance_scale = -inf", "guidance_scale = -Infinity", "from 0 to 30"),
+        ("guidance_scale = 1e999", "guidance_scale = Infinity", "from 0 to 30"),
+        ("num_frames = inf", "num_frames = Infinity", "whole number from 2 to 64"),
+        ("num_frames = -5", "num_frames = -5", "from 2 to 64"),
+        ("seed = -1", "seed = -1", "from 0 to 4294967295"),
+        ("num_frames = 1e300", "num_frames = 1e+300", "whole number from 2 to 64"),
+    ],
+)
+def test_non_finite_and_negative_numbers_name_the_key(
+    tmp_path: Path, body: str, key: str, allowed: str
+) -> None:
+    msg = toml_error(tmp_path, body + "\n")
+    assert key in msg and allowed in msg, msg
+    assert len(msg) < 300, msg  # no 300-digit "write it without the decimal point" tip
+
+
+def test_a_huge_string_is_shortened_everywhere(tmp_path: Path) -> None:
+    limits = LIMITS.model_copy(update={"max_sidecar_bytes": 64 * 1024})
+    long = "x" * 20_000
+    body = json.dumps({"prompt": "x", "resolution": long, "recipes": [long], long: 1})
+    msg = error_of(write(tmp_path, "job.json", body), limits)
+    assert "3 problems" in msg and len(msg) < 1000
+
+
+def test_thousands_of_problems_are_cut_to_a_readable_list(tmp_path: Path) -> None:
+    limits = LIMITS.model_copy(update={"max_sidecar_bytes": 64 * 1024})
+    body = json.dumps({"prompt": "x", "recipes": list(range(5000))})
+    msg = error_of(write(tmp_path, "job.json", body), limits)
+    assert msg.startswith('The prompt file "job.json" has 5,000 problems:')
+    assert len(msg.splitlines()) == 22 and msg.endswith("- and 4,980 more like these.")
+
+
+# --- control characters ------------------------------------------------------------------------------
+
+
+def test_terminal_colour_codes_in_a_txt_prompt_are_named(tmp_path: Path) -> None:
+    # Pasted out of a terminal: the prompt holds ESC [ 31 m ... ESC [ 0 m.
+    msg = error_of(write(tmp_path, "cat.txt", "a cat\n\x1b[31mwalks\x1b[0m slowly\n"))
+    assert "contains the control character ESC (U+001B) on line 2, column 1" in msg
+    assert "line breaks and tabs are fine" in msg and "binary" not in msg
+
+
+def test_tabs_and_line_breaks_stay_in_the_prompt(tmp_path: Path) -> None:
+    assert read(write(tmp_path, "cat.txt", "a cat\twalks\r\nslowly\n")).prompt == "a cat\twalks\nslowly"
+
+
+@pytest.mark.parametrize("escape", ["\\u001b", "\\u0007", "\\u009b", "\\u007f"])
+def test_escaped_control_characters_in_a_json_prompt_are_refused(tmp_path: Path, escape: str) -> None:
+    msg = error_of(write(tmp_path, "job.json", '{"prompt": "red' + escape + '[2J"}'))
+    assert "prompt contains the control character" in msg and "at character 4" in msg
+    assert not any(c in msg for c in "\x1b\x07\x9b\x7f")
+
+
+def test_a_lone_surrogate_in_a_json_prompt_is_refused(tmp_path: Path) -> None:
+    msg = error_of(write(tmp_path, "job.json", '{"prompt": "a cat \\ud83d"}'))
+    assert "half of a character" in msg and "\\ud83d" in msg
+    msg.encode("utf-8")  # the message itself can be written to error.txt
+
+
+def test_a_file_name_with_control_characters_is_shown_escaped(tmp_path: Path) -> None:
+    msg = error_of(write(tmp_path, "evil\x1b[2J\x07.txt", ""))
+    assert '"evil\\u001b[2J\\u0007.txt"' in msg and "\x1b" not in msg and "\x07" not in msg

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE_CONFIG, digest, png_bytes
+from helpers import EXAMPLE_CONFIG, digest, png_bytes, probe
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 pytestmark = pytest.mark.slow
@@ -310,3 +310,42 @@ def test_a_submitted_job_becomes_a_clip_with_the_values_it_was_given(share: Path
     assert record["prompt"] == "waves roll in" and record["parameters"]["num_frames"] == 6
     [done] = jobs_in(share / "done")
     assert digest(done / "holiday.png") == digest(photo)
+
+
+# -- photos straight from a phone ---------------------------------------------------------------------
+
+
+def test_an_iphone_heic_and_an_avif_photo_become_upright_clips(share: Path) -> None:
+    # As a phone saves a portrait shot: the pixels stored landscape (320x240, red left half, blue
+    # right half) with EXIF orientation 6, "turn clockwise to view". Upright it is 240x320 with
+    # red on top. HEIC is the iPhone's default; AVIF comes from other phones and the web.
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()  # to write the HEIC file here; the daemon registers its own
+    inbox = share / "inbox"
+    stored = Image.new("RGB", (320, 240), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 160, 240))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, ext in (("IMG_4032", "heic"), ("portrait", "avif")):
+        stored.save(inbox / f"{name}.{ext}", quality=90, exif=exif.tobytes())
+        (inbox / f"{name}.txt").write_text("the wind moves the grass")
+    before = {p.name: digest(p) for p in inbox.iterdir()}
+
+    r = i2vd(share, "run", "--once", I2VD_MODEL__ID="stub")
+
+    assert r.returncode == 0, r.stderr[-3000:]
+    outs = {p.name.rsplit("_", 2)[0]: p for p in jobs_in(share / "outputs")}
+    assert sorted(outs) == ["IMG_4032", "portrait"]
+    for out in outs.values():
+        # 512p of a 3:4 portrait: 512 wide, 682.7 -> 680 high (the stand-in model's multiple of 8).
+        clip = probe(out / f"{out.name}.mp4")
+        assert (clip["width"], clip["height"], clip["frames"]) == (512, 680, 16)
+        with Image.open(out / f"{out.name}.poster.png") as poster:
+            frame = poster.convert("RGB")
+        assert frame.size == (512, 680)
+        top, bottom = frame.getpixel((256, 100)), frame.getpixel((256, 580))
+        assert top[0] > 2 * top[2] and bottom[2] > 2 * bottom[0], (out.name, top, bottom)
+    done = {f.name: digest(f) for f in (share / "done").rglob("*") if f.is_file()}
+    assert done == before  # the photos themselves, byte for byte

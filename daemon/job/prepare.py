@@ -122,7 +122,10 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     image_path, sidecar_path = _split_inputs(job, settings)
     params = _params(sidecar_path, settings, set(table))
     image = load_image(
-        image_path, max_pixels=settings.limits.max_image_pixels, max_bytes=settings.limits.max_image_bytes
+        image_path,
+        max_pixels=settings.limits.max_image_pixels,
+        max_bytes=settings.limits.max_image_bytes,
+        formats=settings.limits.image_formats,
     )
     width, height = model.clip_size(image.width, image.height, params.resolution)
     if model.fixed_size is not None:

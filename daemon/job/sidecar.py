@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
-from daemon.job.sidecar_text import CONTROL_RE, decode, kind, parse_json, parse_toml, read_capped, show
+from daemon.job.printable import CONTROL_RE, control_name, printable
+from daemon.job.sidecar_text import CONTROL_FIX, decode, kind, parse_json, parse_toml, read_capped, show
 
 if TYPE_CHECKING:
     from daemon.config_sections import GenerationConfig, LimitsConfig
@@ -44,8 +45,14 @@ KNOWN_KEYS = (
 )
 
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+_WHOLE_RE = re.compile(r"[+-]?[0-9]{1,20}")
 
 _QUOTED_EXAMPLE = '"a cat walks slowly"'
+
+# An error.txt lists this many problems at most (a list of 10,000 wrong names is one mistake).
+_MAX_PROBLEMS = 20
+
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -75,21 +82,22 @@ def read_sidecar(
 ) -> JobParams:
     """Read, decode and check one sidecar; raise SidecarError naming every problem found."""
     path = Path(path)
+    name = printable(path.name)  # file names are the share user's too: quoted with controls escaped
     ext = path.suffix.lower()
     if ext not in SIDECAR_EXTS:
         raise SidecarError(
-            f'The prompt file "{path.name}" has an unsupported type: use a .txt, .toml or .json file.'
+            f'The prompt file "{name}" has an unsupported type: use a .txt, .toml or .json file.'
         )
-    text = decode(read_capped(path, limits.max_sidecar_bytes), path.name)
+    text = decode(read_capped(path, limits.max_sidecar_bytes), name)
 
     if ext == ".txt":
         problems: list[str] = []
         prompt = _check_prompt(text, "prompt", limits, problems, allow_empty=False, txt=True)
-        _raise_if(problems, path.name)
+        _raise_if(problems, name)
         return defaults(gen, prompt=prompt)
 
-    data = parse_toml(text, path.name) if ext == ".toml" else parse_json(text, path.name)
-    return _from_table(data, path.name, ext, gen, limits, known_recipes, known_loras)
+    data = parse_toml(text, name) if ext == ".toml" else parse_json(text, name)
+    return _from_table(data, name, ext, gen, limits, known_recipes, known_loras)
 
 
 # --- checking values -----------------------------------------------------------------------------
@@ -205,8 +213,10 @@ def _raise_if(problems: list[str], name: str) -> None:
         return
     if len(problems) == 1:
         raise SidecarError(f'The prompt file "{name}" has a problem: {problems[0]}')
-    lines = "\n".join(f"- {p}" for p in problems)
-    raise SidecarError(f'The prompt file "{name}" has {len(problems)} problems:\n{lines}')
+    lines = "\n".join(f"- {p}" for p in problems[:_MAX_PROBLEMS])
+    if len(problems) > _MAX_PROBLEMS:
+        lines += f"\n- and {len(problems) - _MAX_PROBLEMS:,} more like these."
+    raise SidecarError(f'The prompt file "{name}" has {len(problems):,} problems:\n{lines}')
 
 
 def _unknown_key(key: str, value: Any) -> str:
@@ -229,8 +239,18 @@ def _check_prompt(
         problems.append(f"{key} = {show(value)} is {kind(value)}; it must be text in double quotes.")
         return ""
     text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
-    if CONTROL_RE.search(text):
-        problems.append(f"{key} contains control characters; write plain text only.")
+    control = CONTROL_RE.search(text)
+    if control:  # written as an escape in TOML or JSON (a raw one already failed the whole file)
+        problems.append(
+            f"{key} contains the control character {control_name(control.group())} "
+            f"at character {control.start() + 1}. {CONTROL_FIX}"
+        )
+    surrogate = _SURROGATE_RE.search(text)
+    if surrogate:  # JSON lets "\ud83d" stand alone; it is half of an emoji, no character at all
+        problems.append(
+            f"{key} contains {printable(surrogate.group())}, half of a character written as a JSON "
+            "escape; write the character itself (the file is UTF-8)."
+        )
     if not text and not allow_empty:
         problems.append(
             "the prompt is empty: write what should move and how, e.g. a cat walks slowly."
@@ -272,9 +292,10 @@ def _check_int(
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         tip = ""
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        # Tips only for numbers of a sensible length (never one of 300 digits).
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e20:
             tip = f" Write it without the decimal point: {example(key, str(int(value)))}."
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        elif isinstance(value, str) and _WHOLE_RE.fullmatch(value.strip()):
             tip = f" Write it without quotes: {example(key, value.strip())}."
         what = f"{key} = {show(value)} is {kind(value)}"
         problems.append(f"{what}; it must be a whole number from {lo} to {hi}{hint}.{tip}")
@@ -289,7 +310,7 @@ def _check_float(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         tip = ""
-        if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+        if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()) and len(value.strip()) <= 20:
             tip = f" Write it without quotes: {example(key, value.strip())}."
         problems.append(
             f"{key} = {show(value)} is {kind(value)}; it must be a number from {lo:g} to {hi:g}.{tip}"
