@@ -206,6 +206,9 @@ class LimitsConfig(_Section):
     max_seed: int = Field(2**32 - 1, ge=0)
     # A job that crashed the daemon this many times goes to failed/ instead of crash-looping.
     max_attempts: int = Field(3, ge=1)
+    # Below this many MB free on the disk of outputs/ or of the state folder no new job is taken
+    # (they wait in the inbox); 0 turns the check off.
+    min_free_mb: int = Field(1024, ge=0)
 
     @field_validator("resolutions")
     @classmethod
