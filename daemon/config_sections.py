@@ -209,6 +209,8 @@ class LimitsConfig(_Section):
     # Below this many MB free on the disk of outputs/ or of the state folder no new job is taken
     # (they wait in the inbox); 0 turns the check off.
     min_free_mb: int = Field(1024, ge=0)
+    # A job still generating after this many seconds is stopped between two steps and fails; 0: no cap.
+    max_job_seconds: float = Field(1800.0, ge=0)
 
     @field_validator("resolutions")
     @classmethod

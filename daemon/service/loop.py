@@ -6,7 +6,7 @@ Four threads (or more), each doing one kind of work in order:
 - the loop (the caller's thread) claims ready jobs, checks and sizes them (``job.prepare``)
   and hands them to the executor while fewer than its ``capacity`` are in flight
   (``flights`` keeps those until they end) and the disks have room (``disk_room``); claims
-  happen on this thread only;
+  happen on this thread only; it also stops a job that runs past ``limits.max_job_seconds``;
 - the executor's workers generate, with the model kept warm (``executor``: threads here,
   or Ray workers elsewhere);
 - the filing thread (``filing``) encodes and files each job in the order it finished.
@@ -285,6 +285,7 @@ class Service:
         self._work.clear()
         self._collect()
         self._enforce_stop()
+        self.flights.enforce_cap(self.settings.limits.max_job_seconds)
         room = self._taking()  # looked at while busy too: status says the disk is full at once
         if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room:
             job = self._next_job()
