@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import digest, png_bytes, write_config
+from helpers import Clock, digest, png_bytes, write_config
 
 from daemon.folders import fsops
-from daemon.service.disk_room import CHECK_EVERY, free_mb
+from daemon.service.disk_room import CHECK_EVERY, HOLD_FIRST, DiskRoom, free_mb
 
 pytestmark = pytest.mark.slow
 
@@ -294,6 +294,28 @@ def test_it_starts_on_a_disk_with_not_one_byte_free_says_so_and_waits(
     assert daemon.stop() == 0, daemon.log()
 
 
+def test_a_model_that_cannot_be_built_on_the_full_disk_stops_the_start_with_one_clear_line(
+    share: Path,
+) -> None:
+    # The tiny model is built on first use into the state folder's models/, here on the full disk.
+    # Operators keep the model cache elsewhere ([model] cache_dir); this is what happens if not.
+    fill(share / "done" / "holiday-backup.bin")
+    r = subprocess.run(
+        [*CLI, "run", "--config", str(share / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(I2VD_MODEL__ID="tiny"),
+        cwd=share,
+        check=False,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    [line] = [json.loads(x) for x in r.stderr.splitlines() if '"model failed to load"' in x]
+    assert "No space left on device" in line["error"]
+    assert line["hint"].startswith(f"the disk of the model cache {share / '.i2vd' / 'models'} is full")
+    assert [p.name for p in (share / ".i2vd" / "models").iterdir()] == []  # no half-built model left
+
+
 def test_a_restart_on_a_full_disk_still_says_so_in_status_and_on_the_page(
     share: Path, daemons: list[Daemon]
 ) -> None:
@@ -315,6 +337,41 @@ def test_a_restart_on_a_full_disk_still_says_so_in_status_and_on_the_page(
     assert free_bytes(share) == 0
     filler.unlink()
     assert again.stop() == 0, again.log()
+
+
+# -- how long new jobs wait after a job did not fit ---------------------------------------------------
+
+
+def test_a_job_that_did_not_fit_holds_new_jobs_until_room_is_gained_or_a_growing_back_off(
+    small_disk: Path,
+) -> None:
+    clock = Clock()
+    room = DiskRoom([small_disk], lambda: 1, clock=clock)
+    assert room.reason() is None
+    # A quota the disk's free space does not show: only the back-off ends the hold.
+    room.no_room("Disk quota exceeded")
+    assert "Disk quota exceeded" in str(room.reason()) and "jobs wait" in str(room.reason())
+    clock.t += HOLD_FIRST - 1
+    assert room.reason() is not None
+    clock.t += CHECK_EVERY  # the disk is looked at every CHECK_EVERY seconds, not at each call
+    assert room.reason() is None
+    room.no_room("Disk quota exceeded")  # again: twice as long
+    clock.t += HOLD_FIRST + 1
+    assert room.reason() is not None
+    clock.t += HOLD_FIRST
+    assert room.reason() is None
+    room.written()  # a job's files were written: back to the first back-off
+    room.no_room("Disk quota exceeded")
+    clock.t += HOLD_FIRST + 1
+    assert room.reason() is None
+
+    # A full disk: said as such while it is; once room is gained the hold ends at once.
+    filler = fill(small_disk / "done" / "holiday-backup.bin")
+    room.no_room("No space left on device")
+    assert str(room.reason()).startswith("disk nearly full: 0 MB free")
+    filler.unlink()
+    clock.t += CHECK_EVERY
+    assert room.reason() is None
 
 
 # -- the write path itself ---------------------------------------------------------------------------

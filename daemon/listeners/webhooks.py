@@ -111,7 +111,10 @@ class WebhookSender:
         with self._cond:
             if self._thread.ident is not None or self._stop:
                 return
-            self.spool.mkdir(parents=True, exist_ok=True)
+            try:
+                self.spool.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self._trouble.failed(e)  # a full disk: notices are held in memory (``_keep``)
             for stale in self.spool.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)  # a write_json_atomic cut short by a crash
             now = self._clock()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -79,28 +80,32 @@ class DiskRoom:
         self._hold_error = ""
         self._hold_seconds = HOLD_FIRST
         self._logged: tuple[str, ...] | None = None
+        self._lock = threading.Lock()  # the loop looks, the filing thread reports a job that did not fit
         self.log = logs.get()
 
     def reason(self) -> str | None:
         """Why no new job may start now, in words for people; None when there is room."""
-        now = self.clock()
-        if now - self._checked_at >= CHECK_EVERY:
-            self._check(now)
-        return self.last
+        with self._lock:
+            now = self.clock()
+            if now - self._checked_at >= CHECK_EVERY:
+                self._check(now)
+            return self.last
 
     def no_room(self, problem: str) -> None:
         """A job's files could not be written for want of room: hold new jobs (see the module)."""
-        now = self.clock()
-        self._measure()
-        self._hold_until = now + self._hold_seconds
-        self._hold_free = dict(self.free)
-        self._hold_error = problem
-        self._hold_seconds = min(self._hold_seconds * 2, HOLD_MAX)
-        self._check(now)
+        with self._lock:
+            now = self.clock()
+            self._measure()
+            self._hold_until = now + self._hold_seconds
+            self._hold_free = dict(self.free)
+            self._hold_error = problem
+            self._hold_seconds = min(self._hold_seconds * 2, HOLD_MAX)
+            self._check(now)
 
     def written(self) -> None:
         """A job's files were written: the next hold starts from ``HOLD_FIRST`` again."""
-        self._hold_seconds = HOLD_FIRST
+        with self._lock:
+            self._hold_seconds = HOLD_FIRST
 
     def _measure(self) -> None:
         free: dict[str, int] = {}
