@@ -102,6 +102,7 @@ def _ray_executor(settings: Settings) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.engine.families import defaults_problem
+    from daemon.folders.fsops import no_room
     from daemon.listeners import systemd as notify
     from daemon.listeners.events import Listener
     from daemon.listeners.metrics import MetricsListener
@@ -130,6 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             hint: dict[str, str] = {}
             if path is None:
                 hint["hint"] = "no config file was found, so this is the built-in default model; see --config"
+            elif no_room(e):
+                hint["hint"] = (
+                    f"the disk of the model cache {settings.model_cache_dir} is full: free space there, "
+                    "or set [model] cache_dir to a folder on another disk"
+                )
             log.error("model failed to load", model=settings.model.id, error=str(e), **hint)
             return EXIT_FAILED
         problem = defaults_problem(generator.info.family, settings.generation.num_frames)

@@ -214,6 +214,11 @@ class LimitsConfig(_Section):
     max_attempts: int = Field(3, ge=1)
     # The image formats (Pillow's names) a job's image may be in; no other decoder is tried.
     image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS))
+    # Below this many MB free on the disk of outputs/ or of the state folder no new job is taken
+    # (they wait in the inbox); 0 turns the check off.
+    min_free_mb: int = Field(1024, ge=0)
+    # A job still generating after this many seconds is stopped between two steps and fails; 0: no cap.
+    max_job_seconds: float = Field(1800.0, ge=0)
 
     @field_validator("resolutions")
     @classmethod

@@ -6,6 +6,7 @@ keeps them; ``JOURNAL_STREAM`` tells us it is there). The same events either way
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,8 +39,13 @@ def _tee_to_job_log(_logger: Any, _method: str, event: MutableMapping[str, Any])
                 f"  {extra}" if extra else ""
             )
             with _lock:
-                sink.write(line + "\n")
-                sink.flush()
+                try:
+                    sink.write(line + "\n")
+                    sink.flush()
+                except (OSError, ValueError):
+                    # A full disk under JOB.log (or the sink closed meanwhile) must not turn every
+                    # log line of the job into an exception: the journal still has the line.
+                    pass
     return event
 
 
@@ -189,16 +195,55 @@ def open_job_log(job: str, path: Path) -> None:
     than only a context manager.
     """
     # backslashreplace: a file name that is not UTF-8 (from an NFS client) must not fail the job.
-    sink = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_job_log
+    try:
+        sink = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - see close_job_log
+    except OSError as e:
+        # No room for even an empty file (no inodes left): the job runs; its lines go to the journal.
+        get().warning(
+            "cannot open the job's log; its lines go to the daemon's log only", job=job, error=e.strerror
+        )
+        return
     with _lock:
         old = _sinks.pop(job, None)
         _sinks[job] = sink
     if old is not None:
-        old.close()
+        _close_quietly(old)
 
 
 def close_job_log(job: str) -> None:
     with _lock:
         sink = _sinks.pop(job, None)
     if sink is not None:
+        _close_quietly(sink)
+
+
+def _close_quietly(sink: TextIO) -> None:
+    # Closing flushes: on a full disk that fails, and the file is closed all the same.
+    with contextlib.suppress(OSError):
         sink.close()
+
+
+class Recurring:
+    """A problem met again at every retry (a full disk under status.json, rewritten every second):
+    logged once per distinct reason and once when it clears, never once per try.
+
+    ``failed(error)`` after a try that failed, ``ok()`` after one that worked. The reason of an
+    OSError is its ``strerror`` alone, so the random temporary file name in its message does not
+    make every try look new.
+    """
+
+    def __init__(self, what: str, **fields: Any) -> None:
+        self.what = what
+        self.fields = fields
+        self.reason: str | None = None  # the problem now; None while it works
+
+    def failed(self, error: BaseException) -> None:
+        reason = (error.strerror or str(error)) if isinstance(error, OSError) else repr(error)
+        if reason != self.reason:
+            get().warning(f"cannot write {self.what}; trying again later", error=reason, **self.fields)
+        self.reason = reason
+
+    def ok(self) -> None:
+        if self.reason is not None:
+            get().info(f"{self.what} written again", **self.fields)
+        self.reason = None

@@ -294,6 +294,35 @@ def test_a_cold_stop_puts_every_job_on_every_worker_back_untouched(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_a_job_over_the_time_cap_is_stopped_on_its_worker_and_fails_plainly(tmp_path: Path) -> None:
+    # A 3 s cap (the shipped one is 30 min) against a stand-in GPU that takes 60 s a job.
+    settings = settings_for(
+        tmp_path,
+        "stub:60",
+        {"gpus_per_worker": 1, "workers": 1},
+        generation={"steps": 60},
+        limits={"max_job_seconds": 3},
+    )
+    before = drop(settings.paths.inbox, "cup")
+    executor = RayExecutor(settings, ray_options=FAKE_GPUS)
+    service = Service(settings, executor, watch=False)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        wait_for(lambda: list(settings.paths.failed.glob("cup_*/error.txt")), message="cup failed")
+        # The worker is not lost or replaced: it is idle again, ready for the next job.
+        wait_for(lambda: [w.state for w in executor.board.snapshot()] == ["idle"], message="worker idle")
+    finally:
+        service.request_stop()
+        runner.join(60)
+    assert not runner.is_alive()
+    [folder] = settings.paths.failed.iterdir()
+    assert "took longer than the 3 s allowed" in (folder / "error.txt").read_text()
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("cup.*")} == before
+    assert not list((settings.state_dir / "claimed").iterdir())
+
+
+@pytest.mark.slow
 def test_killing_the_coordinator_with_jobs_on_workers_loses_nothing(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,

@@ -95,6 +95,24 @@ def test_endpoint_reports_jobs_and_progress(listener: MetricsListener, tmp_path:
     assert idle[("i2vd_current_job_step", ())] == 0
 
 
+def test_a_nearly_full_disk_shows(listener: MetricsListener) -> None:
+    listener.on_status(
+        {
+            "state": "idle",
+            "queue_length": 2,
+            "paused_reason": "disk nearly full: 3 MB free on /srv/i2vd/outputs, need 1024 MB; jobs wait",
+            "disk_free_mb": {"/srv/i2vd/outputs": 3},
+        }
+    )
+    full = scrape(listener.port)
+    assert full[("i2vd_waiting_for_disk", ())] == 1
+    assert full[("i2vd_disk_free_bytes", (("path", "/srv/i2vd/outputs"),))] == 3 * 1024 * 1024
+    listener.on_status({"state": "idle", "paused_reason": None, "disk_free_mb": {"/srv/i2vd/outputs": 2048}})
+    room = scrape(listener.port)
+    assert room[("i2vd_waiting_for_disk", ())] == 0
+    assert room[("i2vd_disk_free_bytes", (("path", "/srv/i2vd/outputs"),))] == 2048 * 1024 * 1024
+
+
 def test_listener_survives_odd_input(listener: MetricsListener, tmp_path: Path) -> None:
     listener.on_status({"state": "busy", "current": {"job": "x", "step": "?"}})  # must not raise
     listener.on_job_finished(JobFinished("x", "done", tmp_path, JobRecord(job="x"), None))  # no timings

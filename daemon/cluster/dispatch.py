@@ -24,7 +24,7 @@ from daemon.cluster.pool import Worker, WorkerPool, short
 from daemon.cluster.worker import Made, WorkerCancelled
 from daemon.engine.interface import GenerationRequest, GenerationResult
 from daemon.errors import JobError
-from daemon.service.executor import Cancelled, ProgressBoard, WorkerLost
+from daemon.service.executor import Cancelled, JobStopped, ProgressBoard, WorkerLost
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Dispatcher:
         self._log = log
         self._pending: deque[Task] = deque()
         self._lost_on: dict[str, set[str]] = {}  # job -> workers that died under it
+        self._stopping: dict[str, str] = {}  # job -> why ``stop_job`` stops it (its error.txt)
         self._told_empty = False
         self._thread: threading.Thread | None = None
 
@@ -66,6 +67,21 @@ class Dispatcher:
             for w in self.pool.workers.values():
                 if w.task is not None:
                     w.actor.abort.remote()
+
+    def stop_job(self, job: str, error: str) -> None:
+        """One job ends with ``JobStopped(error)``: at once while it waits, else between two steps
+        on its worker (told as a cold stop tells every worker, for this job only)."""
+        with self.pool.lock:
+            for task in list(self._pending):
+                if task.job == job:
+                    self._pending.remove(task)
+                    if task.future.set_running_or_notify_cancel():
+                        task.future.set_exception(JobStopped(error))
+                    return
+            for w in self.pool.workers.values():
+                if w.task is not None and w.task.job == job:
+                    self._stopping[job] = error
+                    w.actor.stop_job.remote(job)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name="i2vd-ray", daemon=True)
@@ -130,12 +146,18 @@ class Dispatcher:
         from ray.exceptions import RayError, RayTaskError
 
         task = worker.task
+        with self.pool.lock:
+            stopped = self._stopping.pop(task.job, None) if task is not None else None
         try:
             made: Made = ray.get(ref)
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
-            if isinstance(cause, WorkerCancelled) or (self.pool.aborted and not isinstance(cause, JobError)):
-                error: BaseException = Cancelled()
+            if isinstance(cause, WorkerCancelled) and stopped is not None and not self.pool.aborted:
+                error: BaseException = JobStopped(stopped)
+            elif isinstance(cause, WorkerCancelled) or (
+                self.pool.aborted and not isinstance(cause, JobError)
+            ):
+                error = Cancelled()
             elif isinstance(cause, JobError):
                 error = cause  # the job's own problem, in the user's words
             else:

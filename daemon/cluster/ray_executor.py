@@ -108,6 +108,9 @@ class RayExecutor:
     def cancel(self) -> None:
         self._dispatcher.cancel()
 
+    def stop_job(self, job: str, error: str) -> None:
+        self._dispatcher.stop_job(job, error)
+
     def close(self) -> None:
         self._pool.closing.set()
         self._dispatcher.stop()

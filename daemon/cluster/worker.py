@@ -28,7 +28,7 @@ from daemon.engine.interface import GenerationRequest, Generator, ModelInfo
 
 
 class WorkerCancelled(Exception):
-    """The coordinator asked this worker to stop the job (a cold stop)."""
+    """The coordinator asked this worker to stop the job (a cold stop, or ``stop_job``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class ClusterWorker:
         self._error: str | None = None
         self._progress: tuple[str | None, int | None, int | None] = (None, None, None)
         self._abort = threading.Event()
+        self._stop_job: str | None = None  # the one job to stop (over the time cap)
         self._busy = threading.Lock()
         started = time.monotonic()
         try:
@@ -115,6 +116,10 @@ class ClusterWorker:
         """
         self._abort.set()
 
+    def stop_job(self, job: str) -> None:
+        """Stop ``job`` between two steps if it is running here (or is the next to start); others go on."""
+        self._stop_job = job
+
     def run(self, job: str, request: GenerationRequest, recipes: Mapping[str, Any] | None) -> Made:
         if self._gen is None:
             raise RuntimeError(f"worker {self.name} has no model: {self._error}")
@@ -124,11 +129,11 @@ class ClusterWorker:
     def _run(
         self, gen: Generator, job: str, request: GenerationRequest, recipes: Mapping[str, Any] | None
     ) -> Made:
-        if self._abort.is_set():
+        if self._abort.is_set() or self._stop_job == job:
             raise WorkerCancelled()
 
         def on_step(step: int, total: int) -> None:
-            if self._abort.is_set():
+            if self._abort.is_set() or self._stop_job == job:
                 raise WorkerCancelled()
             self._progress = (job, step, total)
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import unicodedata
 import uuid
 from pathlib import Path
@@ -137,14 +138,86 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
+# The files the daemon rewrites to say what it does (status.json, the share page) are padded with
+# spaces to whole blocks of this size, with room to grow, so that a full disk cannot stop them.
+PADDED_BLOCK = 4096
+_PADDED_GROWTH = 1024
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_room(error: BaseException) -> bool:
+    """Whether ``error``, or an error that caused it, says a disk or a quota is full."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def write_padded(path: Path, data: bytes) -> None:
+    """Write a status file (JSON or HTML, where trailing spaces mean nothing) so that it can still
+    be rewritten when the disk is full.
+
+    Steps:
+    1. pad ``data`` with spaces to whole ``PADDED_BLOCK``s, keeping room for it to grow a little;
+    2. write it aside and rename it into place (``write_atomic``, without fsync: it is rewritten
+       often, and the next version follows soon);
+    3. when that fails for want of room, overwrite in place the blocks the file already holds, if
+       the new text fits in them (a reader may then briefly see a mix of old and new); when it
+       does not fit, or the file is not a plain file of ours, the error of step 2 is raised.
+    """
+    size = -(-(len(data) + _PADDED_GROWTH) // PADDED_BLOCK) * PADDED_BLOCK
+    try:
+        write_atomic(path, data + b" " * (size - len(data)), durable=False)
+    except OSError as e:
+        if not (no_room(e) and _overwrite_in_place(path, data)):
+            raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite ``path``'s bytes with ``data`` padded to its present size; False if not done.
+
+    Only a plain file of this user with one link is written: never through a symlink, never
+    into a FIFO (no blocking), never into a file someone else put in its place, never into a
+    file hard-linked elsewhere. The size stays, so no new block is needed.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            return False
+        if st.st_size < len(data):
+            return False
+        body = memoryview(data + b" " * (st.st_size - len(data)))
+        done = 0
+        while done < len(body):
+            done += os.pwrite(fd, body[done:], done)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def json_bytes(obj: Any) -> bytes:
     """Readable UTF-8 JSON; ASCII escapes instead when a value holds a file name that is not valid
     UTF-8 (an NFS client in a Latin-1 locale), so the file is still valid and round-trips exactly."""
     try:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode()
     except UnicodeEncodeError:
         data = json.dumps(obj, indent=2, ensure_ascii=True, default=str).encode()
-    write_atomic(path, data + b"\n", durable=durable)
+    return data + b"\n"
+
+
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
+    """``obj`` as JSON (``json_bytes``), written with ``write_atomic``."""
+    write_atomic(path, json_bytes(obj), durable=durable)
 
 
 def _copy_file_synced(src: Path, dst: Path) -> None:

@@ -105,6 +105,17 @@ class MetricsListener:
             ["worker"],
             registry=r,
         )
+        self.disk_free = Gauge(
+            "i2vd_disk_free_bytes",
+            "Free space on the disks the daemon writes to (outputs/, the state folder), to the MB.",
+            ["path"],
+            registry=r,
+        )
+        self.disk_full = Gauge(
+            "i2vd_waiting_for_disk",
+            "1 while new jobs wait because the disk is nearly full ([limits] min_free_mb), else 0.",
+            registry=r,
+        )
         Info("i2vd_build", "The i2vd version.", registry=r).info({"version": __version__})
         self._gpu = gpu
         self._lock = threading.Lock()
@@ -123,6 +134,9 @@ class MetricsListener:
             eta = current.get("eta_seconds")
             self.eta.set(float(eta) if eta is not None else 0)
             self._workers(status)
+            self.disk_full.set(1 if status.get("paused_reason") else 0)
+            for path, mb in (status.get("disk_free_mb") or {}).items():
+                self.disk_free.labels(path=str(path)).set(float(mb) * 1024 * 1024)
             self._sample_gpu()
         except Exception as e:  # a listener must never break the loop
             logs.get().warning("metrics update failed", error=str(e))

@@ -97,6 +97,18 @@ _STATE_TEXT = {
 }
 
 
+def _paused(status: Mapping[str, Any]) -> str:
+    """Why new clips are not started although files wait (the server's disk nearly full)."""
+    reason = status.get("paused_reason")
+    if not reason:
+        return ""
+    return (
+        '<div class="warn">New clips are not being started: the server is short of disk space. '
+        "Your files wait in the inbox and start by themselves once there is room; nothing is lost. "
+        f'<span class="muted small">({_t(reason)})</span></div>'
+    )
+
+
 def _now_box(status: Mapping[str, Any]) -> str:
     """The job being made, with its progress; one box per job when several workers make clips."""
     running = status.get("in_flight")
@@ -252,6 +264,7 @@ def render(
         f'<p><span class="state {css_class}">{_t(state_text)}</span> '
         f'<span class="muted small">Updated {_t(_when(now))}:{now:%S} · this page refreshes itself '
         f"every {int(refresh)} seconds</span></p>",
+        _paused(status),
         "<h2>Being made now</h2>",
         _now_box(status),
         f"<h2>Waiting ({queued})</h2>",

@@ -4,6 +4,8 @@
 failed jobs in memory (``page_entries``) and rewrites the page (``page_render``) atomically: on
 every finished job, on a change of state, current job or what waits, and otherwise at most
 every ``min_interval`` seconds, so per-step progress ticks do not turn into a file write each.
+A page that cannot be written (the share's disk full) is logged once per reason and written
+again at the next status; it is padded so that it can still say "disk full" when the disk is.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from daemon.listeners.page_entries import Entry, entry_from_event, load_recent
 from daemon.listeners.page_render import render
 
 PAGE = "index.html"
-# Re-logging the same failure every render would flood journald when the share is full.
-ERROR_LOG_INTERVAL = 60.0
 
 
 class SharePage:
@@ -50,7 +50,7 @@ class SharePage:
         self._key: tuple[object, ...] | None = None
         self._rendered_at = float("-inf")
         self._pending = False
-        self._error_logged_at = float("-inf")
+        self._trouble = logs.Recurring("the share page", path=str(self.path))
         # The loop calls from one thread, but close() may come from a signal path.
         self._lock = threading.Lock()
         try:
@@ -67,6 +67,7 @@ class SharePage:
             cur.get("job") if isinstance(cur, Mapping) else None,
             repr(status.get("queue")),
             repr(status.get("arriving")),
+            status.get("paused_reason"),
         )
         with self._lock:
             self._status = dict(status)
@@ -104,9 +105,11 @@ class SharePage:
         try:
             self._forget_moved()
             page = render(self._status, list(reversed(self._entries)))
-            fsops.write_atomic(self.path, page.encode("utf-8"), durable=False)
+            fsops.write_padded(self.path, page.encode("utf-8"))
             self.renders += 1
         except Exception as e:
-            if self._rendered_at - self._error_logged_at >= ERROR_LOG_INTERVAL:
-                self._error_logged_at = self._rendered_at
-                self.log.warning("share page not updated", path=str(self.path), error=repr(e))
+            self._trouble.failed(e)
+            self._key = None  # the next status tries again, changed or not
+            self._pending = True
+        else:
+            self._trouble.ok()

@@ -9,6 +9,10 @@ next start. A receiver that wants exactly once can drop repeats of ``X-I2VD-Deli
 The POSTs happen in one background thread with exponential back-off, so a slow or hung
 receiver never holds up the generation loop; memory stays bounded because the queue in
 memory holds only file names, the notices themselves wait on disk.
+
+When the spool cannot be written (a full disk, which share users can cause) a notice is kept in
+memory instead, at most ``HELD_MAX`` of them, sent all the same, and written to the spool when
+it fails and is to be retried; only a restart before it is delivered loses it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 MAX_BACKOFF = 3600.0
 # Read at most this much of a receiver's answer (we only need its status).
 _MAX_ANSWER = 64 * 1024
+# Notices kept in memory while the spool cannot be written; beyond, the oldest is dropped.
+HELD_MAX = 1000
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -74,6 +80,8 @@ class WebhookSender:
         self._opener = urllib.request.build_opener(_NoRedirect())
         self._cond = threading.Condition()
         self._heap: list[tuple[float, str]] = []  # (due time, spool file name)
+        self._held: dict[str, dict[str, Any]] = {}  # spool file name -> notice not written there
+        self._trouble = logs.Recurring("the webhook spool", spool=str(spool))
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="i2vd-webhooks", daemon=True)
 
@@ -103,7 +111,10 @@ class WebhookSender:
         with self._cond:
             if self._thread.ident is not None or self._stop:
                 return
-            self.spool.mkdir(parents=True, exist_ok=True)
+            try:
+                self.spool.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self._trouble.failed(e)  # a full disk: notices are held in memory (``_keep``)
             for stale in self.spool.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)  # a write_json_atomic cut short by a crash
             now = self._clock()
@@ -144,12 +155,29 @@ class WebhookSender:
                 "payload": payload,
             }
             name = f"{time.time_ns():020d}-{record['id'][:8]}.json"
-            try:
-                fsops.write_json_atomic(self.spool / name, record)
-            except OSError as e:
-                self._log.error("cannot spool webhook; it is not sent", job=event.job, url=url, error=str(e))
-                continue
+            self._keep(name, record)
             self._schedule(name, 0.0)
+
+    def _keep(self, name: str, record: dict[str, Any]) -> None:
+        """Write a notice to the spool; when that fails, hold it in memory (bounded) instead."""
+        try:
+            fsops.write_json_atomic(self.spool / name, record)
+        except OSError as e:
+            self._trouble.failed(e)
+            with self._cond:
+                self._held[name] = record
+                while len(self._held) > HELD_MAX:
+                    old = next(iter(self._held))
+                    dropped = self._held.pop(old)
+                    self._log.error(
+                        "webhook dropped: the spool cannot be written and too many wait in memory",
+                        job=dropped.get("job"),
+                        url=dropped.get("url"),
+                    )
+        else:
+            self._trouble.ok()
+            with self._cond:
+                self._held.pop(name, None)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread; a POST in flight may take up to ``self.timeout`` to give up.
@@ -170,8 +198,10 @@ class WebhookSender:
     # -- the sender thread ---------------------------------------------------------------
 
     def pending(self) -> list[str]:
-        """Spool file names not yet delivered (for status and tests)."""
-        return sorted(p.name for p in self.spool.glob("*.json")) if self.spool.is_dir() else []
+        """Spool file names not yet delivered, also those held in memory (for status and tests)."""
+        spooled = {p.name for p in self.spool.glob("*.json")} if self.spool.is_dir() else set()
+        with self._cond:
+            return sorted(spooled | set(self._held))
 
     def _schedule(self, name: str, delay: float) -> None:
         with self._cond:
@@ -199,8 +229,10 @@ class WebhookSender:
 
     def _deliver(self, name: str) -> None:
         path = self.spool / name
+        with self._cond:
+            held = self._held.get(name)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = held if held is not None else json.loads(path.read_text(encoding="utf-8"))
             url, event, payload = record["url"], record["event"], record["payload"]
         except FileNotFoundError:
             return
@@ -211,6 +243,9 @@ class WebhookSender:
             return
         error = self._post(url, event, record.get("id", name), payload)
         job = record.get("job")
+        if error is None or int(record.get("attempts", 0)) + 1 >= self.max_attempts:
+            with self._cond:
+                self._held.pop(name, None)
         if error is None:
             path.unlink(missing_ok=True)
             self._log.info("webhook delivered", job=job, url=url, webhook_event=event)
@@ -230,7 +265,7 @@ class WebhookSender:
         record["attempts"] = attempts
         record["last_error"] = error
         # The count is kept on disk so that restarts cannot retry a dead receiver forever.
-        fsops.write_json_atomic(path, record)
+        self._keep(name, record)
         delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF)
         self._log.warning(
             "webhook failed; will retry", job=job, url=url, attempts=attempts, retry_in=delay, error=error

@@ -4,7 +4,9 @@ The loop hands an ``Executor`` a checked, sized ``GenerationRequest`` and gets a
 back; it claims new jobs while fewer than ``capacity`` are in flight. Progress comes back
 through one channel, the ``ProgressBoard``: workers write to it (it never raises), the
 loop reads it for status, the share page and the metrics. A cold stop is ``cancel()``:
-every job in flight ends with ``Cancelled`` and its files go back to the inbox.
+every job in flight ends with ``Cancelled`` and its files go back to the inbox. ``stop_job``
+is the same for one job that must fail (over ``limits.max_job_seconds``): it ends between two
+denoising steps with ``JobStopped``, and the worker goes on with the next job.
 
 ``ThreadExecutor`` is the local one: one thread per generator, each generator a model kept
 warm (one GPU). With one generator it is the daemon's single-GPU behaviour; with several
@@ -27,10 +29,15 @@ import structlog
 
 from daemon import logs
 from daemon.engine.interface import GenerationRequest, GenerationResult, Generator, ModelInfo
+from daemon.errors import JobError
 
 
 class Cancelled(Exception):
     """A job interrupted by a cold stop (or a stop whose grace ran out); its files go back to the inbox."""
+
+
+class JobStopped(JobError):
+    """A job stopped between two denoising steps by ``stop_job``; ``str`` is its error.txt."""
 
 
 class WorkerLost(Exception):
@@ -141,6 +148,13 @@ class Executor(Protocol):
         """Cold stop: interrupt every job in flight (their futures raise ``Cancelled``)."""
         ...
 
+    def stop_job(self, job: str, error: str) -> None:
+        """Interrupt one job between two denoising steps; its future raises ``JobStopped(error)``.
+
+        A job not started yet ends so at once; one already past its last step, or ended, is let be.
+        """
+        ...
+
     def close(self) -> None:
         """Let go of every worker; no job is in flight any more."""
         ...
@@ -161,6 +175,10 @@ class ThreadExecutor:
             queue.Queue()
         )
         self._abort = threading.Event()
+        # Jobs submitted and not ended, and why each one ``stop_job`` was asked for must stop.
+        self._live: set[str] = set()
+        self._stopping: dict[str, str] = {}
+        self._jobs_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._log = logs.get()
 
@@ -192,11 +210,23 @@ class ThreadExecutor:
     ) -> Future[GenerationResult]:
         # The filing thread encodes in this process: ``recipes`` are not needed here.
         future: Future[GenerationResult] = Future()
+        with self._jobs_lock:
+            self._live.add(job)
         self._queue.put((job, request, future))
         return future
 
     def cancel(self) -> None:
         self._abort.set()
+
+    def stop_job(self, job: str, error: str) -> None:
+        with self._jobs_lock:
+            if job in self._live:
+                self._stopping[job] = error
+
+    def _ended(self, job: str) -> None:
+        with self._jobs_lock:
+            self._live.discard(job)
+            self._stopping.pop(job, None)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -212,16 +242,21 @@ class ThreadExecutor:
         while (item := self._queue.get()) is not None:
             job, request, future = item
             if not future.set_running_or_notify_cancel():
+                self._ended(job)
                 continue
-            if self._abort.is_set():
-                future.set_exception(Cancelled())
+            if self._abort.is_set() or job in self._stopping:
+                why = self._stopping.get(job)
+                self._ended(job)
+                future.set_exception(Cancelled() if self._abort.is_set() or why is None else JobStopped(why))
                 continue
 
-            def on_step(step: int, total: int, name: str = name) -> None:
+            def on_step(step: int, total: int, name: str = name, job: str = job) -> None:
                 # Runs in this worker's own thread, between denoising steps: raising here is
                 # how a generation is interrupted.
                 if self._abort.is_set():
                     raise Cancelled()
+                if (why := self._stopping.get(job)) is not None:
+                    raise JobStopped(why)
                 self.board.job_step(name, step, total)
 
             self.board.job_started(name, job)
@@ -231,8 +266,10 @@ class ThreadExecutor:
                 with structlog.contextvars.bound_contextvars(job=job):
                     result = gen.generate(request, on_step)
             except BaseException as exc:
+                self._ended(job)
                 future.set_exception(exc)
             else:
+                self._ended(job)
                 future.set_result(replace(result, worker=where))
             finally:
                 self.board.job_ended(name)

@@ -3,6 +3,10 @@
 The loop hands it finished work through a bounded queue, in the order generation finished;
 when it falls behind the loop waits, so the frames held in memory stay bounded (those of the
 jobs in flight, ``encode_queue`` waiting, and the one being encoded).
+
+A job whose files cannot be written for want of room (the disk filled while it ran: share users
+can fill it) neither fails nor is lost: it goes back into the inbox untouched, and ``disk_room``
+holds new jobs until there is room again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from daemon.folders.names import ERROR_FILE
 from daemon.folders.publish import finish_done, finish_failed
 from daemon.job.describe import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
+from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
 
 INTERNAL_ERROR = (
     "Something went wrong inside the video daemon while making this clip; it is not a problem with "
@@ -54,12 +59,14 @@ class Filer:
         where: Callable[[Path, Job], str],
         finished: Callable[[Result, JobFinished], None],
         size: int,
+        disk: DiskRoom | None = None,
     ) -> None:
         self.folders = folders
         self._settings = settings
         self._abort = abort
         self._where = where
         self._finished = finished
+        self._disk = disk
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
         self.encoding: list[str] = []  # jobs handed over, oldest first (for status)
         self._thread: threading.Thread | None = None
@@ -75,8 +82,11 @@ class Filer:
         self._queue.put(item)
 
     def file_now(self, item: Failed) -> None:
-        """File on the caller's thread (recovery at start, before the thread has work)."""
-        self._file(item)
+        """File on the caller's thread (recovery at start, before the thread has work).
+
+        Never back into the inbox for want of room: that would forget the crashes it counts.
+        """
+        self._file_safely(item, put_back=False)
 
     def stop(self) -> None:
         """File everything handed over, then end the thread."""
@@ -88,15 +98,50 @@ class Filer:
     def _run(self) -> None:
         while (item := self._queue.get()) is not _STOP:
             try:
-                self._file(item)
-            except Exception:
-                # Filing failed (disk full, folder gone): the job stays claimed and is taken
-                # up again by recovery at the next start; nothing is lost.
-                self.log.exception("could not file job; it stays claimed until restart", job=item.job.name)
-                logs.close_job_log(item.job.name)
+                self._file_safely(item)
             finally:
                 if item.job.name in self.encoding:
                     self.encoding.remove(item.job.name)
+
+    def _file_safely(self, item: Generated | Failed, *, put_back: bool = True) -> None:
+        try:
+            self._file(item)
+        except Exception as e:
+            logs.close_job_log(item.job.name)
+            problem = room_problem(e)
+            if put_back and problem is not None and self._back_for_room(item.job, problem):
+                return
+            # Filing failed (folder gone, a disk error): the job stays claimed and is taken
+            # up again by recovery at the next start; nothing is lost.
+            self.log.exception("could not file job; it stays claimed until restart", job=item.job.name)
+
+    def _back_for_room(self, job: Job, problem: str) -> bool:
+        """A job whose files could not be written for want of room goes back into the inbox.
+
+        Steps:
+        1. only while its outputs are not published (else recovery finishes filing it at the next
+           start, as after a crash): False;
+        2. remove what filing wrote beside its inputs (error.txt, the copy of its log);
+        3. put its inputs back into the inbox untouched (``release``); False if that cannot be done
+           now (the job then stays claimed for the next start);
+        4. hold new jobs until there is room (``DiskRoom.no_room``).
+        """
+        if not job.out.is_dir():
+            return False
+        for name in (ERROR_FILE, f"{job.name}.log"):
+            if name not in job.files:
+                (job.inputs / name).unlink(missing_ok=True)
+        if not release(self.folders, job):
+            return False
+        self.log.warning(
+            "disk full: the job's files could not be written; it went back into the inbox and runs "
+            "again once there is room",
+            job=job.name,
+            error=problem,
+        )
+        if self._disk is not None:
+            self._disk.no_room(problem)
+        return True
 
     def _file(self, item: Generated | Failed) -> None:
         """Encode if there are frames, then move the job to its final folders and tell listeners."""
@@ -110,12 +155,18 @@ class Filer:
             else:
                 try:
                     result = encode_and_record(item, self._settings(), log)
-                except JobError as e:
-                    log.warning("job failed", reason=str(e), folder=failed_at)
-                    item = Failed(job, str(e))
-                except Exception:
-                    log.exception("internal error", folder=failed_at)
-                    item = Failed(job, INTERNAL_ERROR)
+                    # A recipe that failed for want of room is no fault of the job's: not filed so.
+                    if (full := room_problem(texts=result.recipe_errors.values())) is not None:
+                        raise NoRoom(full)
+                except Exception as e:
+                    if room_problem(e) is not None:
+                        raise  # back to the inbox (``_file_safely``), not failed
+                    if not isinstance(e, JobError):
+                        log.exception("internal error", folder=failed_at)
+                        item = Failed(job, INTERNAL_ERROR)
+                    else:
+                        log.warning("job failed", reason=str(e), folder=failed_at)
+                        item = Failed(job, str(e))
                 else:
                     log.info(
                         "job done",
@@ -125,6 +176,8 @@ class Filer:
                     )
                     logs.close_job_log(job.name)
                     folder = finish_done(self.folders, job)
+                    if self._disk is not None:
+                        self._disk.written()
                     self._finished(result, JobFinished(job.name, "done", folder, result.record, None))
                     return
         logs.close_job_log(job.name)

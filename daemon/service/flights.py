@@ -1,9 +1,10 @@
 """The jobs handed to the executor and not yet collected: submitting, collecting, retrying.
 
 Apart from the loop because it is the one piece of bookkeeping that must survive every way a
-generation can end (done, bad input found late, interrupted by a stop, a worker lost under it,
-our own bug) and turn each into the one thing the filing thread takes, in the order they ended.
-Only the loop thread calls it, except ``_ended``, an executor future's done callback.
+generation can end (done, bad input found late, interrupted by a stop, stopped for taking too
+long, a worker lost under it, our own bug) and turn each into the one thing the filing thread
+takes, in the order they ended. Only the loop thread calls it, except ``_ended``, an executor
+future's done callback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ WORKER_LOST_ERROR = (
     "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
     "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
     "operator to look at the daemon's log."
+)
+TOO_LONG_ERROR = (
+    "This clip took longer than the {seconds:g} s allowed for one clip, so it was stopped. Try fewer "
+    "frames or fewer steps, or a smaller resolution (num_frames, steps and resolution in the prompt "
+    "file), or ask the operator whether a longer clip can be allowed."
 )
 
 
@@ -59,6 +65,7 @@ class Flights:
         self._failed_where = failed_where
         self._flights: dict[str, _Flight] = {}
         self._ended: deque[str] = deque()
+        self._capped: set[str] = set()  # told to stop for taking too long, not collected yet
         self.log = logs.get()
 
     def __len__(self) -> int:
@@ -89,9 +96,35 @@ class Flights:
         """
         while self._ended:
             name = self._ended.popleft()
+            self._capped.discard(name)
             flight = self._flights.pop(name, None)
             if flight is not None and (item := self._outcome(flight)) is not None:
                 yield item
+
+    def enforce_cap(self, seconds: float) -> None:
+        """Stop each job generating for longer than ``seconds`` (0: no cap), once.
+
+        Counted from when it started on its worker (the progress board says, on the loop's
+        clock), so time spent waiting for a worker is not counted. The executor interrupts it
+        between two denoising steps (``stop_job``): it fails with ``TOO_LONG_ERROR``, its files go
+        to failed/, and the worker takes the next job.
+        """
+        if seconds <= 0 or not self._flights:
+            return
+        now = self.clock()
+        for worker in self.executor.board.snapshot():
+            job, started = worker.job, worker.started
+            if job is None or started is None or job not in self._flights or job in self._capped:
+                continue
+            if now - started > seconds:
+                self._capped.add(job)
+                self.log.warning(
+                    "job over limits.max_job_seconds; stopping it at its next step",
+                    job=job,
+                    seconds=round(now - started, 1),
+                    limit=seconds,
+                )
+                self.executor.stop_job(job, TOO_LONG_ERROR.format(seconds=seconds))
 
     def _outcome(self, flight: _Flight) -> Generated | Failed | None:
         job = flight.prepared.job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -29,8 +30,11 @@ def take_lock(state: Path) -> IO[str]:
             "run one daemon per set of folders"
         ) from None
     f.truncate(0)
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
+    # Straight to the file, not through the buffer: on a full disk the write fails here and
+    # leaves nothing to fail again at close. The pid only names the holder; the lock is what
+    # counts, and a daemon must start on a full disk (to say so and wait).
+    with contextlib.suppress(OSError):
+        os.write(f.fileno(), f"pid {os.getpid()}\n".encode())
     return f
 
 

@@ -5,7 +5,8 @@ Four threads (or more), each doing one kind of work in order:
 - the scanner thread (``scanning``) looks at the inbox all the time and says what is ready;
 - the loop (the caller's thread) claims ready jobs, checks and sizes them (``job.prepare``)
   and hands them to the executor while fewer than its ``capacity`` are in flight
-  (``flights`` keeps those until they end); claims happen on this thread only;
+  (``flights`` keeps those until they end) and the disks have room (``disk_room``); claims
+  happen on this thread only; it also stops a job that runs past ``limits.max_job_seconds``;
 - the executor's workers generate, with the model kept warm (``executor``: threads here,
   or Ray workers elsewhere);
 - the filing thread (``filing``) encodes and files each job in the order it finished.
@@ -43,6 +44,7 @@ from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
+from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.flights import Flights
@@ -112,6 +114,13 @@ class Service:
             failed_where=lambda job: self._where(self.folders.failed, job),
         )
         self._lock: IO[str] | None = None
+        # Where the daemon writes: a job's files are made in the state folder, then moved to outputs/.
+        self.disk = DiskRoom(
+            [self.folders.outputs, self.folders.state],
+            lambda: self.settings.limits.min_free_mb,
+            clock=clock,
+        )
+        self._paused_shown: str | None = None
         self.publisher = Publisher(
             self.folders.state,
             self.listeners,
@@ -138,6 +147,7 @@ class Service:
             where=self._where,
             finished=self._finished,
             size=settings.output.encode_queue,
+            disk=self.disk,
         )
 
     @property
@@ -161,7 +171,10 @@ class Service:
         The lock comes first, so a second daemon on the same folders stops before it starts any
         worker; whatever fails after it lets go of the lock and of the workers it started.
         """
-        self.folders.ensure()
+        try:
+            self.folders.ensure()
+        except OSError as e:
+            raise StartupError(f"cannot create the folders: {e}") from None
         self._lock = take_lock(self.folders.state)
         try:
             self._check_encoding()
@@ -188,6 +201,7 @@ class Service:
             crashes = job.attempts - 1
             self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
             self.filer.file_now(Failed(job, CRASH_LOOP_ERROR.format(crashes=crashes)))
+        self._taking()  # says at once, in the log and the first status, when the disk is full
         self._resume.extend(again)
         for job in again:
             self.log.warning("resuming job interrupted by a crash", job=job.name, attempt=job.attempts)
@@ -271,7 +285,9 @@ class Service:
         self._work.clear()
         self._collect()
         self._enforce_stop()
-        if not self.stop.is_set() and len(self.flights) < self.executor.capacity:
+        self.flights.enforce_cap(self.settings.limits.max_job_seconds)
+        room = self._taking()  # looked at while busy too: status says the disk is full at once
+        if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room:
             job = self._next_job()
             if job is not None:
                 self._start(*job)
@@ -281,6 +297,14 @@ class Service:
 
     def _want_status(self) -> None:
         self.publisher.want()
+
+    def _taking(self) -> bool:
+        """Whether the disks have room for a new job (``disk_room``); publishes a change of it."""
+        reason = self.disk.reason()
+        if reason != self._paused_shown:
+            self._paused_shown = reason
+            self._want_status()
+        return reason is None
 
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
@@ -397,6 +421,8 @@ class Service:
                 for r in reversed(self.results)
             ][:20],
             now=now,
+            paused_reason=self.disk.last,
+            disk_free_mb=dict(self.disk.free),
         )
 
     def _where(self, base: Path, job: Job) -> str:

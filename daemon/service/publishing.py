@@ -4,7 +4,9 @@ Apart from the loop because it is a policy of its own: a change people see (a jo
 file arrived) is published within ``STATUS_EVERY`` seconds, changes in between together, so a
 backlog moving at many jobs a second does not write the status and render the share page
 several times per job; progress at most once a second; and at least every 30 s, so that
-``i2vd status`` can tell the daemon lives.
+``i2vd status`` can tell the daemon lives. A status.json that cannot be written (a full disk,
+which share users can cause) is logged once per reason and tried again every ``RETRY_EVERY``
+seconds; the listeners still hear.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 from daemon import logs
 from daemon.listeners.events import Listener
 from daemon.service.executor import ProgressBoard
-from daemon.service.status_file import write_status
+from daemon.service.status_file import STATUS, write_status
 
 STATUS_EVERY = 0.5
 PROGRESS_EVERY = 1.0
 ALIVE_EVERY = 30.0
+RETRY_EVERY = 5.0
 
 
 class Publisher:
@@ -48,6 +51,7 @@ class Publisher:
         self._board_seen = -1
         self._lock = threading.RLock()  # listeners are never called from two threads at once
         self.log = logs.get()
+        self.trouble = logs.Recurring("status.json", path=str(state_dir / STATUS))
 
     def want(self) -> None:
         """Something people see changed: publish soon. From any thread; only sets flags."""
@@ -62,6 +66,7 @@ class Publisher:
             (self._wanted and since >= STATUS_EVERY)
             or (progress and since >= PROGRESS_EVERY)
             or since > ALIVE_EVERY
+            or (self.trouble.reason is not None and since >= RETRY_EVERY)
         ):
             self.publish()
             since = 0.0
@@ -77,7 +82,12 @@ class Publisher:
             self._wanted = False
             self._board_seen = self.board.version
             status = self._build(state, now)
-            write_status(self.state_dir, status)
+            try:
+                write_status(self.state_dir, status)
+            except OSError as e:
+                self.trouble.failed(e)
+            else:
+                self.trouble.ok()
             self.tell(lambda listener: listener.on_status(status))
 
     def tell(self, call: Callable[[Listener], None]) -> None:

@@ -32,6 +32,8 @@ def build_status(
     scanner: InboxScanner,
     recent: list[dict[str, Any]],
     now: float,
+    paused_reason: str | None = None,
+    disk_free_mb: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """What status.json holds (and listeners get): the state, every job in flight with its worker
     and progress, the workers, what waits and what is arriving, and the recent results."""
@@ -72,12 +74,16 @@ def build_status(
         "inbox_missing": scanner.missing,
         "inbox_problem": scanner.missing_reason,
         "recent": recent,
+        # Why no new job is taken although some wait (the disk nearly full); None: they are taken.
+        "paused_reason": paused_reason,
+        "disk_free_mb": disk_free_mb or {},
     }
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    # Rewritten every second while busy: atomic for readers, not worth an fsync each time.
-    fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()}, durable=False)
+    """Rewritten every second while busy: atomic for readers, not worth an fsync each time; padded,
+    so that it can still say "disk full" when the disk is (``fsops.write_padded``)."""
+    fsops.write_padded(state_dir / STATUS, fsops.json_bytes({**status, "updated_at": time.time()}))
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -110,6 +116,8 @@ def render(status: dict[str, Any]) -> str:
     lines = [
         f"daemon   {'running' if status.get('running') else 'NOT running'} ({status.get('state', 'unknown')})"
     ]
+    if status.get("paused_reason"):
+        lines.append(f"waiting  {one_line(str(status['paused_reason']), 200)}")
     if status.get("inbox_missing"):
         problem = one_line(str(status.get("inbox_problem") or "share not mounted?"), 80)
         lines.append(f"inbox    MISSING, waiting for it ({problem})")
