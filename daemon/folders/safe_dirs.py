@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 
 from daemon import logs
@@ -37,8 +37,10 @@ class NotAFolder(OSError):
 
 
 def _parts(base: Path, rel: PurePath | str) -> list[str]:
-    parts = [p for p in PurePath(rel).parts if p not in ("", ".")]
-    if PurePath(rel).is_absolute() or ".." in parts:
+    # Plain string splitting: this runs twice for every job filed.
+    text = os.fspath(rel)
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if text.startswith("/") or ".." in parts:
         raise NotAFolder(base / rel, "leads out of its folder")
     return parts
 
@@ -51,14 +53,17 @@ def open_under(base: Path, rel: PurePath | str = ".", *, create: bool = True) ->
     start). Raises NotAFolder (naming the folder) where a link or a file stands in the way,
     FileNotFoundError where a folder is missing and not ``create``.
     """
-    if create:
-        base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(base, _BASE_FLAGS)
-    where = base
+    parts = _parts(base, rel)
     try:
-        for name in _parts(base, rel):
-            where = where / name
-            child = _open_child(fd, name, where, create)
+        fd = os.open(base, _BASE_FLAGS)
+    except FileNotFoundError:
+        if not create:
+            raise
+        base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(base, _BASE_FLAGS)
+    try:
+        for i, name in enumerate(parts):
+            child = _open_child(fd, name, create, lambda i=i: base.joinpath(*parts[: i + 1]))
             os.close(fd)
             fd = child
     except BaseException:
@@ -67,7 +72,7 @@ def open_under(base: Path, rel: PurePath | str = ".", *, create: bool = True) ->
     return fd
 
 
-def _open_child(fd: int, name: str, where: Path, create: bool) -> int:
+def _open_child(fd: int, name: str, create: bool, where: Callable[[], Path]) -> int:
     for _ in range(3):  # made by us, or by someone else in the meantime: then open it
         try:
             return os.open(name, DIR_FLAGS, dir_fd=fd)
@@ -79,9 +84,9 @@ def _open_child(fd: int, name: str, where: Path, create: bool) -> int:
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 link = is_link_at(fd, name)
-                raise NotAFolder(where, "is a link" if link else "is not a folder") from None
+                raise NotAFolder(where(), "is a link" if link else "is not a folder") from None
             raise
-    raise FileNotFoundError(errno.ENOENT, "keeps vanishing", str(where))
+    raise FileNotFoundError(errno.ENOENT, "keeps vanishing", str(where()))
 
 
 @contextlib.contextmanager
@@ -105,7 +110,8 @@ def open_or_top(base: Path, rel: PurePath | str, *, instead: str) -> tuple[int, 
         return open_under(base, rel, create=True), Path(rel)
     except NotAFolder as e:
         logs.get().warning(
-            f"refused a folder in a shared folder: it {e.reason}; {instead}",
+            f"refused a folder in a shared folder: it {e.reason}; {instead} "
+            "(make it a plain folder again to have it used)",
             folder=str(e.where),
         )
         return open_under(base, ".", create=False), Path(".")
