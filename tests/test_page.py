@@ -381,9 +381,9 @@ def test_start_up_reads_only_the_newest_keep_jobs(tmp_path: Path, monkeypatch: p
     reads: list[Path] = []
     real = page_entries._read_record
 
-    def counting(folder: Path) -> JobRecord:
-        reads.append(folder)
-        return real(folder)
+    def counting(base: Path, rel: Path) -> JobRecord:
+        reads.append(rel)
+        return real(base, rel)
 
     monkeypatch.setattr(page_entries, "_read_record", counting)
 

@@ -6,10 +6,15 @@ another disk than the share) it becomes copy to a hidden temporary name beside t
 target, fsync, rename, and only then remove the source: at every instant at least one
 complete copy exists. Permission bits are never copied, because CIFS mounts refuse
 ``chmod`` and the target folder's own rules (setgid, umask) should apply anyway.
+
+The ``*_at`` variants work inside folders opened once (see ``safe_dirs``), so a link a
+share user swaps in for a folder is never followed; nothing here reads or writes through
+a link at the last component either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -21,6 +26,15 @@ import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any
+
+# A folder opened to work in it. The daemon's own paths (the state folder, a configured base
+# folder) may be links the operator made; anything below a shared folder is opened with
+# _NOFOLLOW_DIR, one component at a time (see ``safe_dirs``).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOFOLLOW_DIR = _DIR_FLAGS | os.O_NOFOLLOW
+# A file read or made here: never through a link, never blocking on a FIFO put in its place.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # The longest file name (in bytes) ext4, XFS, Btrfs, ZFS and SMB/NFS servers accept.
 NAME_MAX = 255
@@ -64,38 +78,60 @@ def fsync_dir(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        # Some network filesystems refuse fsync on directories; the rename still happened.
-        pass
+        fsync_fd(fd)
     finally:
         os.close(fd)
 
 
-def temp_prefix(target: Path) -> str:
+def fsync_fd(fd: int) -> None:
+    """``fsync`` an open folder; some network filesystems refuse it, and the rename still happened."""
+    with contextlib.suppress(OSError):
+        os.fsync(fd)
+
+
+def temp_prefix(target: Path | str) -> str:
     """How every temporary name for ``target`` starts: a dot (hidden, and ignored by the inbox
     scanner) and as much of the name as fits in NAME_MAX with the random suffix."""
-    return "." + truncate_name(target.name, NAME_MAX - _TEMP_SUFFIX_BYTES) + "."
+    name = target if isinstance(target, str) else target.name
+    return "." + truncate_name(name, NAME_MAX - _TEMP_SUFFIX_BYTES) + "."
+
+
+def _temp_name(target: Path | str) -> str:
+    return f"{temp_prefix(target)}{uuid.uuid4().hex[:8]}.tmp"
 
 
 def _temp_beside(target: Path) -> Path:
-    return target.with_name(f"{temp_prefix(target)}{uuid.uuid4().hex[:8]}.tmp")
+    return target.with_name(_temp_name(target))
 
 
 def remove_temps(target: Path) -> None:
     """Remove what a crash mid-write or mid-move left beside ``target`` (never ``target`` itself)."""
-    prefix = temp_prefix(target)
     try:
-        entries = list(os.scandir(target.parent))
+        fd = os.open(target.parent, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        remove_temps_at(fd, target.name)
+    finally:
+        os.close(fd)
+
+
+def remove_temps_at(dir_fd: int, name: str) -> None:
+    """``remove_temps`` for ``name`` in an open folder; a temporary folder's tree is removed
+    without following any link in it."""
+    prefix = temp_prefix(name)
+    try:
+        entries = list(os.scandir(dir_fd))
     except OSError:
         return
     for entry in entries:
         rest = entry.name[len(prefix) :]
         if entry.name.startswith(prefix) and len(rest) == 12 and rest.endswith(".tmp"):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                Path(entry.path).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.name, ignore_errors=True, dir_fd=dir_fd)
+                else:
+                    os.unlink(entry.name, dir_fd=dir_fd)
 
 
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
@@ -125,7 +161,8 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """
     tmp = _temp_beside(path)
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL: a name a share user planted (a link to elsewhere) is never written through.
+        with os.fdopen(os.open(tmp, _CREATE_FLAGS, 0o666), "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
@@ -220,79 +257,232 @@ def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
     write_atomic(path, json_bytes(obj), durable=durable)
 
 
-def _copy_file_synced(src: Path, dst: Path) -> None:
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        shutil.copyfileobj(fin, fout, 1024 * 1024)
-        fout.flush()
-        os.fsync(fout.fileno())
+def _copy_file_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> os.stat_result:
+    """Copy a plain file to a new name in ``dst_fd`` and fsync it; return the source's stat.
+    ELOOP or EINVAL when the source is a link or anything but a plain file (nothing is read
+    through it)."""
+    fin = os.open(src, _READ_FLAGS, dir_fd=src_fd)
+    try:
+        st = os.fstat(fin)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(src))
+        fout = os.open(dst, _CREATE_FLAGS, 0o666, dir_fd=dst_fd)
+        with open(fin, "rb", closefd=False) as r, open(fout, "wb") as w:
+            shutil.copyfileobj(r, w, 1024 * 1024)
+            w.flush()
+            os.fsync(fout)
+        return st
+    finally:
+        os.close(fin)
+
+
+def _copy_tree_at(src_fd: int, dst_fd: int) -> None:
+    """Copy the plain files and folders of one open folder into another (links and others are
+    left out, as a share user's link is never ours to follow); each new folder is fsynced."""
+    for entry in list(os.scandir(src_fd)):
+        if entry.is_dir(follow_symlinks=False):
+            os.mkdir(entry.name, dir_fd=dst_fd)
+            s = os.open(entry.name, _NOFOLLOW_DIR, dir_fd=src_fd)
+            try:
+                d = os.open(entry.name, _NOFOLLOW_DIR, dir_fd=dst_fd)
+                try:
+                    _copy_tree_at(s, d)
+                finally:
+                    os.close(d)
+            finally:
+                os.close(s)
+        elif entry.is_file(follow_symlinks=False):
+            _copy_file_at(src_fd, entry.name, dst_fd, entry.name)
+    fsync_fd(dst_fd)
 
 
 def _copy_tree_synced(src: Path, dst: Path) -> None:
+    """Copy the folder ``src`` to the new folder ``dst`` (its files fsynced)."""
     dst.mkdir()
-    for entry in os.scandir(src):
-        s, d = Path(entry.path), dst / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            _copy_tree_synced(s, d)
-        elif entry.is_file(follow_symlinks=False):
-            _copy_file_synced(s, d)
-    fsync_dir(dst)
+    s = os.open(src, _NOFOLLOW_DIR)
+    try:
+        d = os.open(dst, _NOFOLLOW_DIR)
+        try:
+            _copy_tree_at(s, d)
+        finally:
+            os.close(d)
+    finally:
+        os.close(s)
+
+
+def exists_at(dir_fd: int | None, name: str | Path) -> bool:
+    """Whether ``name`` is taken in ``dir_fd`` by anything, a dangling link included."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def move(src: Path, dst: Path) -> None:
     """Move a file or folder to ``dst``, which must not exist; atomic within one filesystem.
 
     Raises FileNotFoundError when ``src`` is gone (someone else took it) and
-    FileExistsError when ``dst`` is taken.
+    FileExistsError when ``dst`` is taken. For paths the daemon owns (its state folder);
+    below a shared folder use ``move_at`` with folders opened by ``safe_dirs``.
     """
-    if dst.exists() or dst.is_symlink():
-        raise FileExistsError(errno.EEXIST, "target exists", str(dst))
+    dst_fd = os.open(dst.parent, _DIR_FLAGS)
     try:
-        _rename_noreplace(src, dst)
+        move_at(None, src, dst_fd, dst.name)
+    finally:
+        os.close(dst_fd)
+
+
+def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
+    """Move ``src`` (relative to the open folder ``src_fd``, or a path when None) to the name
+    ``dst`` in the open folder ``dst_fd``, which must not exist there.
+
+    Nothing is looked up by path after the folders were opened, so a link swapped in for a
+    folder meanwhile changes nothing. Across filesystems: copy beside ``dst``, fsync, rename
+    without replacing, and only then remove the source. Raises as ``move`` does.
+    """
+    if exists_at(dst_fd, dst):
+        raise FileExistsError(errno.EEXIST, "target exists", dst)
+    try:
+        rename_noreplace_at(src_fd, src, dst_fd, dst)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-        _move_across(src, dst)
-    fsync_dir(dst.parent)
+        _move_across(src_fd, src, dst_fd, dst)
+    fsync_fd(dst_fd)
 
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 try:
     _renameat2: Any = ctypes.CDLL(None, use_errno=True).renameat2
-except (OSError, AttributeError):  # not glibc >= 2.28: the exists() check above is all we have
+except (OSError, AttributeError):  # not glibc >= 2.28: the exists check in move_at is all we have
     _renameat2 = None
 
 
-def _rename_noreplace(src: Path, dst: Path) -> None:
+def rename_noreplace_at(src_fd: int | None, src: str | Path, dst_fd: int | None, dst: str | Path) -> None:
     """rename(2) that fails instead of replacing a file that appeared at ``dst`` meanwhile (a user
-    dropping a file of the same name into the inbox while a job is put back)."""
+    dropping a file of the same name into the inbox while a job is put back); each name is
+    relative to its open folder, or a path when that is None."""
     if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        a = _AT_FDCWD if src_fd is None else src_fd
+        b = _AT_FDCWD if dst_fd is None else dst_fd
+        if _renameat2(a, os.fsencode(src), b, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise OSError(err, os.strerror(err), str(src), None, str(dst))
         # This filesystem does not take the flag (some network ones): plain rename.
-    os.rename(src, dst)
+    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
-def _move_across(src: Path, dst: Path) -> None:
-    tmp = _temp_beside(dst)
+def _move_across(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
+    tmp = _temp_name(dst)
+    st = os.stat(src, dir_fd=src_fd, follow_symlinks=False)
+    is_dir = stat.S_ISDIR(st.st_mode)
     try:
-        if src.is_dir() and not src.is_symlink():
-            _copy_tree_synced(src, tmp)
+        if is_dir:
+            os.mkdir(tmp, dir_fd=dst_fd)
+            s = os.open(src, _NOFOLLOW_DIR, dir_fd=src_fd)
+            try:
+                d = os.open(tmp, _NOFOLLOW_DIR, dir_fd=dst_fd)
+                try:
+                    _copy_tree_at(s, d)
+                finally:
+                    os.close(d)
+            finally:
+                os.close(s)
         else:
-            _copy_file_synced(src, tmp)
-        os.rename(tmp, dst)
+            st = _copy_file_at(src_fd, src, dst_fd, tmp)
+        rename_noreplace_at(dst_fd, tmp, dst_fd, dst)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if is_dir:
+                shutil.rmtree(tmp, ignore_errors=True, dir_fd=dst_fd)
+            else:
+                os.unlink(tmp, dir_fd=dst_fd)
         raise
-    fsync_dir(dst.parent)
+    fsync_fd(dst_fd)
     # Only now that a complete, durable copy is in place does the original go.
-    if src.is_dir() and not src.is_symlink():
-        shutil.rmtree(src)
-    else:
-        src.unlink()
+    if is_dir:
+        shutil.rmtree(src, dir_fd=src_fd)
+        return
+    now = os.stat(src, dir_fd=src_fd, follow_symlinks=False)
+    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+        os.unlink(src, dir_fd=src_fd)
+    # Otherwise someone put a new file of that name there meanwhile (an inbox is shared): theirs.
+
+
+def copied_whole_at(ours: Path, dir_fd: int, name: str) -> bool:
+    """Whether ``name`` in the open folder is the complete copy of ``ours`` (a file or a folder)
+    that a move across filesystems renamed into place before a crash stopped it removing
+    ``ours``: on another filesystem, the same plain files holding the same bytes.
+
+    Anything else there (a share user's own folder or file of that name) is not; nothing is
+    read through a link.
+    """
+    try:
+        a = os.lstat(ours)
+        b = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    if a.st_dev == b.st_dev:
+        return False  # one filesystem: the rename was atomic, so this is not our copy
+    try:
+        if stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode):
+            return _same_file_at(None, ours, dir_fd, name)
+        if stat.S_ISDIR(a.st_mode) and stat.S_ISDIR(b.st_mode):
+            fa = os.open(ours, _NOFOLLOW_DIR)
+            try:
+                fb = os.open(name, _NOFOLLOW_DIR, dir_fd=dir_fd)
+                try:
+                    return _same_tree_at(fa, fb)
+                finally:
+                    os.close(fb)
+            finally:
+                os.close(fa)
+    except OSError:
+        pass
+    return False
+
+
+def _same_tree_at(fa: int, fb: int) -> bool:
+    mine = {e.name: e for e in os.scandir(fa)}
+    theirs = {e.name: e for e in os.scandir(fb)}
+    if mine.keys() != theirs.keys():
+        return False
+    for n, e in mine.items():
+        if e.is_dir(follow_symlinks=False) and theirs[n].is_dir(follow_symlinks=False):
+            sa = os.open(n, _NOFOLLOW_DIR, dir_fd=fa)
+            try:
+                sb = os.open(n, _NOFOLLOW_DIR, dir_fd=fb)
+                try:
+                    if not _same_tree_at(sa, sb):
+                        return False
+                finally:
+                    os.close(sb)
+            finally:
+                os.close(sa)
+        elif not (e.is_file(follow_symlinks=False) and _same_file_at(fa, n, fb, n)):
+            return False
+    return True
+
+
+def _same_file_at(fa: int | None, a: str | Path, fb: int, b: str) -> bool:
+    ra = os.open(a, _READ_FLAGS, dir_fd=fa)
+    try:
+        rb = os.open(b, _READ_FLAGS, dir_fd=fb)
+        try:
+            sa, sb = os.fstat(ra), os.fstat(rb)
+            if not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)) or sa.st_size != sb.st_size:
+                return False
+            while True:
+                x, y = os.read(ra, 1 << 20), os.read(rb, 1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+        finally:
+            os.close(rb)
+    finally:
+        os.close(ra)

@@ -1,14 +1,24 @@
-"""Filing a finished job: its outputs published whole, its inputs to done/ or failed/."""
+"""Filing a finished job: its outputs published whole, its inputs to done/ or failed/.
+
+Share users can write below outputs/, done/ and failed/, so the folders a job is filed into
+are opened with ``safe_dirs`` (no link followed) and nothing there is ever replaced; see
+``_file`` for what is done instead when a share user's link or folder is in the way.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.folders import fsops, names
+from daemon import logs
+from daemon.folders import fsops, names, safe_dirs
 from daemon.folders.jobs import Folders, Job, JobState
 from daemon.folders.names import ERROR_FILE
+
+# JOB-2, JOB-3, ... tried beside a JOB name someone on the share took; then the job stays claimed.
+MAX_CLASH = 1000
 
 
 def finish_done(folders: Folders, job: Job) -> Path:
@@ -21,9 +31,8 @@ def finish_done(folders: Folders, job: Job) -> Path:
     A crash between steps is finished by ``recover``, which sees the published outputs.
     """
     target = folders.outputs / job.rel_dir / job.name
-    target.parent.mkdir(parents=True, exist_ok=True)
     if job.out.exists():
-        fsops.move(job.out, target)
+        target = _file(folders.outputs, job, job.out)
     settle_inputs(folders, job, JobState.DONE)
     return target
 
@@ -32,6 +41,11 @@ def _error_text(reason: str) -> bytes:
     text = reason.strip() + "\n\n" + names.RETRY_ADVICE + "\n"
     # A file name that is not valid UTF-8 may be quoted in the reason: escape it, never crash on it.
     return text.encode("utf-8", "backslashreplace")
+
+
+def error_text(reason: str) -> str:
+    """What ``error.txt`` says (and the share page and webhooks show) for a failure."""
+    return _error_text(reason).decode("utf-8")
 
 
 def finish_failed(folders: Folders, job: Job, reason: str, log: Path | None = None) -> Path:
@@ -49,14 +63,60 @@ def finish_failed(folders: Folders, job: Job, reason: str, log: Path | None = No
 
 
 def settle_inputs(folders: Folders, job: Job, state: JobState) -> Path:
+    """File a job's inputs into done/ or failed/ (see ``_file``) and remove its claim."""
     target = folders.final(state) / job.rel_dir / job.name
-    target.parent.mkdir(parents=True, exist_ok=True)
     if job.inputs.exists():
-        if os.path.lexists(target):
-            # Only a move across filesystems leaves both: the copy was complete (it is renamed
-            # into place whole) and the crash came while the original was being removed.
-            shutil.rmtree(job.inputs)
-        else:
-            fsops.move(job.inputs, target)
+        target = _file(folders.final(state), job, job.inputs)
     shutil.rmtree(job.dir)
     return target
+
+
+def _file(base: Path, job: Job, src: Path) -> Path:
+    """Rename ``src`` (a folder in the state folder) to ``base/REL/JOB`` whole; return where it went.
+
+    Nothing below ``base`` is followed and nothing a share user put there is replaced:
+
+    - REL, or a folder above it, is a link (or a file): refused with a warning naming it, and
+      the job is filed at the top of ``base`` (``outputs/JOB``) instead. The link and whatever
+      it points at are left alone; nothing is written outside the share.
+    - JOB is taken by a folder someone made: the next free ``JOB-2``, ``JOB-3``... beside it,
+      with a warning; after ``MAX_CLASH`` tries FileExistsError, and the job stays claimed.
+    - JOB holds a complete copy of ``src`` on another filesystem (a move across filesystems
+      that a crash stopped before it removed the original): that is where it was filed, and
+      ``src`` goes.
+    """
+    if os.sep in job.name or job.name in ("", ".", ".."):
+        raise OSError(f"not a folder name: {job.name!r}")
+    fd, rel = safe_dirs.open_or_top(
+        base, job.rel_dir, instead=f"filing job {job.name} at the top of {base} instead"
+    )
+    try:
+        for name in _names(job.name):
+            try:
+                fsops.move_at(None, src, fd, name)
+            except FileExistsError:
+                if fsops.copied_whole_at(src, fd, name):
+                    shutil.rmtree(src)
+                    return base / rel / name
+                continue
+            if name != job.name:
+                logs.get().warning(
+                    "a folder of this job's name was already there; filed beside it",
+                    job=job.name,
+                    folder=str(base / rel / name),
+                )
+            return base / rel / name
+    finally:
+        os.close(fd)
+    raise FileExistsError(f"every name for job {job.name} is taken in {base / rel}")
+
+
+def _names(job: str) -> Iterator[str]:
+    """``job``, then the JOB names after it: ``cat_…_143005`` -> ``-2``, ``-3``; ``…-2`` -> ``-3``."""
+    yield job
+    m = names.JOB_NAME.fullmatch(job)
+    stem, first = job, 2
+    if m is not None and m["clash"]:
+        stem, first = job[: m.start("clash") - 1], int(m["clash"]) + 1
+    for n in range(first, first + MAX_CLASH):
+        yield f"{stem}-{n}"

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names
+from daemon.folders import fsops, names, safe_dirs
 from daemon.folders.claim import Changed, check_regular, copied_across, put_back
 from daemon.folders.jobs import RECORD, RETURNING, Folders, Job, JobState, write_record
 from daemon.folders.names import ERROR_FILE
@@ -134,7 +134,7 @@ def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
     if job is None:
         return None
     for base in (folders.outputs, folders.done, folders.failed):
-        fsops.remove_temps(base / job.rel_dir / job.name)
+        safe_dirs.remove_temps_under(base, job.rel_dir, job.name)
     for name in job.files:
         fsops.remove_temps(job.inputs / name)
     returning = (job.dir / RETURNING).exists()

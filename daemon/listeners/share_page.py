@@ -80,7 +80,7 @@ class SharePage:
     def on_job_finished(self, event: JobFinished) -> None:
         with self._lock:
             try:
-                self._entries.append(entry_from_event(event, self.outputs))
+                self._entries.append(entry_from_event(event, self.outputs, self.failed))
             except Exception:
                 self.log.exception("share page: could not read a finished job", job=event.job)
             self._write()

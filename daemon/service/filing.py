@@ -23,8 +23,7 @@ from daemon.config import Settings
 from daemon.errors import JobError
 from daemon.folders.claim import release
 from daemon.folders.jobs import Folders, Job
-from daemon.folders.names import ERROR_FILE
-from daemon.folders.publish import finish_done, finish_failed
+from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.describe import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
@@ -188,7 +187,9 @@ class Filer:
                 )
             return
         folder = finish_failed(self.folders, job, item.error, job.out / f"{job.name}.log")
-        error_text = (folder / ERROR_FILE).read_text(errors="replace")
+        # The text written, not read back: the folder is the share users' from here on, and
+        # its error.txt may already be a link to a file the page and webhooks must never show.
         self._finished(
-            Result(job, ok=False, error=item.error), JobFinished(job.name, "failed", folder, None, error_text)
+            Result(job, ok=False, error=item.error),
+            JobFinished(job.name, "failed", folder, None, error_text(item.error)),
         )
