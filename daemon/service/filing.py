@@ -23,6 +23,7 @@ from daemon.config import Settings
 from daemon.errors import JobError
 from daemon.folders.claim import release
 from daemon.folders.jobs import Folders, Job
+from daemon.folders.names import ERROR_FILE
 from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.describe import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
