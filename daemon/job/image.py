@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daemon.errors import ImageError
+from daemon.folders.trust import NotRegular, read_regular
 
 try:  # HEIC/HEIF support is optional: only with the pillow-heif plugin installed.
     import pillow_heif  # type: ignore[import-not-found]
@@ -130,8 +131,12 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int, max_bytes: int)
 
 def _read_capped(path: Path, max_bytes: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        data = read_regular(path, max_bytes)
+    except NotRegular:
+        raise ImageError(
+            f'"{path.name}" is a link or a special file, not an image. '
+            "Put the image file itself in the inbox."
+        ) from None
     except FileNotFoundError:
         raise ImageError(f'The image "{path.name}" disappeared before it could be read.') from None
     except IsADirectoryError:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import SidecarError
+from daemon.folders.trust import NotRegular, read_regular
 
 # C0 controls other than tab and line feed (CR is normalised away first), DEL and the C1 range:
 # a text file never holds them, binary data nearly always does.
@@ -26,8 +27,12 @@ _SAVE_AS = "Open it in a text editor and save it as UTF-8 text (in Notepad: Save
 
 def read_capped(path: Path, cap: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
+        data = read_regular(path, cap)
+    except NotRegular:
+        raise SidecarError(
+            f'"{path.name}" is a link or a special file, not a prompt file. '
+            "Put the text file itself in the inbox."
+        ) from None
     except FileNotFoundError:
         raise SidecarError(f'The prompt file "{path.name}" disappeared before it could be read.') from None
     except IsADirectoryError:

@@ -36,6 +36,7 @@ from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
+from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Result
 from daemon.job.image import resolution_to_short_side
@@ -161,7 +162,10 @@ class Service:
         The lock comes first, so a second daemon on the same folders stops before it starts any
         worker; whatever fails after it lets go of the lock and of the workers it started.
         """
-        self.folders.ensure()
+        try:
+            self.folders.ensure()
+        except Untrusted as e:
+            raise StartupError(str(e)) from None
         self._lock = take_lock(self.folders.state)
         try:
             self._check_encoding()
