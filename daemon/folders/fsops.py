@@ -115,16 +115,17 @@ def sweep_temps(folder: Path) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool = False) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     ``durable=False`` skips the fsyncs: still atomic for readers, but after a power cut the
     file may be its old version. Right for status files rewritten every second, whose
-    fsyncs were most of the per-job overhead in a backlog.
+    fsyncs were most of the per-job overhead in a backlog. ``private``: readable by the
+    daemon's user only (0600) from the start, for files that hold secrets.
     """
     tmp = _temp_beside(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", opener=_private_opener if private else None) as f:
             f.write(data)
             if durable:
                 f.flush()
@@ -137,14 +138,18 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = True, private: bool = False) -> None:
     """Readable UTF-8 JSON; ASCII escapes instead when a value holds a file name that is not valid
     UTF-8 (an NFS client in a Latin-1 locale), so the file is still valid and round-trips exactly."""
     try:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode()
     except UnicodeEncodeError:
         data = json.dumps(obj, indent=2, ensure_ascii=True, default=str).encode()
-    write_atomic(path, data + b"\n", durable=durable)
+    write_atomic(path, data + b"\n", durable=durable, private=private)
 
 
 def _copy_file_synced(src: Path, dst: Path) -> None:
