@@ -37,6 +37,7 @@ from daemon.folders.scan import Group
 from daemon.job.describe import Result
 from daemon.job.prepare import prepare
 from daemon.service.check import run_checks
+from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.loop import Service
 
 STRANGER = 54321  # a uid with no account: "another user"
@@ -182,6 +183,15 @@ def test_a_config_with_webhook_secrets_readable_by_others_is_warned_about(tmp_pa
     with capture_logs() as logged:
         _check_trust(config, settings, logs.get())
     assert not [e for e in logged if e["log_level"] == "warning"]
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(folders: Folders, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (folders.state / "daemon.lock").symlink_to(target)
+    with pytest.raises(DaemonLocked, match="cannot take the lock"):
+        take_lock(folders.state)
+    assert target.read_text() == "keep me"
 
 
 # -- claim records and inputs read back as a stranger's ---------------------------------------
