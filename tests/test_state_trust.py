@@ -70,6 +70,11 @@ def test_state_folder_is_made_0700_and_an_open_one_tightened_once(tmp_path: Path
     assert mode(folders.claimed) == 0o700
     assert mode(folders.inbox) == 0o775  # the shared folders keep the umask: share users write them
 
+    # Folders it has to make above the state folder are not group-writable either.
+    deep = tmp_path / "srv" / "i2vd" / ".i2vd"
+    trust.secure_state(deep)
+    assert (mode(deep.parent.parent), mode(deep.parent), mode(deep)) == (0o755, 0o755, 0o700)
+
     folders.state.chmod(0o775)
     with capture_logs() as logged:
         folders.ensure()

@@ -104,7 +104,8 @@ def secure_state(state: Path) -> None:
     """Make the state folder private to the daemon's user, or raise Untrusted naming the fix.
 
     Steps:
-    1. create it 0700 when missing (the folders above it as the umask has them);
+    1. create it 0700 when missing, and any missing folder above it 0755 (not the service's
+       group-writable umask: a folder others can write would let them replace it);
     2. refuse one that belongs to another user, or that someone else can write and the
        daemon cannot tighten;
     3. tighten one of the daemon's own that others may enter to 0700, and say so once;
@@ -113,7 +114,9 @@ def secure_state(state: Path) -> None:
     me = user_name(os.geteuid())
     fix = f"chown {me} {state} && chmod 700 {state}"
     try:
-        state.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([p for p in state.parents if not os.path.lexists(p)]):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o755)
         with contextlib.suppress(FileExistsError):
             state.mkdir(mode=PRIVATE_MODE)
         st = os.stat(state)

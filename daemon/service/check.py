@@ -39,7 +39,8 @@ def _trust(settings: Settings, config: Path | None) -> Iterator[Check]:
     if config is not None:
         try:
             trust.check_config(config)
-            yield True, "config file", f"{config.absolute()}: only {me} or root can change it"
+            who = me if os.geteuid() == 0 else f"{me} or root"
+            yield True, "config file", f"{config.absolute()}: only {who} can change it"
         except trust.Untrusted as e:
             yield False, "config file", str(e)
     try:
