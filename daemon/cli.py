@@ -71,6 +71,23 @@ def _announce(args: argparse.Namespace, path: Path | None, log: Any = None) -> N
             log.warning(warning)
 
 
+def _check_trust(path: Path | None, settings: Settings, log: Any) -> None:
+    """Refuse (UsageError naming the fix) a config or state folder someone else could change;
+    make the state folder private; warn when the config's secrets can be read by others."""
+    from daemon.folders import trust
+
+    try:
+        if path is not None:
+            trust.check_config(path)
+        trust.secure_state(settings.state_dir)
+    except trust.Untrusted as e:
+        raise UsageError(f"cannot start: {e}") from None
+    if path is not None and (settings.webhooks.on_done or settings.webhooks.on_failed):
+        exposed = trust.config_exposed(path)
+        if exposed is not None:
+            log.warning(exposed)
+
+
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
     from daemon.engine.load import load_generator
     from daemon.engine.options import EngineOptions
@@ -114,6 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     log = logs.get()
     path, settings = _settings(args, log)
+    # Before anything is read from the state folder or loaded into the process (the model cache
+    # may live in the state folder).
+    _check_trust(path, settings, log)
     executor: Executor
     if settings.cluster.backend == "ray":
         executor_or_error = _ray_executor(settings)
@@ -193,9 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from daemon.service.check import run_checks
 
-    _, settings = _settings(args)
+    path, settings = _settings(args)
     ok = True
-    for passed, what, detail in run_checks(settings, _load_generator):
+    for passed, what, detail in run_checks(settings, _load_generator, config=path):
         ok &= passed
         print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}")
     return EXIT_OK if ok else EXIT_FAILED
@@ -283,8 +303,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Check the user's own image and values exactly as the daemon will, before anything shows in
     # the inbox, so a problem names their file and their options, not a temporary copy.
     try:
+        # Resolved: the user's own link to their image is fine here, unlike a link in the inbox.
         load_image(
-            image,
+            image.resolve(),
             max_pixels=settings.limits.max_image_pixels,
             max_bytes=settings.limits.max_image_bytes,
             formats=settings.limits.image_formats,

@@ -156,6 +156,8 @@ class EnvOverride:
     key: str  # dotted and lower-case, as pydantic-settings matches it: "model.device"
 
     def __str__(self) -> str:
+        if self.key.startswith("webhooks"):
+            return self.var  # its value is URLs, which may hold credentials
         value = self.value if len(self.value) <= 60 else self.value[:57] + "..."
         return f"{self.var}={value}"
 
@@ -304,7 +306,7 @@ def _describe(error: ValidationError, path: Path | None, overrides: list[EnvOver
             blamed = [o for o in overrides if o.key in msg]
         if err["type"] == "extra_forbidden":
             msg = _unknown_key(parts, env=bool(blamed))
-        elif not blamed and "input" in err:
+        elif not blamed and "input" in err and parts[:1] != ("webhooks",):  # URLs may hold credentials
             msg += f" (got {err['input']!r})"
         line = f"{key}: {msg}" if key else msg
         if blamed:

@@ -309,10 +309,17 @@ class WebhooksConfig(_Section):
     def _urls(cls, v: list[str]) -> list[str]:
         from urllib.parse import urlsplit
 
+        from daemon.logs import redact_url
+
         for url in v:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+            try:
+                parts = urlsplit(url)
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:
+                ok = False
+            if not ok:
+                # Shown as redact_url has it: the rest of a webhook URL may be its credential.
+                raise ValueError(f"{redact_url(url)!r} is not an http:// or https:// URL")
         return v
 
 

@@ -16,6 +16,7 @@ from collections.abc import MutableMapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -178,6 +179,23 @@ def adopt_model_libraries() -> None:
         lib.disable_progress_bar()
     for name in ("diffusers", "transformers"):
         logging.getLogger(name).setLevel(_LIBRARY_LEVELS[name])
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be logged or shown: scheme and host only, whatever follows it left out.
+
+    Webhook URLs carry their credentials in the user part, the query or the path itself (a chat
+    service's hook URL is a secret as a whole), so nothing after the host is safe to show.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(a URL that cannot be read)"
+    if not parts.scheme or not host:
+        return "(a URL that cannot be read)"
+    hidden = parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc
+    return f"{parts.scheme}://{host}" + ("/…" if hidden else "")
 
 
 def get(name: str = "i2vd") -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from daemon.config import ConfigError, load_settings
 from daemon.job.record import JobRecord
 from daemon.listeners.events import JobFinished
 from daemon.listeners.webhooks import WebhookSender
+from daemon.logs import redact_url
 
 INFO = {"prompt": "a cat walks", "seed": 7, "timings": {"generate_seconds": 3.2}, "name": "café"}
 
@@ -169,7 +172,7 @@ def test_receiver_down_then_up_after_restart(tmp_path: Path, receivers: list[Rec
     assert len(sender.pending()) == 1, "an undelivered notice must stay in the spool"
 
     r.start()
-    restarted = WebhookSender(spool, on_done=[], backoff_seconds=3600, max_attempts=5)
+    restarted = WebhookSender(spool, on_done=[r.url()], backoff_seconds=3600, max_attempts=5)
     restarted.on_status({"state": "idle"})  # the service's first status after taking the lock
     try:
         wait_until(lambda: bool(r.delivered()) and not restarted.pending(), "delivery from the spool")
@@ -232,3 +235,83 @@ def test_config_validates_urls_and_sender_is_optional(tmp_path: Path) -> None:
         assert sender.max_attempts == 2 and sender.spool == load_settings(cfg).state_dir / "webhooks"
     finally:
         sender.close()
+
+
+# -- the spool read back as a stranger's, credentials kept out of the log ----------------------------
+
+
+def spool_one(spool: Path, url: str, event: str = "done") -> None:
+    """A spooled delivery as the sender writes it, to ``url``."""
+    spool.mkdir(parents=True, exist_ok=True)
+    job = "cat_20260101_120000"
+    record = {"id": "f" * 32, "url": url, "event": event, "job": job, "attempts": 0, "payload": {"job": job}}
+    (spool / f"{time.time_ns():020d}-ffffffff.json").write_text(json.dumps(record))
+
+
+def test_a_spooled_webhook_goes_only_to_a_url_configured_now_for_its_event(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    stranger, configured = receiver(receivers).start(), receiver(receivers).start()
+    spool = tmp_path / "spool"
+    spool_one(spool, stranger.url("/steal"))
+    spool_one(spool, configured.url("/failed-only"), event="done")  # configured, for the other event
+    spool_one(spool, configured.url("/done"))
+    sender = WebhookSender(
+        spool, on_done=[configured.url("/done")], on_failed=[configured.url("/failed-only")]
+    )
+    try:
+        with capture_logs() as logged:
+            sender.start()
+            wait_until(lambda: not sender.pending(), "the spool to be worked through")
+    finally:
+        sender.close()
+    assert stranger.requests == []
+    assert [r["path"] for r in configured.requests] == ["/done"]
+    dropped = sorted(e["url"] for e in logged if e["event"].startswith("webhook not sent"))
+    assert dropped == sorted(f"http://127.0.0.1:{r.port}/…" for r in (stranger, configured))
+    assert list(spool.iterdir()) == []
+
+
+def test_spool_files_are_private(tmp_path: Path, receivers: list[Receiver]) -> None:
+    down = receiver(receivers)  # bound, not listening: the delivery stays spooled
+    spool = tmp_path / "spool"
+    old = os.umask(0o002)  # the service's UMask
+    try:
+        sender = WebhookSender(spool, on_done=[down.url()], backoff_seconds=3600)
+        sender.on_job_finished(done_event(tmp_path))
+        wait_until(lambda: json.loads(next(spool.glob("*.json")).read_text())["attempts"] == 1, "one try")
+        sender.close()
+    finally:
+        os.umask(old)
+    assert spool.stat().st_mode & 0o777 == 0o700
+    assert [p.stat().st_mode & 0o777 for p in spool.iterdir()] == [0o600]
+
+
+def test_webhook_credentials_never_reach_the_log(tmp_path: Path, receivers: list[Receiver]) -> None:
+    r = receiver(receivers, statuses=[500, 500, 500]).start()
+    url = f"http://alice:pw-SECRET1@127.0.0.1:{r.port}/hook/SECRET2?token=SECRET3"
+    sender = WebhookSender(tmp_path / "spool", on_done=[url], backoff_seconds=0.01, max_attempts=3)
+    try:
+        with capture_logs() as logged:
+            sender.on_job_finished(done_event(tmp_path))
+            wait_until(lambda: len(r.requests) == 3 and not sender.pending(), "three tries")
+            wait_until(lambda: any(e["log_level"] == "error" for e in logged), "the error line")
+    finally:
+        sender.close()
+    assert "SECRET" not in json.dumps(logged, default=str)
+    assert {e["url"] for e in logged if "url" in e} == {f"http://127.0.0.1:{r.port}/…"}
+    # The credentials went where they belong: to the receiver, as basic authentication and the URL.
+    assert r.requests[0]["path"] == "/hook/SECRET2?token=SECRET3"
+    basic = "Basic " + base64.b64encode(b"alice:pw-SECRET1").decode()
+    assert r.requests[0]["headers"]["authorization"] == basic
+
+
+def test_redact_url_and_config_errors_hide_what_follows_the_host(tmp_path: Path) -> None:
+    assert redact_url("https://hooks.slack.com/services/T0/B0/SECRET") == "https://hooks.slack.com/…"
+    assert redact_url("http://u:SECRET@h:8080/?sig=SECRET") == "http://h:8080/…"
+    assert redact_url("http://h:8080") == "http://h:8080"
+    config = tmp_path / "config.toml"
+    config.write_text('[webhooks]\non_done = ["ftp://u:SECRET@example.org/x?token=SECRET"]\n')
+    with pytest.raises(ConfigError) as bad:
+        load_settings(config)
+    assert "webhooks.on_done" in str(bad.value) and "SECRET" not in str(bad.value)

@@ -11,10 +11,9 @@ worker pool and the dispatcher never deal with Ray's start-up and folders.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from daemon.cluster import private
@@ -30,7 +29,7 @@ class RayConnection:
         self.config = settings.cluster
         self._ray_options = dict(ray_options)
         self._log = log
-        self._temp_dir: str | None = None
+        self._temp_dir: Path | None = None
         self._connected = False
 
     def connect(self) -> None:
@@ -42,9 +41,10 @@ class RayConnection:
             ended = private.reap(self.settings.state_dir)
             if ended:
                 self._log.warning("ended what a killed daemon's private Ray left running", pids=ended)
-            self._temp_dir = tempfile.mkdtemp(prefix="i2vd-ray-")
-            private.note(self.settings.state_dir, self._temp_dir)
-            options.update(address="local", include_dashboard=False, _temp_dir=self._temp_dir)
+            self._temp_dir = private.make(self.settings.state_dir)
+            options.update(
+                address="local", include_dashboard=False, _temp_dir=private.ray_dir(self._temp_dir)
+            )
             options.update(self._ray_options)
         else:
             options["address"] = self.config.address
@@ -65,9 +65,8 @@ class RayConnection:
             ray.shutdown()  # a private Ray ("local") stops with it; a joined cluster stays up
             self._connected = False
         if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            private.remove(self.settings.state_dir, self._temp_dir)
             self._temp_dir = None
-            private.forget(self.settings.state_dir)
 
     def resources(self) -> str:
         """What the live nodes offer, in words: nodes, GPUs, CPUs."""

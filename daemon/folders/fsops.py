@@ -152,17 +152,18 @@ def sweep_temps(folder: Path) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool = False) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     ``durable=False`` skips the fsyncs: still atomic for readers, but after a power cut the
     file may be its old version. Right for status files rewritten every second, whose
-    fsyncs were most of the per-job overhead in a backlog.
+    fsyncs were most of the per-job overhead in a backlog. ``private``: readable by the
+    daemon's user only (0600) from the start, for files that hold secrets.
     """
     tmp = _temp_beside(path)
     try:
         # O_EXCL: a name a share user planted (a link to elsewhere) is never written through.
-        with os.fdopen(os.open(tmp, _CREATE_FLAGS, 0o666), "wb") as f:
+        with os.fdopen(os.open(tmp, _CREATE_FLAGS, 0o600 if private else 0o666), "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
@@ -252,9 +253,9 @@ def json_bytes(obj: Any) -> bytes:
     return data + b"\n"
 
 
-def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = True, private: bool = False) -> None:
     """``obj`` as JSON (``json_bytes``), written with ``write_atomic``."""
-    write_atomic(path, json_bytes(obj), durable=durable)
+    write_atomic(path, json_bytes(obj), durable=durable, private=private)
 
 
 def _copy_file_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> os.stat_result:

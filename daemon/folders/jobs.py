@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from daemon.folders import fsops, names
+from daemon.folders import fsops, names, trust
 from daemon.folders.scan import Signature
 
 RECORD = "claim.json"
@@ -60,7 +60,10 @@ class Folders:
         return self.state / JobState.CLAIMED.value
 
     def ensure(self) -> None:
-        for p in (self.inbox, self.outputs, self.done, self.failed, self.claimed):
+        """Make the folders, the state folder private to the daemon's user (trust.Untrusted if it cannot)."""
+        trust.secure_state(self.state)
+        self.claimed.mkdir(mode=trust.PRIVATE_MODE, exist_ok=True)
+        for p in (self.inbox, self.outputs, self.done, self.failed):
             p.mkdir(parents=True, exist_ok=True)
 
     def final(self, state: JobState) -> Path:
@@ -81,6 +84,9 @@ class Job:
     sigs: dict[str, Signature] = field(default_factory=dict)
     # The inbox folder the files were taken from, when not ``rel_dir`` (a returned job folder).
     src_dir: Path | None = None
+    # The seed drawn for a job whose prompt file names none, kept across attempts so that a
+    # resumed job makes the clip it would have made.
+    seed: int | None = None
 
     @property
     def source(self) -> Path:
@@ -104,22 +110,100 @@ class Job:
             "attempts": self.attempts,
             "sigs": {name: list(sig) for name, sig in self.sigs.items()},
             "src_dir": self.src_dir.as_posix() if self.src_dir is not None else None,
+            "seed": self.seed,
         }
 
     @classmethod
-    def from_record(cls, directory: Path, rec: dict[str, object]) -> Job:
-        sigs = rec.get("sigs") or {}
-        return cls(
-            name=str(rec["job"]),
-            stem=str(rec["stem"]),
-            rel_dir=Path(str(rec["rel_dir"])),
-            dir=directory,
-            files=[str(f) for f in rec["files"]],  # type: ignore[attr-defined]
-            claimed_at=datetime.fromisoformat(str(rec["claimed_at"])),
-            attempts=int(rec["attempts"]),  # type: ignore[call-overload]
-            sigs={str(k): tuple(int(x) for x in v) for k, v in sigs.items()},  # type: ignore[attr-defined,misc]
-            src_dir=Path(str(rec["src_dir"])) if rec.get("src_dir") else None,
-        )
+    def from_record(cls, directory: Path, rec: object) -> Job:
+        """The job a claim record describes, checked as if a stranger wrote it (BadRecord if not sound).
+
+        Every path in it must stay inside the folders (relative, no ``..``), every file name be a
+        plain name, the JOB name have the JOB shape, and the numbers be in range: recovery moves
+        files by what it says.
+        """
+        if not isinstance(rec, dict):
+            raise BadRecord("it is not a JSON object")
+        try:
+            files = rec["files"]
+            if not isinstance(files, list) or not files or len(files) > MAX_FILES:
+                raise BadRecord("files is not a list of file names")
+            names_ = [_plain_name(f, "files") for f in files]
+            if len(set(names_)) != len(names_):
+                raise BadRecord("files names a file twice")
+            name = _plain_name(rec["job"], "job")
+            if not names.is_job_name(name):
+                raise BadRecord(f"job {name!r} is not a job name")
+            sigs = rec.get("sigs") or {}
+            if not isinstance(sigs, dict) or not all(k in names_ for k in sigs):
+                raise BadRecord("sigs does not match files")
+            seed = rec.get("seed")
+            if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+                raise BadRecord(f"seed {seed!r} is not a seed")
+            attempts = rec["attempts"]
+            if not (_is_int(attempts) and 1 <= attempts <= MAX_ATTEMPTS):
+                raise BadRecord(f"attempts {attempts!r} is not a small count")
+            stem = rec["stem"]
+            if not isinstance(stem, str) or len(stem) > fsops.NAME_MAX:
+                raise BadRecord("stem is not a name")
+            return cls(
+                name=name,
+                stem=stem,
+                rel_dir=_inside(rec["rel_dir"], "rel_dir"),
+                dir=directory,
+                files=names_,
+                claimed_at=datetime.fromisoformat(str(rec["claimed_at"])),
+                attempts=attempts,
+                sigs={k: _signature(v) for k, v in sigs.items()},
+                src_dir=_inside(rec["src_dir"], "src_dir") if rec.get("src_dir") else None,
+                seed=seed,
+            )
+        except KeyError as e:
+            raise BadRecord(f"{e.args[0]} is missing") from None
+        except (TypeError, ValueError) as e:
+            raise BadRecord(str(e)) from None
+
+
+# Bounds on what a sound claim record holds: a job is a few files, retried a bounded number of times.
+MAX_FILES = 1000
+MAX_ATTEMPTS = 1_000_000
+
+
+class BadRecord(ValueError):
+    """A claim record that the daemon cannot have written; the job it names is not acted on."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_name(value: object, key: str) -> str:
+    """A file or folder name with no path in it (what ``os.listdir`` could return)."""
+    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\x00" in value:
+        raise BadRecord(f"{key}: {value!r} is not a plain file name")
+    try:
+        if fsops.name_bytes(value) > fsops.NAME_MAX:
+            raise BadRecord(f"{key}: {value[:40]!r}... is too long for a file name")
+    except UnicodeEncodeError:
+        raise BadRecord(f"{key}: {value!r} is not a file name") from None
+    return value
+
+
+def _inside(value: object, key: str) -> Path:
+    """A folder relative to the inbox (and so to outputs/, done/, failed/, claimed/): never leaves it."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise BadRecord(f"{key} is not a folder path")
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise BadRecord(f"{key} {value!r} points outside the folders")
+    for part in path.parts:
+        _plain_name(part, key)
+    return path
+
+
+def _signature(value: object) -> Signature:
+    if not isinstance(value, list) or len(value) != 3 or not all(_is_int(x) for x in value):
+        raise BadRecord("sigs holds something that is not a file signature")
+    return (value[0], value[1], value[2])
 
 
 def write_record(job: Job) -> None:

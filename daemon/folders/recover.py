@@ -6,14 +6,15 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names, safe_dirs
+from daemon.folders import fsops, names, safe_dirs, trust
 from daemon.folders.claim import Changed, check_regular, copied_across, put_back
-from daemon.folders.jobs import RECORD, RETURNING, Folders, Job, JobState, write_record
+from daemon.folders.jobs import RECORD, RETURNING, BadRecord, Folders, Job, JobState, write_record
 from daemon.folders.names import ERROR_FILE
 from daemon.folders.publish import settle_inputs
 
@@ -38,7 +39,7 @@ def claimed_jobs(folders: Folders) -> Iterator[Path]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             path = Path(entry.path)
-            if (path / RECORD).exists():
+            if os.path.lexists(path / RECORD):
                 yield path
                 continue
             if names.is_job_name(entry.name):
@@ -66,15 +67,64 @@ def _prune_empty(folder: Path, root: Path) -> None:
         folder = folder.parent
 
 
-def _load(folders: Folders, job_dir: Path) -> Job | None:
+# A claim record is a few hundred bytes; one far larger is not ours.
+_RECORD_MAX = 1 << 20
+
+
+def _read_record(job_dir: Path) -> object | None:
+    """The parsed claim record; None when there is none or it is not JSON (a damaged record).
+
+    BadRecord when it is not a plain file (a link): the daemon never writes one.
+    """
     try:
-        return Job.from_record(job_dir, json.loads((job_dir / RECORD).read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        data = trust.read_regular(job_dir / RECORD, _RECORD_MAX)
+    except trust.NotRegular:
+        raise BadRecord(f"{RECORD} is not a plain file") from None
+    except OSError:
+        return None
+    if len(data) > _RECORD_MAX:
+        raise BadRecord(f"{RECORD} is too large")
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _trusted_job(folders: Folders, job_dir: Path, rec: object) -> Job:
+    """The job a claim record names, if it is one the daemon could have written for this folder.
+
+    Besides ``Job.from_record``'s checks: the record must name the folder it lies in.
+    """
+    job = Job.from_record(job_dir, rec)
+    where = job_dir.parent.relative_to(folders.claimed)
+    if job.name != job_dir.name or job.rel_dir != where:
+        raise BadRecord(f"it names {(job.rel_dir / job.name).as_posix()}, not the folder it is in")
+    return job
+
+
+def _plain_inputs(job_dir: Path) -> list[str]:
+    """The names in inputs/; BadRecord if one is not a plain file (a claim moves only plain files
+    there, and the daemon writes only error.txt beside them), so no link is ever filed, or if
+    inputs/ or out/ is not a real folder (recovery empties out/: never through a link)."""
+    for sub in ("inputs", "out"):
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(job_dir / sub).st_mode):
+                raise BadRecord(f"{sub} is not a folder")
+    inputs = job_dir / "inputs"
+    found = sorted(os.listdir(inputs)) if inputs.is_dir() else []
+    for name in found:
+        if not stat.S_ISREG(os.lstat(inputs / name).st_mode):
+            raise BadRecord(f"inputs/{name} is not a plain file")
+    return found
+
+
+def _load(folders: Folders, job_dir: Path) -> Job | None:
+    rec = _read_record(job_dir)
+    names = _plain_inputs(job_dir)
+    if rec is not None:
+        return _trusted_job(folders, job_dir, rec)
     # No readable record. It is written before anything moves, so with empty inputs nothing
     # was taken; files in inputs/ (a damaged record) are rebuilt into a job from the folders.
-    inputs = job_dir / "inputs"
-    names = sorted(os.listdir(inputs)) if inputs.is_dir() else []
     if not names:
         shutil.rmtree(job_dir, ignore_errors=True)
         return None
@@ -119,6 +169,14 @@ def recover(folders: Folders, max_attempts: int) -> tuple[list[Job], list[Job]]:
     for job_dir in list(claimed_jobs(folders)):
         try:
             job = _recover_one(folders, job_dir)
+        except BadRecord as e:
+            # Not written by the daemon: acting on it could move files anywhere. An operator looks.
+            log.error(
+                "claim record not trusted; the claimed folder is left as it is",
+                folder=str(job_dir),
+                problem=str(e),
+            )
+            continue
         except OSError as e:
             log.error("cannot recover claimed job; it stays claimed", job=job_dir.name, error=str(e))
             continue

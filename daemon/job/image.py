@@ -43,6 +43,7 @@ import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daemon.errors import ImageError
+from daemon.folders.trust import NotRegular, read_regular
 from daemon.job.printable import printable
 
 # Once, here, where every job's image is opened. Thumbnails, depth maps and auxiliary images of a
@@ -148,12 +149,12 @@ def load_image(
 
 def _read_capped(path: Path, name: str, max_bytes: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            # Read what the file holds, not max_bytes + 1: read(n) reserves n bytes up front.
-            want = min(os.fstat(f.fileno()).st_size, max_bytes) + 1
-            data = f.read(want)
-            if len(data) == want and want <= max_bytes:  # it grew since: read on, up to the cap
-                data += f.read(max_bytes + 1 - want)
+        # In chunks, as much as the file holds: never a buffer of max_bytes reserved up front.
+        data = read_regular(path, max_bytes)
+    except NotRegular:
+        raise ImageError(
+            f'"{name}" is a link or a special file, not an image. Put the image file itself in the inbox.'
+        ) from None
     except FileNotFoundError:
         raise ImageError(f'The image "{name}" disappeared before it could be read.') from None
     except IsADirectoryError:

@@ -18,7 +18,7 @@ from daemon.encode.recipes import RecipeConfig
 from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
-from daemon.folders.jobs import Job
+from daemon.folders.jobs import Job, write_record
 from daemon.folders.scan import split_name
 from daemon.job.image import fit_to, load_image
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
@@ -109,13 +109,32 @@ def effective(params: JobParams, settings: Settings, family: Family) -> Effectiv
     return Effective(int(steps), steps_from, float(guidance), guidance_from, loras)
 
 
+def _seed(job: Job, params: JobParams, settings: Settings, log: Any) -> int:
+    """The prompt file's (or config's) seed; else the one drawn at the job's first attempt; else a new one.
+
+    A new one is written into the claim record before any model work, so a job resumed after a
+    crash, a lost worker or an out-of-memory retry makes the clip it would have made.
+    """
+    if params.seed is not None:
+        return params.seed
+    if job.seed is None:
+        job.seed = random.randint(0, settings.limits.max_seed)
+        try:
+            write_record(job)
+        except OSError as e:
+            log.warning(
+                "cannot keep the drawn seed in the claim record; a resumed job draws anew", error=str(e)
+            )
+    return job.seed
+
+
 def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_at: datetime) -> Prepared:
     """Check a claimed job's inputs and size its clip; raise JobError for anything wrong with them.
 
     Steps:
     1. pair, sidecar and image checks;
     2. size the clip (``ModelInfo.clip_size``), centre-crop the image to it;
-    3. check the request against what the model takes; pick the seed (random when not given).
+    3. pick the seed (``_seed``), check the request against what the model takes.
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
@@ -130,7 +149,7 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     width, height = model.clip_size(image.width, image.height, params.resolution)
     if model.fixed_size is not None:
         log.info("this model makes one clip size only; resolution is not used", clip_size=f"{width}x{height}")
-    seed = params.seed if params.seed is not None else random.randint(0, settings.limits.max_seed)
+    seed = _seed(job, params, settings, log)
     eff = effective(params, settings, model.family)
     request = GenerationRequest(
         image=fit_to(image, width, height),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import SidecarError
+from daemon.folders.trust import NotRegular, read_regular
 from daemon.job.printable import CONTROL_RE, control_name, printable
 
 # Longer than this (in decimal digits) and a whole number is a HugeNumber: no setting needs more.
@@ -68,8 +69,11 @@ class HugeNumber:
 def read_capped(path: Path, cap: int) -> bytes:
     name = printable(path.name)
     try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
+        data = read_regular(path, cap)
+    except NotRegular:
+        raise SidecarError(
+            f'"{name}" is a link or a special file, not a prompt file. Put the text file itself in the inbox.'
+        ) from None
     except FileNotFoundError:
         raise SidecarError(f'The prompt file "{name}" disappeared before it could be read.') from None
     except IsADirectoryError:

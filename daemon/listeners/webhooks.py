@@ -6,6 +6,11 @@ after ``max_attempts`` tries (then the log says so as an error). A receiver that
 or a daemon restarted meanwhile, therefore loses nothing: the files are sent again on the
 next start. A receiver that wants exactly once can drop repeats of ``X-I2VD-Delivery``.
 
+The spool is read back as if a stranger wrote it: a notice is POSTed only to a URL the
+configuration lists now for that event, so a file placed in the spool can never make the
+daemon send anything anywhere else. Spool files are private (0600): URLs carry credentials,
+which is also why a URL is logged only as ``logs.redact_url`` shows it.
+
 The POSTs happen in one background thread with exponential back-off, so a slow or hung
 receiver never holds up the generation loop; memory stays bounded because the queue in
 memory holds only file names, the notices themselves wait on disk.
@@ -17,12 +22,14 @@ it fails and is to be retried; only a restart before it is delivered loses it.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import http.client
 import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__, logs
-from daemon.folders import fsops
+from daemon.folders import fsops, trust
 from daemon.listeners.events import JobFinished
+from daemon.logs import redact_url
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -42,6 +50,8 @@ MAX_BACKOFF = 3600.0
 _MAX_ANSWER = 64 * 1024
 # Notices kept in memory while the spool cannot be written; beyond, the oldest is dropped.
 HELD_MAX = 1000
+# A spooled notice holds one JOB.json; one far larger is not the daemon's.
+_MAX_SPOOLED = 8 * 1024 * 1024
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -55,7 +65,8 @@ class WebhookSender:
     """Delivers job notices to the configured URLs from its own thread (see ``start``).
 
     Pending deliveries found in ``spool`` (left by an earlier run) are sent first, to the URL
-    each was made for, even if the configuration no longer lists it: the notice was promised.
+    each was made for, if the configuration still lists it for that event; the others are
+    dropped, saying so: only the configuration decides where notices go.
     """
 
     def __init__(
@@ -112,7 +123,7 @@ class WebhookSender:
             if self._thread.ident is not None or self._stop:
                 return
             try:
-                self.spool.mkdir(parents=True, exist_ok=True)
+                self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as e:
                 self._trouble.failed(e)  # a full disk: notices are held in memory (``_keep``)
             for stale in self.spool.glob(".*.tmp"):
@@ -161,7 +172,7 @@ class WebhookSender:
     def _keep(self, name: str, record: dict[str, Any]) -> None:
         """Write a notice to the spool; when that fails, hold it in memory (bounded) instead."""
         try:
-            fsops.write_json_atomic(self.spool / name, record)
+            fsops.write_json_atomic(self.spool / name, record, private=True)
         except OSError as e:
             self._trouble.failed(e)
             with self._cond:
@@ -172,7 +183,7 @@ class WebhookSender:
                     self._log.error(
                         "webhook dropped: the spool cannot be written and too many wait in memory",
                         job=dropped.get("job"),
-                        url=dropped.get("url"),
+                        url=redact_url(str(dropped.get("url"))),
                     )
         else:
             self._trouble.ok()
@@ -232,8 +243,11 @@ class WebhookSender:
         with self._cond:
             held = self._held.get(name)
         try:
-            record = held if held is not None else json.loads(path.read_text(encoding="utf-8"))
+            record = held if held is not None else json.loads(trust.read_regular(path, _MAX_SPOOLED))
             url, event, payload = record["url"], record["event"], record["payload"]
+            tried = int(record.get("attempts", 0))
+            if not isinstance(url, str) or event not in ("done", "failed"):
+                raise ValueError("url or event is not one the daemon writes")
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -241,22 +255,33 @@ class WebhookSender:
             path.rename(path.with_name(name + ".bad"))
             self._log.error("unreadable webhook spool file set aside", file=str(path) + ".bad", error=str(e))
             return
-        error = self._post(url, event, record.get("id", name), payload)
         job = record.get("job")
-        if error is None or int(record.get("attempts", 0)) + 1 >= self.max_attempts:
+        if url not in (self.on_done if event == "done" else self.on_failed):
+            path.unlink(missing_ok=True)
+            with self._cond:
+                self._held.pop(name, None)
+            self._log.warning(
+                f"webhook not sent: [webhooks] on_{event} no longer lists its URL",
+                job=job,
+                url=redact_url(url),
+            )
+            return
+        error = self._post(url, event, str(record.get("id", name)), payload)
+        if error is None or tried + 1 >= self.max_attempts:
             with self._cond:
                 self._held.pop(name, None)
         if error is None:
             path.unlink(missing_ok=True)
-            self._log.info("webhook delivered", job=job, url=url, webhook_event=event)
+            self._log.info("webhook delivered", job=job, url=redact_url(url), webhook_event=event)
             return
-        attempts = int(record.get("attempts", 0)) + 1
+        error = _scrub(error, url)
+        attempts = tried + 1
         if attempts >= self.max_attempts:
             path.unlink(missing_ok=True)
             self._log.error(
                 "webhook dropped after repeated failures",
                 job=job,
-                url=url,
+                url=redact_url(url),
                 webhook_event=event,
                 attempts=attempts,
                 error=error,
@@ -268,24 +293,35 @@ class WebhookSender:
         self._keep(name, record)
         delay = min(self.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF)
         self._log.warning(
-            "webhook failed; will retry", job=job, url=url, attempts=attempts, retry_in=delay, error=error
+            "webhook failed; will retry",
+            job=job,
+            url=redact_url(url),
+            attempts=attempts,
+            retry_in=delay,
+            error=error,
         )
         self._schedule(name, delay)
 
     def _post(self, url: str, event: str, delivery: str, payload: Any) -> str | None:
         """POST ``payload``; None on a 2xx answer, else what went wrong."""
         body = json.dumps(payload, ensure_ascii=False, default=str).encode()
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json; charset=utf-8",
-                "User-Agent": f"i2vd/{__version__}",
-                "X-I2VD-Event": event,
-                "X-I2VD-Delivery": delivery,
-            },
-        )
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": f"i2vd/{__version__}",
+            "X-I2VD-Event": event,
+            "X-I2VD-Delivery": delivery,
+        }
+        parts = urllib.parse.urlsplit(url)
+        if "@" in parts.netloc:
+            # urllib cannot send user:password@ itself: it becomes HTTP basic authentication.
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        try:
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        except ValueError as e:
+            return str(e)
         try:
             with self._opener.open(request, timeout=self.timeout) as answer:
                 answer.read(_MAX_ANSWER)
@@ -295,3 +331,12 @@ class WebhookSender:
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             return str(getattr(e, "reason", None) or e)
         return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+def _scrub(error: str, url: str) -> str:
+    """An error message with any part of ``url`` that may carry a credential cut out."""
+    parts = urllib.parse.urlsplit(url)
+    secrets = [url, parts.netloc.rpartition("@")[0], parts.path, parts.query, parts.fragment]
+    for secret in sorted((x for x in secrets if len(x) > 1), key=len, reverse=True):
+        error = error.replace(secret, "…")
+    return error

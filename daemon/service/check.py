@@ -13,6 +13,7 @@ from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
 from daemon.engine.families import defaults_problem
+from daemon.folders import trust
 from daemon.folders.watch import filesystem_type, watch_mode
 
 Check = tuple[bool, str, str]
@@ -32,8 +33,28 @@ def _folder(name: str, path: Path, mode: str) -> Check:
     return True, f"folder {name}", f"{path} ({fs}{watched}, {free:.1f} GiB free)"
 
 
-def run_checks(settings: Settings, load_generator: Callable[[Settings], Any]) -> Iterator[Check]:
+def _trust(settings: Settings, config: Path | None) -> Iterator[Check]:
+    """Whether only the daemon's user (or root) can change the config and the state folder."""
+    me = trust.user_name(os.geteuid())
+    if config is not None:
+        try:
+            trust.check_config(config)
+            who = me if os.geteuid() == 0 else f"{me} or root"
+            yield True, "config file", f"{config.absolute()}: only {who} can change it"
+        except trust.Untrusted as e:
+            yield False, "config file", str(e)
+    try:
+        trust.secure_state(settings.state_dir)
+        yield True, "state folder", f"{settings.state_dir}: private to {me}"
+    except trust.Untrusted as e:
+        yield False, "state folder", str(e)
+
+
+def run_checks(
+    settings: Settings, load_generator: Callable[[Settings], Any], *, config: Path | None = None
+) -> Iterator[Check]:
     yield True, "config", "valid"
+    yield from _trust(settings, config)
     mode = settings.watch.mode
     for name in ("inbox", "outputs", "done", "failed"):
         yield _folder(name, getattr(settings.paths, name), mode)

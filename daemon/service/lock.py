@@ -18,12 +18,17 @@ class DaemonLocked(Exception):
 def take_lock(state: Path) -> IO[str]:
     """Hold the lock (until the returned file is closed); DaemonLocked names the holder."""
     path = state / LOCK_FILE
-    f = open(path, "a+")  # noqa: SIM115 - held open for the whole run: it is the lock
+    # Never through a link: the lock file is truncated, which must not reach any other file.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise DaemonLocked(f"cannot take the lock {path}: {e.strerror}; remove it if no i2vd runs") from None
+    f = os.fdopen(fd, "r+")  # held open for the whole run: it is the lock
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = f.read(100).partition("\n")[0].strip() or "another process"
         f.close()
         raise DaemonLocked(
             f"another i2vd ({holder}) is already running on these folders (lock {path}); "
@@ -41,7 +46,7 @@ def take_lock(state: Path) -> IO[str]:
 def lock_held(state: Path) -> bool:
     """Whether some process holds the lock now (for ``i2vd status``)."""
     try:
-        with open(state / LOCK_FILE) as f:
+        with os.fdopen(os.open(state / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -37,6 +37,7 @@ from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
+from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Result
 from daemon.job.image import resolution_to_short_side
@@ -173,6 +174,8 @@ class Service:
         """
         try:
             self.folders.ensure()
+        except Untrusted as e:
+            raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"cannot create the folders: {e}") from None
         self._lock = take_lock(self.folders.state)
