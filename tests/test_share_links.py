@@ -181,6 +181,43 @@ def test_recovery_removes_no_temporary_through_a_link(folders: Folders, tmp_path
     assert not (folders.outputs / f".{job.name}.89abcdef.tmp").exists(), "the top is where it files now"
 
 
+def test_recovery_is_not_fooled_by_a_link_to_a_folder_holding_the_jobs_name(
+    folders: Folders, tmp_path: Path
+) -> None:
+    group, before = drop(folders, rel="team")
+    job = claim(folders, group, WHEN)
+    assert job is not None
+    outside = tmp_path / "outside"
+    plant(folders.outputs / "team", outside)
+    (outside / job.name).mkdir()  # "already published", as seen through the link
+    again, _ = recover(folders, max_attempts=3)
+    assert [j.name for j in again] == [job.name], "a job mid-way is run again, not filed as done"
+    assert {n: digest(job.inputs / n) for n in before} == before
+    assert everything_in(outside) == [job.name] and not any(folders.done.rglob("*.png"))
+
+
+def test_recovery_brings_nothing_back_through_an_inbox_folder_swapped_for_a_link(
+    folders: Folders, tmp_path: Path
+) -> None:
+    group, before = drop(folders, rel="team")
+    job = claim(folders, group, WHEN)
+    assert job is not None
+    # A crash mid-claim: the image was still in the inbox; then the folder became a link to a
+    # folder holding a file of the same name (the same bytes, even).
+    image = job.inputs / "cat.png"
+    outside = tmp_path / "outside"
+    (outside).mkdir()
+    os.rename(image, outside / "cat.png")
+    (job.out).rmdir()
+    for n in os.listdir(folders.inbox / "team"):
+        os.unlink(folders.inbox / "team" / n)
+    (folders.inbox / "team").rmdir()
+    plant(folders.inbox / "team", outside)
+    recover(folders, max_attempts=3)
+    assert digest(outside / "cat.png") == before["cat.png"], "nothing taken from outside"
+    assert not (job.inputs / "cat.png").exists()
+
+
 def test_operator_may_make_the_base_folders_links(folders: Folders, tmp_path: Path) -> None:
     real = tmp_path / "big-disk" / "outputs"
     real.mkdir(parents=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from daemon import logs
 from daemon.folders import fsops, names, safe_dirs, trust
-from daemon.folders.claim import Changed, check_regular, copied_across, put_back
+from daemon.folders.claim import Changed, check_regular_at, put_back
 from daemon.folders.jobs import RECORD, RETURNING, BadRecord, Folders, Job, JobState, write_record
 from daemon.folders.names import ERROR_FILE
 from daemon.folders.publish import settle_inputs
@@ -139,21 +139,53 @@ def _complete_claim(folders: Folders, job: Job) -> list[str]:
     """Bring back into inputs/ what a crash mid-claim (or mid-put-back) left in the inbox.
 
     Only the very file that was being claimed is taken (same size, mtime and inode), never a
-    new one of the same name dropped since. Returns the names now in inputs/.
+    new one of the same name dropped since. The inbox folder is opened without following links
+    (a share user may have swapped it for one during the crash): a link there brings nothing
+    back. Returns the names now in inputs/.
     """
-    for name in job.files:
-        here, there = job.inputs / name, folders.inbox / job.source / name
-        if os.path.lexists(here):
-            if copied_across(here, there):
-                with contextlib.suppress(Changed):
-                    check_regular(there, job.sigs.get(name) or (0, 0, 0))
-                    there.unlink()  # the original a cross-filesystem move had not yet removed
-            continue
-        with contextlib.suppress(Changed, OSError):
-            check_regular(there, job.sigs.get(name))
-            if name in job.sigs or not job.sigs:
-                fsops.move(there, here)
+    try:
+        src = safe_dirs.open_under(folders.inbox, job.source, create=False)
+    except OSError:  # gone, or a link (NotAFolder): nothing of this job is there any more
+        src = None
+    if src is not None:
+        try:
+            dst = os.open(job.inputs, safe_dirs.DIR_FLAGS)
+            try:
+                for name in job.files:
+                    _bring_back(job, name, src, dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
     return [n for n in job.files if os.path.lexists(job.inputs / n)]
+
+
+def _bring_back(job: Job, name: str, src: int, dst: int) -> None:
+    if fsops.exists_at(dst, name):
+        if fsops.copied_whole_at(job.inputs / name, src, name):
+            with contextlib.suppress(Changed, OSError):
+                check_regular_at(src, name, job.sigs.get(name) or (0, 0, 0))
+                os.unlink(name, dir_fd=src)  # the original a cross-filesystem move had not yet removed
+        return
+    with contextlib.suppress(Changed, OSError):
+        check_regular_at(src, name, job.sigs.get(name))
+        if name in job.sigs or not job.sigs:
+            fsops.move_at(src, name, dst, name)
+
+
+def _published(folders: Folders, job: Job) -> bool:
+    """Whether the job's outputs folder is in outputs/, where filing puts it: under its inbox
+    subfolder, or at the top when that subfolder was refused as a link. Looked up without
+    following links, so a planted ``outputs/team`` link to a folder holding JOB proves nothing."""
+    for rel in (job.rel_dir, "."):
+        try:
+            with safe_dirs.opened(folders.outputs, rel) as fd:
+                return safe_dirs.is_dir_at(fd, job.name)
+        except safe_dirs.NotAFolder:
+            continue
+        except OSError:
+            return False
+    return False
 
 
 def recover(folders: Folders, max_attempts: int) -> tuple[list[Job], list[Job]]:
@@ -196,7 +228,7 @@ def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
     for name in job.files:
         fsops.remove_temps(job.inputs / name)
     returning = (job.dir / RETURNING).exists()
-    if (folders.outputs / job.rel_dir / job.name).exists():
+    if _published(folders, job):
         settle_inputs(folders, job, JobState.DONE)
         return None
     if not job.inputs.exists():

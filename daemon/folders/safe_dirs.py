@@ -124,6 +124,14 @@ def is_link_at(dir_fd: int, name: str) -> bool:
         return False
 
 
+def is_dir_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` is a folder (not a link to one) in the open folder."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def is_file_at(dir_fd: int, name: str) -> bool:
     """Whether ``name`` is a plain file (not a link to one) in the open folder."""
     try:
