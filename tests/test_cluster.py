@@ -7,7 +7,6 @@ sleeps like a slow GPU) or the tiny model on CPUs; jobs arrive with the shipped 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,13 +16,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
@@ -34,20 +32,10 @@ psutil = pytest.importorskip("psutil")
 
 from daemon.cluster.ray_executor import RayExecutor  # noqa: E402
 from daemon.service.loop import Service  # noqa: E402
+from tests.rayhelper import as_users_run_it, drop, inbox_digests, ray_processes, records, wait_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 FAKE_GPUS = {"num_cpus": 2, "num_gpus": 2}
-
-
-def _ray_processes() -> set[int]:
-    found = set()
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        text = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
-        if any(
-            key in text for key in ("raylet", "gcs_server", "ray::", "default_worker.py", "ray/dashboard")
-        ):
-            found.add(proc.info["pid"])
-    return found
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,40 +51,15 @@ def no_ray_token_in_this_process() -> Iterator[None]:
         yield
 
 
-def as_users_run_it() -> dict[str, str]:
-    """The environment for an ``i2vd`` process: Ray's default token authentication."""
-    return {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-
-
 @pytest.fixture(autouse=True)
 def no_ray_left() -> Iterator[None]:
-    """Each test leaves no Ray process behind (those of other people's runs are not ours)."""
-    before = _ray_processes()
+    """Each test leaves no Ray process behind (those of other runs on this machine are not ours)."""
+    before = ray_processes()
     yield
     deadline = time.monotonic() + 30
-    while (left := _ray_processes() - before) and time.monotonic() < deadline:
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"Ray processes left behind: {left}"
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := what():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting: {message or what}")
-
-
-def drop(inbox: Path, name: str, prompt: str = "waves") -> dict[str, str]:
-    inbox.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / f"{name}.png")
-    (inbox / f"{name}.txt").write_text(prompt)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.glob(f"{name}.*")}
-
-
-def inbox_digests(inbox: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.iterdir() if p.is_file()}
 
 
 def settings_for(tmp_path: Path, model: str, cluster: dict[str, object], **sections: Any) -> Settings:
@@ -104,10 +67,6 @@ def settings_for(tmp_path: Path, model: str, cluster: dict[str, object], **secti
     return load_settings(
         write_config(tmp_path, model, gen, cluster={"backend": "ray", **cluster}, **sections)
     )
-
-
-def records(outputs: Path) -> dict[str, dict[str, Any]]:
-    return {p.parent.name.rsplit("_", 2)[0]: json.loads(p.read_text()) for p in outputs.glob("*/*.json")}
 
 
 def busy(executor: RayExecutor, min_step: int = 1) -> list[Any]:

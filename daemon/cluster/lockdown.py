@@ -14,6 +14,9 @@ Ray is imported and ``unseal`` puts it back when the daemon lets go of Ray:
   Ray 2.60 writes one to ``~/.ray/auth_token`` readable by everyone (umask 022) and prints a
   banner. An operator's own ``RAY_AUTH_MODE`` (and token) is left as it is.
 - ``RAY_USAGE_STATS_ENABLED=0``: Ray does not report usage to its makers over the network.
+- ``DASHBOARD_METRIC_PORT=0``, ``AUTOSCALER_METRIC_PORT=0``: the two metrics servers of Ray's head
+  take a free port (on loopback) instead of fixed ones (44227, 44217) that another Ray on this
+  machine, or a second daemon's, already holds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ TOKEN = "ray-token"
 _SEALED = (
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
     "RAY_USAGE_STATS_ENABLED",
+    "DASHBOARD_METRIC_PORT",
+    "AUTOSCALER_METRIC_PORT",
     "RAY_AUTH_MODE",
     "RAY_AUTH_TOKEN_PATH",
 )
@@ -38,6 +43,7 @@ def seal(state_dir: Path) -> dict[str, str | None]:
     before = {name: os.environ.get(name) for name in _SEALED}
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["DASHBOARD_METRIC_PORT"] = os.environ["AUTOSCALER_METRIC_PORT"] = "0"
     if "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
         if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
