@@ -23,7 +23,7 @@ from PIL import Image
 RAY_PROCESS_MARKS = ("raylet", "gcs_server", "ray::", "default_worker.py", "ray/dashboard", "ray/_private")
 # In the environment of this test run and of every process it starts (Ray's included, and the
 # ``i2vd`` processes, which inherit it): other runs' Rays on this machine are not this run's.
-RUN_MARK = ("I2VD_TEST_RUN", os.environ.setdefault("I2VD_TEST_RUN", uuid.uuid4().hex))
+RUN_MARK = ("I2V_TEST_RAY_RUN", os.environ.setdefault("I2V_TEST_RAY_RUN", uuid.uuid4().hex))
 
 
 def ray_processes() -> set[int]:
