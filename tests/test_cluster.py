@@ -316,6 +316,9 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
     assert len(workers) == 2 and all(line.startswith("ok") for line in workers), check.stdout
     assert all(" loaded in " in line for line in workers), check.stdout
     assert any(line.startswith("ok") and "cluster:" in line for line in lines), check.stdout
+    # stdout holds the check's lines only; Ray's own output (its token banner, its logs) is not there.
+    assert all(line.startswith(("ok  ", "FAIL")) for line in lines), check.stdout
+    assert "Token authentication" not in check.stdout + check.stderr  # the daemon set Ray's mode itself
 
     drop(settings.paths.inbox, "cup")
     drop(settings.paths.inbox, "bowl")
@@ -399,6 +402,50 @@ def test_nodes_that_cannot_load_leave_and_join(
         assert len(waits) == 1
         assert any(e["event"] == "cluster workers available again" for e in logs)
         assert not list(settings.paths.failed.iterdir())
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_joined_cluster_without_gpus_says_what_the_start_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster whose GPU machines have not joined yet: ``i2vd check`` says what is missing at
+    once; the daemon's start says it in the log and goes on when a machine with a GPU joins."""
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="i2vd-ray-")
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
+    cluster = Cluster(initialize_head=False)
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=0, temp_dir=temp)  # a head like i2vd-ray-head's
+        settings = settings_for(tmp_path, "stub", {"address": cluster.address, "gpus_per_worker": 1})
+        missing = "the cluster has 0 GPUs; gpus_per_worker = 1 needs them"
+
+        checking = RayExecutor(settings)
+        with pytest.raises(RuntimeError, match=missing):
+            checking.start(warm_up=None, wait_for_machines=False)
+
+        executor = RayExecutor(settings)
+        with capture_logs() as logs:
+            starter = threading.Thread(target=executor.start, kwargs={"warm_up": None})
+            starter.start()
+            try:
+                wait_for(
+                    lambda: [e for e in logs if e["event"] == "waiting for machines to join the cluster"],
+                    message="the start to say what it waits for",
+                )
+                [waiting] = [e for e in logs if e["event"] == "waiting for machines to join the cluster"]
+                assert missing in waiting["reason"]
+                cluster.add_node(num_cpus=1, num_gpus=1, temp_dir=temp)  # a GPU machine joins
+                starter.join(120)
+                assert not starter.is_alive()
+                assert executor.capacity == 1
+            finally:
+                starter.join(180)
+                executor.close()
     finally:
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

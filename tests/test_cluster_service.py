@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -27,7 +28,15 @@ from tests.helpers import write_config
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("ray")
 
-from tests.rayhelper import alive, as_users_run_it, drop, inbox_digests, records, wait_for  # noqa: E402
+from tests.rayhelper import (  # noqa: E402
+    alive,
+    as_users_run_it,
+    drop,
+    inbox_digests,
+    ray_processes,
+    records,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +58,16 @@ class Daemon:
         self.settings = load_settings(config)
         env = {**as_users_run_it(), "HOME": str(self.home)}
         with self.stderr.open("wb") as err:
+            # A session of its own, as under systemd or in a terminal: Ctrl-C reaches the group.
             self.proc = subprocess.Popen(
-                [*CLI, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=err, env=env
+                [*CLI, "run", "--config", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                start_new_session=True,
             )
         self.started: list[Any] = []
+        self.ray_before = ray_processes()  # those of other tests of this run, still ending
 
     def log(self) -> str:
         return self.stderr.read_text(errors="replace")
@@ -83,11 +98,17 @@ class Daemon:
         return sum(1 for r in state.get("in_flight", []) if r.get("worker") and r.get("step"))
 
     def stop(self, *signals: signal.Signals, between: str = "") -> int:
-        """Send ``signals`` (after the first, once the log shows ``between``); the exit status."""
+        """Send ``signals`` (after the first, once the log shows ``between``); the exit status.
+
+        SIGTERM goes to the daemon alone, as systemd sends it (KillMode=mixed); SIGINT to its
+        whole process group, Ray's processes included, as Ctrl-C in a terminal does."""
         for n, sig in enumerate(signals):
             if n and between:
                 wait_for(lambda: any(e.startswith(between) for e in self.events()), 60, between)
-            self.proc.send_signal(sig)
+            if sig == signal.SIGINT:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
         try:
             code = self.proc.wait(180)
         finally:
@@ -97,10 +118,11 @@ class Daemon:
 
     def assert_nothing_left(self) -> None:
         """No process the daemon started lives on (Ray ends with its daemon)."""
-        with contextlib.suppress(AssertionError):
-            wait_for(lambda: not alive(self.started), 60)  # they may take a moment to go
+        with contextlib.suppress(AssertionError):  # they may take a moment to go
+            wait_for(lambda: not alive(self.started) and not ray_processes() - self.ray_before, 60)
         left = [" ".join(p.cmdline())[:120] for p in alive(self.started)]
         assert not left, left
+        assert not ray_processes() - self.ray_before  # nor any Ray process started after the snapshot
 
 
 def config_for(tmp_path: Path, seconds: float, steps: int) -> Path:
@@ -158,6 +180,7 @@ def test_one_sigterm_lets_the_jobs_on_every_worker_finish(tmp_path: Path, daemon
 
     assert daemon.stop(signal.SIGTERM) == 0, daemon.log()[-3000:]
     assert any(e.startswith("stop requested: finishing") for e in daemon.events())
+    assert "cluster worker lost mid-job" not in daemon.events()
     assert RAYS_HANDLER not in daemon.log()
     assert sorted(records(daemon.settings.paths.outputs)) == ["bowl", "cup"]
     assert not list(inbox.iterdir())
@@ -165,7 +188,7 @@ def test_one_sigterm_lets_the_jobs_on_every_worker_finish(tmp_path: Path, daemon
     daemon.assert_nothing_left()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-to-the-group"])
 def test_a_second_signal_puts_the_jobs_on_every_worker_back_in_the_inbox(
     tmp_path: Path, daemons: list, sig: signal.Signals
 ) -> None:
@@ -178,6 +201,7 @@ def test_a_second_signal_puts_the_jobs_on_every_worker_back_in_the_inbox(
 
     assert daemon.stop(sig, sig, between="stop requested") == 0, daemon.log()[-3000:]
     assert any(e.startswith("interrupting") for e in daemon.events())
+    assert "cluster worker lost mid-job" not in daemon.events()  # Ctrl-C reached Ray too: it held
     assert RAYS_HANDLER not in daemon.log()
     assert inbox_digests(inbox) == before
     assert not records(daemon.settings.paths.outputs)
@@ -206,3 +230,27 @@ def test_a_machine_without_the_gpus_a_worker_needs_is_told_so_at_once(tmp_path: 
     )
     assert run.returncode == 1, run.stderr[-3000:]
     assert expected in run.stderr
+
+
+def test_a_sigterm_while_ray_starts_ends_the_start_and_leaves_nothing(tmp_path: Path, daemons: list) -> None:
+    """systemd may stop the service while Ray is still starting: the daemon ends, says why if it
+    did not get to run, claims nothing and leaves no Ray process."""
+    daemon = Daemon(tmp_path, config_for(tmp_path, 0, 2))
+    daemons.append(daemon)
+    drop(daemon.settings.paths.inbox, "cup")
+    wait_for(lambda: "jobs run on Ray workers" in daemon.events(), 120, "the daemon to begin starting Ray")
+
+    def ray_started() -> list:
+        return [
+            p for p in psutil.Process(daemon.proc.pid).children(recursive=True) if "gcs_server" in p.name()
+        ]
+
+    wait_for(ray_started, 120, "Ray's first process")
+    daemon.started = psutil.Process(daemon.proc.pid).children(recursive=True)
+    code = daemon.stop(signal.SIGTERM)
+    log = daemon.log()
+    # Met by Ray's start, the stop ends it (exit 1, saying so); met after, it is a warm stop (0).
+    assert (code, "came while Ray was starting" in log) in ((1, True), (0, False)), log[-3000:]
+    assert not list((daemon.settings.state_dir / "claimed").iterdir())
+    assert sorted(p.name for p in daemon.settings.paths.inbox.iterdir()) == ["cup.png", "cup.txt"]
+    daemon.assert_nothing_left()
