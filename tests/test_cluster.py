@@ -191,6 +191,33 @@ def test_metrics_show_every_worker_and_its_step() -> None:
     assert 'i2vd_worker_job_steps_total{worker="ray-1"} 8.0' in text
 
 
+def test_the_private_rays_token_is_the_daemons_alone_and_the_environment_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.cluster import lockdown
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / ".i2vd"
+    state.mkdir(mode=0o700)
+    (state / "ray-token").symlink_to(tmp_path / "elsewhere")  # what a stranger might leave there
+    before = dict(os.environ)
+
+    sealed = lockdown.seal(state)
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token == state / "ray-token" and not token.is_symlink()
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    assert not (tmp_path / "elsewhere").exists()  # replaced, never written through
+    assert os.environ["RAY_AUTH_MODE"] == "token" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    lockdown.unseal(state, sealed)
+    assert dict(os.environ) == before and not token.exists()
+
+    # An operator's own choice stands: no token of ours where authentication is off.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    lockdown.unseal(state, lockdown.seal(state))
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and not token.exists()
+
+
 # -- one machine, fake GPUs --------------------------------------------------------------
 
 
@@ -437,8 +464,8 @@ def test_a_joined_cluster_without_gpus_says_what_the_start_waits_for(
                     lambda: [e for e in logs if e["event"] == "waiting for machines to join the cluster"],
                     message="the start to say what it waits for",
                 )
-                [waiting] = [e for e in logs if e["event"] == "waiting for machines to join the cluster"]
-                assert missing in waiting["reason"]
+                waiting = [e for e in logs if e["event"] == "waiting for machines to join the cluster"]
+                assert missing in waiting[0]["reason"]
                 cluster.add_node(num_cpus=1, num_gpus=1, temp_dir=temp)  # a GPU machine joins
                 starter.join(120)
                 assert not starter.is_alive()

@@ -12,7 +12,7 @@ Ray is imported and ``unseal`` puts it back when the daemon lets go of Ray:
 - Token authentication with a fresh token for each start, in the state folder (0700), written
   0600: other users of this machine can reach 127.0.0.1 but cannot read the token. Without it
   Ray 2.60 writes one to ``~/.ray/auth_token`` readable by everyone (umask 022) and prints a
-  banner. An operator's own ``RAY_AUTH_MODE`` (and token) is left as it is.
+  banner. An operator's own ``RAY_AUTH_MODE`` and token are left as they are.
 - ``RAY_USAGE_STATS_ENABLED=0``: Ray does not report usage to its makers over the network.
 - ``DASHBOARD_METRIC_PORT=0``, ``AUTOSCALER_METRIC_PORT=0``: the two metrics servers of Ray's head
   take a free port (on loopback) instead of fixed ones (44227, 44217) that another Ray on this
@@ -44,10 +44,10 @@ def seal(state_dir: Path) -> dict[str, str | None]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["DASHBOARD_METRIC_PORT"] = os.environ["AUTOSCALER_METRIC_PORT"] = "0"
-    if "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
-            os.environ["RAY_AUTH_TOKEN_PATH"] = str(write_token(state_dir / TOKEN))
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    told = "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ
+    if os.environ["RAY_AUTH_MODE"].lower() == "token" and not told:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(write_token(state_dir / TOKEN))
     return before
 
 

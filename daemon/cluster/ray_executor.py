@@ -76,13 +76,9 @@ class RayExecutor:
         self._connection.connect()
         timeout = self.config.start_timeout
         shortfall = self._connection.shortfall()
-        if shortfall is not None:
-            if self.config.address == "local" or not wait_for_machines:
-                self.close()
-                raise RuntimeError(shortfall)
-            self._log.warning(
-                "waiting for machines to join the cluster", reason=shortfall, timeout_seconds=timeout
-            )
+        if shortfall is not None and (self.config.address == "local" or not wait_for_machines):
+            self.close()
+            raise RuntimeError(shortfall)
         pool.start(warm_up=warm_up)
         pool.scale(force=True)
         deadline = time.monotonic() + timeout
@@ -95,14 +91,21 @@ class RayExecutor:
                 break
             if not states and time.monotonic() - pool.resources_at > 2.0:
                 pool.scale(force=True)  # no room in the cluster yet: look again
-            if states and time.monotonic() - told >= WAIT_NOTE_EVERY:
+            if time.monotonic() - told >= WAIT_NOTE_EVERY:
                 told = time.monotonic()
-                self._log.info(
-                    "waiting for the cluster workers to load the model",
-                    loading=states.count("loading"),
-                    workers=len(states),
-                    seconds_left=round(deadline - told),
-                )
+                if states:
+                    self._log.info(
+                        "waiting for the cluster workers to load the model",
+                        loading=states.count("loading"),
+                        workers=len(states),
+                        seconds_left=round(deadline - told),
+                    )
+                else:
+                    self._log.warning(
+                        "waiting for machines to join the cluster",
+                        reason=self._connection.shortfall() or "starting the first workers",
+                        seconds_left=round(deadline - told),
+                    )
         with pool.lock:
             loaded = [w for w in pool.workers.values() if w.state == "idle"]
             failed = [w for w in pool.workers.values() if w.state == "failed"]
