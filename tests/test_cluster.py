@@ -17,13 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
@@ -34,20 +33,10 @@ psutil = pytest.importorskip("psutil")
 
 from daemon.cluster.ray_executor import RayExecutor  # noqa: E402
 from daemon.service.loop import Service  # noqa: E402
+from tests.rayhelper import as_users_run_it, drop, inbox_digests, ray_processes, records, wait_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "daemon.cli"]
 FAKE_GPUS = {"num_cpus": 2, "num_gpus": 2}
-
-
-def _ray_processes() -> set[int]:
-    found = set()
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        text = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
-        if any(
-            key in text for key in ("raylet", "gcs_server", "ray::", "default_worker.py", "ray/dashboard")
-        ):
-            found.add(proc.info["pid"])
-    return found
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,40 +52,15 @@ def no_ray_token_in_this_process() -> Iterator[None]:
         yield
 
 
-def as_users_run_it() -> dict[str, str]:
-    """The environment for an ``i2vd`` process: Ray's default token authentication."""
-    return {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-
-
 @pytest.fixture(autouse=True)
 def no_ray_left() -> Iterator[None]:
-    """Each test leaves no Ray process behind (those of other people's runs are not ours)."""
-    before = _ray_processes()
+    """Each test leaves no Ray process behind (those of other runs on this machine are not ours)."""
+    before = ray_processes()
     yield
     deadline = time.monotonic() + 30
-    while (left := _ray_processes() - before) and time.monotonic() < deadline:
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"Ray processes left behind: {left}"
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := what():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting: {message or what}")
-
-
-def drop(inbox: Path, name: str, prompt: str = "waves") -> dict[str, str]:
-    inbox.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / f"{name}.png")
-    (inbox / f"{name}.txt").write_text(prompt)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.glob(f"{name}.*")}
-
-
-def inbox_digests(inbox: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.iterdir() if p.is_file()}
 
 
 def settings_for(tmp_path: Path, model: str, cluster: dict[str, object], **sections: Any) -> Settings:
@@ -104,10 +68,6 @@ def settings_for(tmp_path: Path, model: str, cluster: dict[str, object], **secti
     return load_settings(
         write_config(tmp_path, model, gen, cluster={"backend": "ray", **cluster}, **sections)
     )
-
-
-def records(outputs: Path) -> dict[str, dict[str, Any]]:
-    return {p.parent.name.rsplit("_", 2)[0]: json.loads(p.read_text()) for p in outputs.glob("*/*.json")}
 
 
 def busy(executor: RayExecutor, min_step: int = 1) -> list[Any]:
@@ -230,6 +190,33 @@ def test_metrics_show_every_worker_and_its_step() -> None:
     assert 'i2vd_worker_up{device="cpu",host="gpu2",worker="ray-1"} 1.0' in text
     assert 'i2vd_worker_job_step{worker="ray-1"} 5.0' in text
     assert 'i2vd_worker_job_steps_total{worker="ray-1"} 8.0' in text
+
+
+def test_the_private_rays_token_is_the_daemons_alone_and_the_environment_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.cluster import lockdown
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / ".i2vd"
+    state.mkdir(mode=0o700)
+    (state / "ray-token").symlink_to(tmp_path / "elsewhere")  # what a stranger might leave there
+    before = dict(os.environ)
+
+    sealed = lockdown.seal(state)
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token == state / "ray-token" and not token.is_symlink()
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    assert not (tmp_path / "elsewhere").exists()  # replaced, never written through
+    assert os.environ["RAY_AUTH_MODE"] == "token" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    lockdown.unseal(state, sealed)
+    assert dict(os.environ) == before and not token.exists()
+
+    # An operator's own choice stands: no token of ours where authentication is off.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    lockdown.unseal(state, lockdown.seal(state))
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and not token.exists()
 
 
 # -- one machine, fake GPUs --------------------------------------------------------------
@@ -386,6 +373,9 @@ def test_run_once_and_check_on_cpu_workers_with_the_tiny_model(tmp_path: Path, t
     assert len(workers) == 2 and all(line.startswith("ok") for line in workers), check.stdout
     assert all(" loaded in " in line for line in workers), check.stdout
     assert any(line.startswith("ok") and "cluster:" in line for line in lines), check.stdout
+    # stdout holds the check's lines only; Ray's own output (its token banner, its logs) is not there.
+    assert all(line.startswith(("ok  ", "FAIL")) for line in lines), check.stdout
+    assert "Token authentication" not in check.stdout + check.stderr  # the daemon set Ray's mode itself
 
     drop(settings.paths.inbox, "cup")
     drop(settings.paths.inbox, "bowl")
@@ -469,6 +459,50 @@ def test_nodes_that_cannot_load_leave_and_join(
         assert len(waits) == 1
         assert any(e["event"] == "cluster workers available again" for e in logs)
         assert not list(settings.paths.failed.iterdir())
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_joined_cluster_without_gpus_says_what_the_start_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster whose GPU machines have not joined yet: ``i2vd check`` says what is missing at
+    once; the daemon's start says it in the log and goes on when a machine with a GPU joins."""
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="i2vd-ray-")
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
+    cluster = Cluster(initialize_head=False)
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=0, temp_dir=temp)  # a head like i2vd-ray-head's
+        settings = settings_for(tmp_path, "stub", {"address": cluster.address, "gpus_per_worker": 1})
+        missing = "the cluster has 0 GPUs; gpus_per_worker = 1 needs them"
+
+        checking = RayExecutor(settings)
+        with pytest.raises(RuntimeError, match=missing):
+            checking.start(warm_up=None, wait_for_machines=False)
+
+        executor = RayExecutor(settings)
+        with capture_logs() as logs:
+            starter = threading.Thread(target=executor.start, kwargs={"warm_up": None})
+            starter.start()
+            try:
+                wait_for(
+                    lambda: [e for e in logs if e["event"] == "waiting for machines to join the cluster"],
+                    message="the start to say what it waits for",
+                )
+                waiting = [e for e in logs if e["event"] == "waiting for machines to join the cluster"]
+                assert missing in waiting[0]["reason"]
+                cluster.add_node(num_cpus=1, num_gpus=1, temp_dir=temp)  # a GPU machine joins
+                starter.join(120)
+                assert not starter.is_alive()
+                assert executor.capacity == 1
+            finally:
+                starter.join(180)
+                executor.close()
     finally:
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

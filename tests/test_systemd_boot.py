@@ -554,3 +554,163 @@ def test_install_does_not_build_the_service_on_a_python_it_cannot_see(
     assert len(lines) == 1 and "PYTHON=" in lines[0] and "ProtectHome" in lines[0], refused.stderr
     explicit = box.run("/opt/i2vd/systemd/install.sh", env={"PATH": path, "PYTHON": exe}, check=False)
     assert explicit.returncode == 1 and "PYTHON=" in explicit.stderr
+
+
+# --- 11: Ray (docs/cluster.md): a private Ray under i2vd.service, the head and node units --
+
+RAY_DROPIN = "/etc/systemd/system/i2vd.service.d/ray-test.conf"
+# Workers on the container's CPUs (it has no GPU), one CPU each: the docs' demo settings.
+CPU_WORKERS = "Environment=I2VD_CLUSTER__GPUS_PER_WORKER=0\nEnvironment=I2VD_CLUSTER__CPUS_PER_WORKER=1\n"
+TOKEN_ENV = "Environment=RAY_AUTH_MODE=token\nEnvironment=RAY_AUTH_TOKEN_PATH=/etc/i2vd/ray-token\n"
+
+
+@pytest.fixture(scope="module")
+def ray_installed(box: Container, installed: object) -> None:
+    """The cluster extra, installed as docs/cluster.md says; i2vd left stopped."""
+    _, pip_env = pip_binds()
+    proc = box.run(
+        '/opt/i2vd/.venv/bin/pip install "/opt/i2vd[cluster]"', env=pip_env, timeout=1800, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    box.run("systemctl stop i2vd", timeout=1000)
+
+
+def ray_left(box: Container) -> list[str]:
+    """Ray processes of the service user still running in the container."""
+    out = box.run("ps -u i2vd -o args=", check=False).stdout
+    marks = ("raylet", "gcs_server", "ray::", "default_worker", "ray/dashboard", "ray start")
+    return [line for line in out.splitlines() if any(m in line for m in marks)]
+
+
+def sigterm_seen_by_ray(box: Container, after: int) -> list[str]:
+    """What Ray prints when its own handler, not the daemon's, takes a SIGTERM."""
+    return [
+        str(e.get("MESSAGE"))
+        for e in journal(box, after=after)
+        if "SIGTERM received" in str(e.get("MESSAGE"))
+    ]
+
+
+def start_with_dropin(box: Container, dropin: str) -> int:
+    mark = cursor(box)
+    box.run(
+        f"mkdir -p {os.path.dirname(RAY_DROPIN)} && printf %s {shlex.quote(dropin)} > {RAY_DROPIN}"
+        " && systemctl daemon-reload && systemctl start i2vd",
+        timeout=1800,
+    )
+    wait_event(box, "watching", after=mark)
+    state = show(box)
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
+    return mark
+
+
+def test_ray_mode_stops_warm_then_cold_under_systemd(box: Container, ray_installed: None) -> None:
+    """`systemctl stop` (one SIGTERM) lets the job on the private Ray's worker finish; two
+    SIGTERMs put it back in the inbox; either way the unit stops cleanly and no Ray is left."""
+    dropin = f"[Service]\nEnvironment=I2VD_CLUSTER__BACKEND=ray\n{CPU_WORKERS}"
+    try:
+        mark = start_with_dropin(box, dropin)
+        drop(box, FOLDERS, "raywarm", QUICK, "toml")
+        started = wait_event(box, "job started", after=mark)
+        box.run("systemctl stop i2vd", timeout=1000)
+        state = show(box)
+        assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), state
+        assert job_of(box, FOLDERS, "raywarm") == started["job"]
+        assert any(
+            str(e["event"]).startswith("stop requested: finishing") for e in events(journal(box, after=mark))
+        )
+        assert sigterm_seen_by_ray(box, mark) == []
+        assert ray_left(box) == []
+        nothing_half_moved(box)
+
+        mark = start_with_dropin(box, dropin)
+        drop(box, FOLDERS, "raycold")  # the shipped defaults: long enough for two signals
+        wait_event(box, "job started", after=mark)
+        box.run("systemctl kill --kill-whom=main --signal=SIGTERM i2vd")
+        wait_for(
+            "the warm stop",
+            lambda: any(
+                str(e["event"]).startswith("stop requested") for e in events(journal(box, after=mark))
+            ),
+        )
+        box.run("systemctl kill --kill-whom=main --signal=SIGTERM i2vd")
+        wait_for("the daemon to stop", lambda: show(box)["ActiveState"] == "inactive")
+        state = show(box)
+        assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+        assert sorted(listing(box, f"{FOLDERS}/inbox")) == ["raycold.png", "raycold.txt"]
+        assert job_of(box, FOLDERS, "raycold") is None
+        assert listing(box, f"{FOLDERS}/.i2vd/claimed") == []
+        assert sigterm_seen_by_ray(box, mark) == []
+        assert ray_left(box) == []
+    finally:
+        box.run(f"rm -f {RAY_DROPIN} {FOLDERS}/inbox/raycold.* && systemctl daemon-reload", check=False)
+
+
+def test_ray_head_and_node_units_run_hardened_and_the_daemon_joins_them(
+    box: Container, ray_installed: None
+) -> None:
+    """docs/cluster.md's several-machines steps on one machine: the token, the head unit, a node
+    (the worker unit with its ports moved by a drop-in, as a second machine would not need),
+    and i2vd.service joining the head; a clip is made on the node; every unit stops cleanly."""
+    box.run(
+        "install -o root -g i2vd -m 0640 /dev/null /etc/i2vd/ray-token && python3 -c"
+        " \"import secrets; print(secrets.token_hex(32), end='')\" | tee /etc/i2vd/ray-token >/dev/null"
+    )
+    assert box.run("stat -c '%a %U %G' /etc/i2vd/ray-token").stdout.split() == ["640", "root", "i2vd"]
+    node_dropin = "/etc/systemd/system/i2vd-ray-worker.service.d/here.conf"
+    ray = "/opt/i2vd/.venv/bin/ray"
+    node_start = (
+        f"{ray} start --address=127.0.0.1:6379 --block --node-manager-port=7380 --object-manager-port=7381"
+        " --runtime-env-agent-port=7382 --dashboard-agent-grpc-port=7383 --dashboard-agent-listen-port=7384"
+        " --metrics-export-port=7385 --min-worker-port=11002 --max-worker-port=11199"
+        " --disable-usage-stats --temp-dir=/var/lib/i2vd/ray-node --num-cpus=1"
+    )
+    try:
+        mark = cursor(box)
+        units = " ".join(f"/opt/i2vd/systemd/i2vd-ray-{name}.service" for name in ("head", "worker"))
+        box.run(
+            f"install -m 0644 {units} /etc/systemd/system/ && mkdir -p {os.path.dirname(node_dropin)}"
+            f" && printf '[Service]\\nExecStart=\\nExecStart={node_start}\\n' > {node_dropin}"
+            " && systemctl daemon-reload && systemctl start i2vd-ray-head",
+            timeout=600,
+        )
+        wait_for(
+            "the head to run",
+            lambda: any(
+                "Ray runtime started" in str(e.get("MESSAGE")) for e in journal(box, "i2vd-ray-head", mark)
+            ),
+        )
+        box.run("systemctl start i2vd-ray-worker", timeout=600)
+        env = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/i2vd/ray-token"
+
+        def nodes() -> int:
+            out = box.run(
+                f"runuser -u i2vd -- env {env} {ray} status --address=127.0.0.1:6379", check=False
+            ).stdout
+            return out.partition("Active:")[2].partition("Pending:")[0].count("node_")
+
+        wait_for("the node to join the head", lambda: nodes() == 2)
+        dropin = (
+            "[Unit]\nAfter=i2vd-ray-head.service\nRequires=i2vd-ray-head.service\n[Service]\n"
+            f"Environment=I2VD_CLUSTER__BACKEND=ray\nEnvironment=I2VD_CLUSTER__ADDRESS=127.0.0.1:6379\n"
+            f"{CPU_WORKERS}{TOKEN_ENV}"
+        )
+        mark = start_with_dropin(box, dropin)
+        drop(box, FOLDERS, "joined", QUICK, "toml")
+        job = wait_clip(box, "joined")
+        assert job_json(box, job)["worker"]["name"].startswith("ray-")
+        for unit in ("i2vd", "i2vd-ray-worker", "i2vd-ray-head"):
+            box.run(f"systemctl stop {unit}", timeout=1000)
+            state = show(box, unit)
+            assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), (unit, state)
+            if unit != "i2vd":  # the Ray units never restarted under their hardening
+                assert state["NRestarts"] == "0", (unit, state)
+        assert ray_left(box) == []
+        nothing_half_moved(box)
+    finally:
+        box.run(
+            f"systemctl stop i2vd i2vd-ray-worker i2vd-ray-head; rm -f {RAY_DROPIN} {node_dropin}"
+            " && systemctl daemon-reload",
+            timeout=1000,
+            check=False,
+        )

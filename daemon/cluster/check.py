@@ -11,7 +11,10 @@ Check = tuple[bool, str, str]
 
 
 def cluster_checks(settings: Settings) -> Iterator[Check]:
-    """Join (or start) the cluster, start the workers as ``i2vd run`` would, list them, let go."""
+    """Join (or start) the cluster, start the workers as ``i2vd run`` would, list them, let go.
+
+    A cluster without the GPUs (or CPUs) a worker asks for fails at once: check does not wait for
+    machines to join."""
     if importlib.util.find_spec("ray") is None:
         yield False, "cluster", 'backend = "ray" but Ray is not installed: pip install "i2v-daemon[cluster]"'
         return
@@ -20,7 +23,7 @@ def cluster_checks(settings: Settings) -> Iterator[Check]:
     executor = RayExecutor(settings)
     try:
         try:
-            executor.start(warm_up=None)
+            executor.start(warm_up=None, wait_for_machines=False)
         except Exception as e:
             yield False, "cluster", str(e)
             for name, state, info in executor.workers():

@@ -31,6 +31,9 @@ from daemon.config import Settings
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo
 from daemon.service.executor import ProgressBoard
 
+# While workers load the model (minutes for a large one), a log line this often says so.
+WAIT_NOTE_EVERY = 30.0
+
 
 class RayExecutor:
     """Workers as Ray actors; ``capacity`` is how many of them have the model loaded now."""
@@ -47,7 +50,7 @@ class RayExecutor:
         self.settings = settings
         self.config = settings.cluster
         self.board = board or ProgressBoard()
-        log = logs.get()
+        log = self._log = logs.get()
         self._connection = RayConnection(settings, ray_options=ray_options or {}, log=log)
         self._pool = WorkerPool(settings, self._connection, board=self.board, log=log)
         self._dispatcher = Dispatcher(self._pool, board=self.board, log=log)
@@ -62,13 +65,24 @@ class RayExecutor:
     def capacity(self) -> int:
         return self._pool.capacity
 
-    def start(self, *, warm_up: tuple[int, int] | None) -> None:
-        """Join or start Ray, start the workers and wait until they have loaded the model."""
+    def start(self, *, warm_up: tuple[int, int] | None, wait_for_machines: bool = True) -> None:
+        """Join or start Ray, start the workers and wait until they have loaded the model.
+
+        A cluster without the resources one worker needs fails at once, naming them: a private
+        Ray never gains any, and ``wait_for_machines=False`` (``i2vd check``) does not wait for
+        GPU machines to join. Otherwise every wait is logged with what it waits for.
+        """
         pool = self._pool
         self._connection.connect()
+        timeout = self.config.start_timeout
+        shortfall = self._connection.shortfall()
+        if shortfall is not None and (self.config.address == "local" or not wait_for_machines):
+            self.close()
+            raise RuntimeError(shortfall)
         pool.start(warm_up=warm_up)
         pool.scale(force=True)
-        deadline = time.monotonic() + self.config.start_timeout
+        deadline = time.monotonic() + timeout
+        told = 0.0
         while time.monotonic() < deadline:
             self._dispatcher.round(0.2)
             with pool.lock:
@@ -76,19 +90,34 @@ class RayExecutor:
             if states and "loading" not in states:
                 break
             if not states and time.monotonic() - pool.resources_at > 2.0:
-                pool.scale(force=True)  # no GPU in the cluster yet: look again
+                pool.scale(force=True)  # no room in the cluster yet: look again
+            if time.monotonic() - told >= WAIT_NOTE_EVERY:
+                told = time.monotonic()
+                if states:
+                    self._log.info(
+                        "waiting for the cluster workers to load the model",
+                        loading=states.count("loading"),
+                        workers=len(states),
+                        seconds_left=round(deadline - told),
+                    )
+                else:
+                    self._log.warning(
+                        "waiting for machines to join the cluster",
+                        reason=self._connection.shortfall() or "starting the first workers",
+                        seconds_left=round(deadline - told),
+                    )
         with pool.lock:
             loaded = [w for w in pool.workers.values() if w.state == "idle"]
             failed = [w for w in pool.workers.values() if w.state == "failed"]
         if not loaded:
             reasons = "; ".join(f"{w.name}: {w.info.error if w.info else '?'}" for w in failed)
+            offers = self._connection.shortfall() or f"the cluster offers {self._connection.resources()}"
             self.close()
             if reasons:
                 raise RuntimeError(f"no cluster worker could load the model ({reasons})")
             raise RuntimeError(
-                f"no cluster worker was ready within cluster.start_timeout ({self.config.start_timeout:g} s):"
-                f" the cluster offers {self._connection.resources()}; check that the GPU machines joined"
-                " (ray status) and have the resources each worker asks for"
+                f"no cluster worker was ready within cluster.start_timeout ({timeout:g} s): {offers};"
+                " check that the GPU machines joined (ray status) and have the resources each worker asks for"
             )
         from daemon.engine.families import defaults_problem
 
