@@ -29,6 +29,7 @@ from typing import Any
 
 from daemon.cluster import lockdown, private
 from daemon.config import Settings
+from daemon.service.executor import WorkersUnfit
 
 # The handlers ``ray.init`` would replace.
 _KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -167,7 +168,7 @@ def _init_keeping_signals(options: dict[str, Any]) -> None:
         stop = kept[signal.SIGTERM]
         if callable(stop):
             stop(signal.SIGTERM, None)
-        raise RuntimeError("a stop (SIGTERM) came while Ray was starting; not started") from None
+        raise WorkersUnfit("a stop (SIGTERM) came while Ray was starting; not started") from None
     finally:
         # Set from Python, they also replace at the C level the crash handler Ray's core added.
         for sig, handler in kept.items():

@@ -29,7 +29,7 @@ from daemon.cluster.pool import WorkerPool
 from daemon.cluster.worker import WorkerInfo
 from daemon.config import Settings
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo
-from daemon.service.executor import ProgressBoard
+from daemon.service.executor import ProgressBoard, WorkersUnfit
 
 # While workers load the model (minutes for a large one), a log line this often says so.
 WAIT_NOTE_EVERY = 30.0
@@ -78,7 +78,7 @@ class RayExecutor:
         shortfall = self._connection.shortfall()
         if shortfall is not None and (self.config.address == "local" or not wait_for_machines):
             self.close()
-            raise RuntimeError(shortfall)
+            raise WorkersUnfit(shortfall)
         pool.start(warm_up=warm_up)
         pool.scale(force=True)
         deadline = time.monotonic() + timeout

@@ -32,6 +32,11 @@ from daemon.engine.interface import GenerationRequest, GenerationResult, Generat
 from daemon.errors import JobError
 
 
+class WorkersUnfit(RuntimeError):
+    """The workers cannot start for a reason of the machine or the cluster (no GPUs where the
+    config asks for them, a stop while starting); the message names it and the fix in one line."""
+
+
 class Cancelled(Exception):
     """A job interrupted by a cold stop (or a stop whose grace ran out); its files go back to the inbox."""
 
