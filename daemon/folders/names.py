@@ -111,8 +111,14 @@ def sort_inputs(files: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     as companions beside an image, and as the image when there is none (the job then fails
     naming them); a group of companions alone is not a job.
     """
+    files = sorted(files)
+    if len(files) == 1:  # most groups while a backlog waits: the cheap way
+        kind = group_of(files[0])[1]
+        if kind == PROMPT:
+            return [], files, []
+        return ([], [], files) if kind == COMPANION else (files, [], [])
     kinds: dict[str, list[str]] = {IMAGE: [], PROMPT: [], COMPANION: [], OTHER: []}
-    for name in sorted(files):
+    for name in files:
         kinds[group_of(name)[1]].append(name)
     if kinds[IMAGE]:
         return kinds[IMAGE], kinds[PROMPT], sorted(kinds[COMPANION] + kinds[OTHER])

@@ -17,10 +17,11 @@ next to nothing while nothing changes:
   show a second change within the same tick);
 - ignored names (junk) are skipped while listing and nothing is kept for them;
 - only files still settling are looked at every scan. A settled file is looked at again
-  before its group is taken (so a file rewritten in place settles again), while its group is
-  at the front of the ready queue, and at the full rescan every ``FULL_RESCAN_SECONDS``,
-  which lists every folder and looks at every file whatever the folder times say (network
-  mounts may cache them);
+  before its group is taken (so a file rewritten in place settles again), every scan while
+  its group is at the front of the ready queue, and when the inbox comes back after going
+  missing;
+- every ``FULL_RESCAN_SECONDS`` each folder is listed whatever its time says (network mounts
+  may cache folder times);
 - folders deeper than ``watch.max_depth`` are not looked into, and said once in the log.
 
 On a local filesystem (where Samba or the NFS server writes) one more check applies,
@@ -47,6 +48,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ BUSY_LIMIT_MIN = 300.0
 BUSY_LIMIT_SETTLES = 10
 # Waiting groups listed by name (status, share page); a backlog of thousands is counted, not listed.
 PENDING_SHOWN = 200
-# Every folder listed and every file looked at, whatever the folder times say, this often.
+# Every folder listed, whatever its time says, this often.
 FULL_RESCAN_SECONDS = 30.0
 # A folder changed this recently (by the wall clock) may change again within the same tick of
 # a coarse filesystem clock (FAT: 2 s) without its mtime moving: it is listed again next scan.
@@ -154,15 +156,22 @@ def _same(a: Group, b: Group) -> bool:
 
 
 class _File:
-    """One plain file the scanner keeps track of."""
+    """One plain file the scanner keeps track of (a backlog holds many: kept small)."""
 
-    __slots__ = ("checked", "own", "sig", "since")
+    __slots__ = ("checked", "ino", "mtime", "own", "since", "size")
 
-    def __init__(self, sig: Signature, since: float, checked: int, own: bool) -> None:
-        self.sig = sig
+    def __init__(self, st: os.stat_result, since: float, checked: int, own: bool) -> None:
+        self.size, self.mtime, self.ino = st.st_size, st.st_mtime_ns, st.st_ino
         self.since = since  # clock reading when this signature was first observed
         self.checked = checked  # the scan that last looked at it
         self.own = own  # one the daemon wrote beside a failed job (error.txt, JOB.log)
+
+    @property
+    def sig(self) -> Signature:
+        return (self.size, self.mtime, self.ino)
+
+    def same(self, st: os.stat_result) -> bool:
+        return self.mtime == st.st_mtime_ns and self.size == st.st_size and self.ino == st.st_ino
 
 
 class _Folder:
@@ -235,12 +244,13 @@ class InboxScanner:
         self._folders: dict[str, _Folder] = {}
         self._scan_no = 0
         self._next_full = float("-inf")
+        self._restat = False  # look at every file at the next listing, not only new ones
         self._files = 0  # files tracked that may be part of a job
         # (folder, NAME) -> the group, ready; and the ready groups in claim order (None: to sort)
         self._ready: dict[tuple[str, str], Group] = {}
         self._ready_sorted: list[Group] | None = []
-        # (folder, NAME) -> (since, name shown, what it waits for, files, due), not ready yet
-        self._waiting: dict[tuple[str, str], tuple[float, str, str, int, float]] = {}
+        # (folder, NAME) -> (since, due, files, what it waits for), not ready yet
+        self._waiting: dict[tuple[str, str], tuple[float, float, int, str]] = {}
         self._waiting_files = 0
         self._due: list[tuple[float, str, str]] = []  # (due, folder, NAME), stale entries skipped
         self._pending_stale = False
@@ -272,6 +282,7 @@ class InboxScanner:
         elif ok and self.missing:
             self.log.info("inbox is back; carrying on", inbox=str(self.inbox))
             self._next_full = float("-inf")  # whatever came back, look at all of it
+            self._restat = True
         self.missing, self.missing_reason = not ok, reason
         return ok
 
@@ -296,6 +307,7 @@ class InboxScanner:
             if folder is not None:
                 folder.touched.add(g.name)
         self._walk(now, full)
+        self._restat = False
         self._sum_up(now)
         return list(self._claim_order())
 
@@ -347,13 +359,13 @@ class InboxScanner:
             # Its time is taken before listing: a change made while listing shows next scan.
             f.ident = ident
             f.racy = time.time_ns() - st.st_mtime_ns < RACY_NS
-            self._list(f, fd, now, full)
-        for name in list(f.settling):
+            self._list(f, fd, now)
+        for name in [n for n in f.settling if f.files[n].checked != self._scan_no]:
             self._observe(f, fd, name, now)
         while f.touched:
             self._judge(f, fd, f.touched.pop(), now)
 
-    def _list(self, f: _Folder, fd: int, now: float, full: bool) -> None:
+    def _list(self, f: _Folder, fd: int, now: float) -> None:
         present: set[str] = set()
         subdirs: dict[str, _Folder] = {}
         refused = False
@@ -378,7 +390,7 @@ class InboxScanner:
                     # and opening a FIFO blocks.
                     present.add(name)
                     old = f.files.get(name)
-                    if old is None or full or entry.inode() != old.sig[2]:
+                    if old is None or self._restat or entry.inode() != old.ino:
                         self._observe(f, fd, name, now)
         for name in [n for n in f.files if n not in present]:
             self._drop(f, name)
@@ -434,25 +446,27 @@ class InboxScanner:
             if old is not None:
                 self._drop(f, name)
             return
-        sig = signature(st)
-        if old is not None and old.sig == sig:
+        if old is not None and old.same(st):
             old.checked = self._scan_no
             if name in f.settling and now - old.since >= self.settle_seconds:
                 f.settling.discard(name)
+                if not f.settling:
+                    f.settling = set()  # a set keeps its size: let a big one go
                 if not old.own:
                     f.touched.add(names.group_of(name)[0])
             return
         if old is not None:
             self._drop(f, name)
         own = names.may_be_own(name) and self._is_own(fd, name)
-        f.files[name] = _File(sig, now, self._scan_no, own)
+        f.files[name] = _File(st, now, self._scan_no, own)
         if self.settle_seconds > 0:
             f.settling.add(name)
         if own:
             f.own.add(name)
             self._find_home(f)
         else:
-            stem = names.group_of(name)[0]
+            # One string for the NAME, however many places hold it (a backlog holds many).
+            stem = sys.intern(names.group_of(name)[0])
             f.groups.setdefault(stem, []).append(name)
             f.touched.add(stem)
             self._files += 1
@@ -517,6 +531,7 @@ class InboxScanner:
         so a settled file rewritten in place since is seen, and settles again.
         """
         key = (f.rel, stem)
+        queued = self._waiting.get(key, (0.0, now, 0, ""))[1]  # a due-list entry stands for it then
         was = self._unlist(key)
         while members := f.groups.get(stem):
             images, prompts, companions = names.sort_inputs(members)
@@ -542,11 +557,11 @@ class InboxScanner:
                 return
             due = since + (self.settle_seconds if complete or clash else self.pair_timeout)
             state = "arriving" if quiet < self.settle_seconds else _WAITING_FOR[bool(prompts)]
-            shown = stem if f.home == "." else f"{f.home}/{stem}"
-            self._waiting[key] = (since, shown, state, len(members), due)
+            self._waiting[key] = (since, due, len(members), state)
             self._waiting_files += len(members)
             self._pending_stale = True
-            heapq.heappush(self._due, (due, f.rel, stem))
+            if due != queued:
+                heapq.heappush(self._due, (due, f.rel, stem))
             break
         if was is not None:
             self._ready_sorted = None  # it left the ready list
@@ -556,14 +571,14 @@ class InboxScanner:
         caller re-sorts the ready list, or puts it back unchanged)."""
         waiting = self._waiting.pop(key, None)
         if waiting is not None:
-            self._waiting_files -= waiting[3]
+            self._waiting_files -= waiting[2]
             self._pending_stale = True
         return self._ready.pop(key, None)
 
     def _current(self, entry: tuple[float, str, str]) -> bool:
         """Whether a due-list entry still stands for its group (it is waiting, due then)."""
         waiting = self._waiting.get(entry[1:])
-        return waiting is not None and waiting[4] == entry[0]
+        return waiting is not None and waiting[1] == entry[0]
 
     def _touch_due(self, now: float) -> None:
         """Mark for judging every waiting group whose time has come."""
@@ -583,14 +598,20 @@ class InboxScanner:
         while due and not self._current(due[0]):
             heapq.heappop(due)  # judged again since: a newer entry stands for it
         if len(due) > 2 * len(self._waiting) + 64:
-            self._due = due = [(w[4], rel, stem) for (rel, stem), w in self._waiting.items()]
+            self._due = due = [(w[1], rel, stem) for (rel, stem), w in self._waiting.items()]
             heapq.heapify(due)
         self.next_ready_in = max(0.0, due[0][0] - now) if due else None
         self.waiting = self._waiting_files
         if self._pending_stale:
             self._pending_stale = False
-            oldest = heapq.nsmallest(PENDING_SHOWN, (w[:3] for w in self._waiting.values()))
-            self.pending = [(shown, state) for _, shown, state in oldest]
+            oldest = heapq.nsmallest(PENDING_SHOWN, ((w[0], key) for key, w in self._waiting.items()))
+            self.pending = [(self._shown(key), self._waiting[key][3]) for _, key in oldest]
+
+    def _shown(self, key: tuple[str, str]) -> str:
+        """A waiting group's name as people know it: where its job will be filed, and its NAME."""
+        rel, stem = key
+        home = self._folders[rel].home if rel in self._folders else rel
+        return stem if home == "." else f"{home}/{stem}"
 
     def _group(
         self,

@@ -19,6 +19,7 @@ import select
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,19 +286,26 @@ class Watcher:
     def _run(self) -> None:
         """Wait for events (waking the loop) or for the next check that the watch is on the
         inbox folder that is there now."""
+        next_check = time.monotonic() + self.RECHECK_SECONDS
         try:
             while True:
-                fds = [self._stop_r] + ([self._ino.fd] if self._ino is not None else [])
-                ready, _, _ = select.select(fds, [], [], self.RECHECK_SECONDS)
+                # poll, not select: a descriptor numbered above 1023 is fine (a daemon holding a
+                # model and its libraries may have that many open).
+                poller = select.poll()
+                poller.register(self._stop_r, select.POLLIN)
+                if self._ino is not None:
+                    poller.register(self._ino.fd, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll(self.RECHECK_SECONDS * 1000)]
                 if self._stop_r in ready:
                     return
                 if self._ino is not None and self._ino.fd in ready:
                     if self._ino.handle():
                         self.wake.set()
                     self._say_full()
-                    if not self._ino.lost:
-                        continue
-                self._recheck()
+                lost = self._ino is not None and self._ino.lost
+                if lost or time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.RECHECK_SECONDS
+                    self._recheck()
         except Exception:
             # Never fatal: the scan keeps finding jobs without events.
             self.log.exception("the inotify watcher stopped; polling only")
