@@ -76,6 +76,9 @@ class WatchConfig(_Section):
     settle_seconds: float = Field(3.0, ge=0, le=3600)
     pair_timeout: float = Field(120.0, ge=0)
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    # Subfolder levels of the inbox looked into; deeper folders are ignored (and said once in
+    # the log). The share page lists as deep.
+    max_depth: int = Field(8, ge=1, le=32)
     # After a first SIGTERM/SIGINT the current generation may run this long before it is
     # interrupted and its files returned to the inbox. Keep systemd's TimeoutStopSec above it.
     stop_grace: float = Field(600.0, ge=0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import tomllib
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,28 @@ def write_config(
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def nested(top: Path, levels: int, name: str = "d") -> Iterator[Path]:
+    """``levels`` folders inside each other under ``top``; yields the innermost, and removes the
+    chain (and the plain files in it) afterwards.
+
+    Deeper than ~1,000 levels both os.makedirs and shutil.rmtree (pytest's clean-up of old
+    temporary folders too) exceed Python's recursion limit: both are done level by level here.
+    """
+    chain = [top.joinpath(*[name] * depth) for depth in range(1, levels + 1)]
+    try:
+        for folder in chain:
+            folder.mkdir()
+        yield chain[-1]
+    finally:
+        for folder in reversed(chain):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.listdir(folder):
+                    if entry != name:
+                        (folder / entry).unlink()
+                folder.rmdir()
 
 
 def probe(path: Path | str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The hot folder against real writers: real watchdog observers, real folders, the real Service
+"""The hot folder against real writers: real inotify watchers, real folders, the real Service
 with the ``stub`` generator (no model work) and a real clock, real subprocesses for the CLI.
 
 What it proves: a file is never taken before it is whole, whatever way it arrives; a burst
@@ -8,6 +8,7 @@ neither crash the daemon nor lose or double a job; a second daemon is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -166,6 +167,33 @@ def test_inotify_watcher_rearms_when_the_inbox_is_made_again(tmp_path: Path) -> 
         assert wake.wait(5), "writes into the re-made inbox must wake the loop"
     finally:
         watcher.stop()
+
+
+@pytest.mark.parametrize("made", ["before the start", "while watching"])
+def test_inotify_watcher_survives_a_thousand_nested_folders(tmp_path: Path, made: str) -> None:
+    # A recursive watcher walks such a tree by recursion: it could not start, or went deaf.
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    wake = threading.Event()
+    watcher = Watcher(inbox, wake, "inotify", max_depth=8)
+    with contextlib.ExitStack() as stack:
+        if made == "before the start":
+            deepest = stack.enter_context(helpers.nested(inbox, 1100))
+            watcher.start()
+        else:
+            watcher.start()
+            deepest = stack.enter_context(helpers.nested(inbox, 1100))
+            wake.wait(1)
+        try:
+            assert watcher.armed
+            assert len(watcher._ino.watches) == 1 + 9, "down to max_depth, and a returned job folder below"
+            (deepest / "lost.png").write_bytes(b"data")  # too deep: no watch there
+            wake.clear()
+            (inbox / "d" / "cat.png").write_bytes(b"data")
+            assert wake.wait(5), "a write into the inbox must still wake the loop"
+        finally:
+            watcher.stop()
+    assert not watcher.armed
 
 
 def test_poll_mode_starts_no_observer_and_the_scan_finds_jobs(tmp_path: Path) -> None:

@@ -1,14 +1,34 @@
-"""Names the daemon gives things: JOB folder names and the files it writes beside a job.
+"""Names: what each file in the inbox is, JOB folder names, and the files the daemon writes beside a job.
 
-One home for them, because three parts must agree: the claim makes JOB names, the share
-page and recovery read them back, and the inbox scanner must recognise the daemon's own
-files when a person drags a failed job's folder back into the inbox to retry it.
+One home for them, because several parts must agree: the scanner groups inbox files by
+name and the job picks its image and prompt file among them by the same rules; the claim
+makes JOB names, the share page and recovery read them back; and the scanner must
+recognise the daemon's own files when a person drags a failed job's folder back into the
+inbox to retry it.
+
+A group is every file in one folder sharing a name (``cat.png`` + ``cat.txt``). Each file
+in it is one of:
+
+- an image (``IMAGE_EXTS``): what the clip is made from;
+- a prompt file (``SIDECAR_EXTS``);
+- a companion (``COMPANION_EXTS``): what cameras and photo tools keep beside a photo, a RAW
+  file or an edit-settings file, never read. Tools that name theirs after the whole photo
+  name (darktable's ``IMG_1.CR2.xmp``, RawTherapee's ``IMG_1.jpg.pp3``, Google Takeout's
+  ``IMG_1.jpg.json``) are grouped with the photo;
+- anything else: a companion too when the group has an image (an iPhone Live Photo's
+  ``.MOV``), otherwise taken for the image, so the job fails saying it is not one.
+
+Companions go with their job into done/ or failed/, untouched; a group of companions alone
+is not a job and stays in the inbox (see the README's "Dropping files").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+from collections.abc import Iterable
 from datetime import datetime
 
 ERROR_FILE = "error.txt"
@@ -33,6 +53,76 @@ _OLD_RETRY_ADVICE = ("To try again, fix the problem and move the files back into
 _SNIFF_BYTES = 64 * 1024
 # File-manager litter that may sit in a returned folder and may go with it.
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+# What Pillow decodes, by the names it registers for them, less what it only writes (PDF,
+# Palm), cannot decode here (MPEG, WMF/EMF, the HDF5/GRIB/BUFR stubs) or must never open (EPS
+# and PostScript run Ghostscript); plus HEIF and AVIF, which a plugin decodes. By name only:
+# the job decides by content whether a file really is one.
+IMAGE_EXTS = frozenset(
+    {
+        *(".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib"),
+        *(".tif", ".tiff", ".heic", ".heif", ".avif", ".avifs", ".psd", ".tga", ".icb", ".vda"),
+        *(".vst", ".ico", ".cur", ".icns", ".pcx", ".dcx", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm"),
+        *(".qoi", ".dds", ".blp", ".sgi", ".rgb", ".rgba", ".bw", ".ras", ".msp", ".xbm", ".xpm"),
+        *(".im", ".iim", ".pcd", ".pxr", ".mpo", ".fli", ".flc", ".ftc", ".ftu", ".gbr", ".fit"),
+        *(".fits", ".j2k", ".jp2", ".jpx", ".j2c", ".jpc", ".jpf"),
+    }
+)
+SIDECAR_EXTS = (".txt", ".toml", ".json")
+# Camera RAW files: a photo the daemon cannot read, kept beside the JPEG a camera also wrote.
+RAW_EXTS = frozenset(
+    {".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".sr2", ".dng", ".raf", ".orf", ".rw2", ".rwl"}
+    | {".srw", ".pef", ".3fr", ".iiq", ".x3f"}
+)
+# Edit settings and thumbnails photo tools keep beside a photo: Lightroom and darktable (.xmp),
+# iPhone edits (.AAE), camera thumbnails (.THM), DxO (.dop), RawTherapee (.pp3).
+COMPANION_EXTS = RAW_EXTS | {".xmp", ".aae", ".thm", ".dop", ".pp3"}
+
+IMAGE, PROMPT, COMPANION, OTHER = "image", "prompt", "companion", "other"
+
+
+def split_name(filename: str) -> tuple[str, str]:
+    """``'my.cat.PNG'`` -> ``('my.cat', '.png')``; the extension is lower-cased for matching."""
+    stem, dot, ext = filename.rpartition(".")
+    if not dot or not stem:
+        return filename, ""
+    return stem, "." + ext.lower()
+
+
+def group_of(filename: str) -> tuple[str, str]:
+    """(the NAME a file is grouped under, what it is: IMAGE, PROMPT, COMPANION or OTHER)."""
+    stem, ext = split_name(filename)
+    if ext in COMPANION_EXTS or ext == ".json":
+        photo, photo_ext = split_name(stem)
+        if photo_ext in IMAGE_EXTS or photo_ext in RAW_EXTS:
+            return photo, COMPANION  # IMG_1.CR2.xmp, IMG_1.jpg.json: named after the whole photo name
+    if ext in SIDECAR_EXTS:
+        return stem, PROMPT
+    if ext in IMAGE_EXTS:
+        return stem, IMAGE
+    return stem, COMPANION if ext in COMPANION_EXTS else OTHER
+
+
+def sort_inputs(files: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """A group's file names as (images, prompt files, companions), each sorted.
+
+    Exactly one image and at most one prompt file make a job. Files of no known kind count
+    as companions beside an image, and as the image when there is none (the job then fails
+    naming them); a group of companions alone is not a job.
+    """
+    files = sorted(files)
+    if len(files) == 1:  # most groups while a backlog waits: the cheap way
+        kind = group_of(files[0])[1]
+        if kind == PROMPT:
+            return [], files, []
+        return ([], [], files) if kind == COMPANION else (files, [], [])
+    kinds: dict[str, list[str]] = {IMAGE: [], PROMPT: [], COMPANION: [], OTHER: []}
+    for name in files:
+        kinds[group_of(name)[1]].append(name)
+    if kinds[IMAGE]:
+        return kinds[IMAGE], kinds[PROMPT], sorted(kinds[COMPANION] + kinds[OTHER])
+    return kinds[OTHER], kinds[PROMPT], kinds[COMPANION]
 
 
 def job_name(stem: str, when: datetime, clash: int = 1) -> str:
@@ -79,14 +169,32 @@ def own_file_kind(name: str, head: bytes | None) -> str | None:
     return None
 
 
+def may_be_own(name: str) -> bool:
+    """Whether a file could be one the daemon wrote beside a job (a cheap test on the name)."""
+    return name == ERROR_FILE or name.endswith((".log", ".json", ".txt"))
+
+
 def needs_content(name: str) -> bool:
     """Whether ``own_file_kind`` needs the file's content to decide (cheap name test first)."""
     return name == ERROR_FILE or (name.endswith(".json") and is_job_name(name[:-5]))
 
 
-def sniff(path: str) -> bytes | None:
+def sniff(path: str, dir_fd: int | None = None) -> bytes | None:
+    """The start of a plain file; None for anything else. A link is not followed and a FIFO
+    swapped in meanwhile is not waited on (share users can do both)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        with open(path, "rb") as f:
-            return f.read(_SNIFF_BYTES)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = b""
+        while len(head) < _SNIFF_BYTES and (chunk := os.read(fd, _SNIFF_BYTES - len(head))):
+            head += chunk
+        return head
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

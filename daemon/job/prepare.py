@@ -19,10 +19,10 @@ from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
-from daemon.folders.scan import split_name
+from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
 from daemon.job.image import fit_to, load_image
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
-from daemon.job.sidecar import SIDECAR_EXTS, JobParams, defaults, read_sidecar
+from daemon.job.sidecar import JobParams, defaults, read_sidecar
 
 
 @dataclass
@@ -39,17 +39,24 @@ class Prepared:
 
 def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
     """The job's image and sidecar; a JobError when the pair is not exactly one of each."""
-    sidecars = [n for n in job.files if split_name(n)[1] in SIDECAR_EXTS]
-    images = [n for n in job.files if n not in sidecars]
+    # Companions (a RAW file, an .xmp) travel with the job but are never read.
+    images, sidecars, companions = sort_inputs(job.files)
     if len(sidecars) > 1:
         raise SidecarError(
             f"There are {len(sidecars)} prompt files for one image: {', '.join(sidecars)}. "
             "Keep only one of them (a .txt, .toml or .json file with the same name as the image)."
         )
     if not images:
+        raw = [n for n in companions if split_name(n)[1] in RAW_EXTS]
+        alone = f"The prompt file {sidecars[0]}" if sidecars else ", ".join(companions)
         raise JobError(
-            f"The prompt file {sidecars[0]} has no image beside it. Put an image with the same name "
+            f"{alone} has no image beside it. Put an image with the same name "
             f"(for example {job.stem}.png or {job.stem}.jpg) in the same folder as the prompt file."
+            + (
+                f" {raw[0]} is a camera RAW file, which cannot be used: save a JPEG copy of it."
+                if raw
+                else ""
+            )
         )
     if len(images) > 1:
         raise JobError(

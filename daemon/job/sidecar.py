@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
+from daemon.folders.names import SIDECAR_EXTS  # defined with the other inbox names; also imported from here
 from daemon.job.printable import CONTROL_RE, control_name, printable
 from daemon.job.sidecar_text import CONTROL_FIX, decode, kind, parse_json, parse_toml, read_capped, show
 
 if TYPE_CHECKING:
     from daemon.config_sections import GenerationConfig, LimitsConfig
-
-SIDECAR_EXTS = (".txt", ".toml", ".json")
 
 KNOWN_KEYS = (
     "prompt",

@@ -162,6 +162,7 @@ class Service:
             settle_seconds=settings.watch.settle_seconds,
             pair_timeout=settings.watch.pair_timeout,
             clock=self.clock,
+            max_depth=settings.watch.max_depth,
         )
 
     # -- set-up and tear-down ------------------------------------------------------------
@@ -212,7 +213,8 @@ class Service:
         for job in again:
             self.log.warning("resuming job interrupted by a crash", job=job.name, attempt=job.attempts)
         if self._watch:
-            self._watcher = Watcher(self.folders.inbox, self.wake, self.settings.watch.mode)
+            watch = self.settings.watch
+            self._watcher = Watcher(self.folders.inbox, self.wake, watch.mode, max_depth=watch.max_depth)
             self._watcher.start()
         model = self.executor.model
         self.log.info(
