@@ -89,7 +89,7 @@ def _check_trust(path: Path | None, settings: Settings, log: Any) -> None:
 
 
 def _load_generator(settings: Settings):  # type: ignore[no-untyped-def]
-    from daemon.engine.load import load_generator
+    from daemon.engine.generator import load_generator
     from daemon.engine.options import EngineOptions
 
     return load_generator(

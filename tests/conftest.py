@@ -31,7 +31,7 @@ def tiny_generator(tiny_model_dir: Path) -> DiffusersGenerator:
 
     Tests that change a generator (fault injection, options) load their own.
     """
-    from daemon.engine.load import load_generator
+    from daemon.engine.generator import load_generator
     from daemon.engine.runner import DiffusersGenerator
 
     # "tiny" with the session build's parent as cache: the id -> build_tiny path, reusing the build.

@@ -16,7 +16,7 @@ import torch
 
 from daemon.engine import tiny_families
 from daemon.engine.families import get_family
-from daemon.engine.load import load_generator
+from daemon.engine.generator import load_generator
 from daemon.engine.oom import InjectOOM, Ladder
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator

@@ -13,8 +13,8 @@ from PIL import Image
 
 from daemon.config_sections import ModelConfig
 from daemon.engine.detect import detect_family, family_from_index
+from daemon.engine.generator import load_generator
 from daemon.engine.interface import GenerationRequest
-from daemon.engine.load import load_generator
 from daemon.engine.runner import DiffusersGenerator
 from daemon.engine.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
 from daemon.errors import GenerationError

@@ -24,7 +24,7 @@ from daemon.config import Settings
 from daemon.engine.adapters import AdapterSpec
 from daemon.engine.detect import family_from_index
 from daemon.engine.families import FAMILIES, HUNYUAN_I2V, LTX2, WAN22_A14B, WAN22_TI2V, get_family
-from daemon.engine.load import load_generator
+from daemon.engine.generator import load_generator
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
 from daemon.job.prepare import effective

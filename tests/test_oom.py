@@ -22,8 +22,8 @@ from PIL import Image
 from daemon import logs
 from daemon.config import Settings
 from daemon.engine.families import get_family
+from daemon.engine.generator import load_generator
 from daemon.engine.interface import GenerationRequest
-from daemon.engine.load import load_generator
 from daemon.engine.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
 from daemon.engine.runner import DiffusersGenerator
 from daemon.errors import GenerationError

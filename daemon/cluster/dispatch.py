@@ -13,26 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from daemon.cluster.pool import Worker, WorkerPool, short
+from daemon.cluster.pool import Task, Worker, WorkerPool, short
 from daemon.cluster.worker import Made, WorkerCancelled
-from daemon.engine.interface import GenerationRequest, GenerationResult
+from daemon.engine.interface import GenerationResult
 from daemon.errors import JobError
 from daemon.service.executor import Cancelled, JobStopped, ProgressBoard, WorkerLost
-
-
-@dataclass
-class Task:
-    job: str
-    request: GenerationRequest
-    recipes: Mapping[str, Any] | None
-    future: Future[GenerationResult]
 
 
 class Dispatcher:

@@ -14,18 +14,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon.cluster.connection import RayConnection
 from daemon.cluster.worker import ClusterWorker, WorkerInfo
 from daemon.config import Settings
-from daemon.engine.interface import ModelInfo
+from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo
 from daemon.service.executor import ProgressBoard, WorkerState
-
-if TYPE_CHECKING:
-    from daemon.cluster.dispatch import Task
 
 # How often busy workers are asked for their step, idle ones whether they live, and the cluster
 # for new GPUs.
@@ -37,6 +35,16 @@ RESPAWN_BACKOFF = 60.0
 RESOURCES_EVERY = 10.0
 # Calls a worker answers at once: ``run`` in one thread, ``progress``/``abort``/``info`` in others.
 ACTOR_THREADS = 3
+
+
+@dataclass
+class Task:
+    """A job on its way to a worker: what it asks for, and where its result goes."""
+
+    job: str
+    request: GenerationRequest
+    recipes: Mapping[str, Any] | None
+    future: Future[GenerationResult]
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Any
 
 from daemon import logs
 from daemon.cluster.connection import RayConnection
-from daemon.cluster.dispatch import Dispatcher, Task
-from daemon.cluster.pool import WorkerPool
+from daemon.cluster.dispatch import Dispatcher
+from daemon.cluster.pool import Task, WorkerPool
 from daemon.cluster.worker import WorkerInfo
 from daemon.config import Settings
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo

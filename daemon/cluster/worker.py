@@ -158,7 +158,7 @@ class ClusterWorker:
 
 
 def _load(model: Any, loras: Any, cache_dir: Path) -> Generator:
-    from daemon.engine.load import load_generator
+    from daemon.engine.generator import load_generator
     from daemon.engine.options import EngineOptions
 
     return load_generator(

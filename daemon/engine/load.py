@@ -1,4 +1,6 @@
-"""Which model an id names, and loading it: ``stub``, the ``tiny`` builds, a folder or a Hub id.
+"""Which model an id names and where its files are: ``stub``, the ``tiny`` builds, a folder or a Hub id.
+
+``daemon.engine.generator`` turns an id into a loaded generator with these.
 
 The daemon never downloads: a Hub id loads only from the cache that ``i2vd fetch-model``
 (``daemon.engine.fetch``) fills ahead of time, so a missing model fails fast with the command
@@ -13,9 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from daemon.engine.choices import check_device
 from daemon.engine.detect import detect_family
 from daemon.engine.families import I2VGENXL, Family
-from daemon.engine.interface import Generator
-from daemon.engine.options import EngineOptions
-from daemon.engine.stub import STUB_ID, StubGenerator
+from daemon.engine.stub import STUB_ID
 from daemon.engine.tiny import TINY_VERSION, build_tiny
 
 if TYPE_CHECKING:
@@ -189,41 +189,3 @@ def _in_cache(model_id: str, revision: str | None, cache_dir: Path) -> bool:
     except Exception:  # an id the hub library rejects: let from_pretrained say what is wrong with it
         return True
     return isinstance(found, str)
-
-
-def load_generator(
-    model_id: str,
-    *,
-    revision: str | None,
-    device: str,
-    dtype: str,
-    cache_dir: Path,
-    options: EngineOptions | None = None,
-    family: str = "auto",
-) -> Generator:
-    """``stub`` / ``stub:SECONDS`` -> StubGenerator; anything else (``tiny``, ``tiny-wan``, a folder, a
-    Hub id) -> ``DiffusersGenerator``.
-
-    ``options``: the ``[model]`` speed and memory settings and the adapters
-    (``EngineOptions.from_config(settings.model, settings.loras)``); None means the defaults.
-    ``family`` (``[model] family``): "auto" detects the model family from ``model_index.json``.
-    """
-    if model_kind(model_id) == "stub":
-        _, _, seconds = model_id.partition(":")
-        try:
-            return StubGenerator(float(seconds) if seconds else 0.0)
-        except ValueError:
-            raise ValueError(
-                f"model.id {model_id!r}: write 'stub' or 'stub:SECONDS' (e.g. stub:2.5)."
-            ) from None
-    from daemon.engine.runner import DiffusersGenerator
-
-    return DiffusersGenerator(
-        model_id,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        options=options,
-        family=family,
-    )
