@@ -142,13 +142,50 @@ def test_submit_without_a_config_refuses_instead_of_filling_a_stray_inbox(tmp_pa
 def test_run_without_a_config_or_model_says_so_in_two_lines(tmp_path: Path) -> None:
     # The built-in default model is a Hub id no test machine holds: run must not try the Hub.
     r = run("run", "--once", cwd=tmp_path, HF_HUB_OFFLINE="1")
-    assert r.returncode == 1
-    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert r.returncode == 2 and r.stdout == ""
+    *logged, last = r.stderr.splitlines()
+    events = [json.loads(line) for line in logged]  # the log, for the journal
     assert events[0]["level"] == "warning" and events[0]["event"].startswith("no config file found")
-    failed = events[-1]
-    assert failed["event"] == "model failed to load" and "--config" in failed["hint"]
-    assert "is not in the model cache" in failed["error"] and "i2vd fetch-model" in failed["error"]
+    # The one plain line: what failed, the fix, and that no config was found.
+    assert last.startswith("i2vd: cannot start: model ali-vilab/i2vgen-xl cannot be loaded:")
+    assert "is not in the model cache" in last and "i2vd fetch-model" in last and "--config" in last
     assert "local_files_only" not in r.stderr
+
+
+def start_failure(r: subprocess.CompletedProcess[str]) -> str:
+    """The one plain line of a start that failed; every other stderr line is a log event."""
+    assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+    *logged, last = r.stderr.splitlines()
+    assert all(json.loads(line)["level"] == "info" for line in logged)
+    assert last.startswith("i2vd: cannot start: "), last
+    return last
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_one_line_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[model]\nid = "tiny"\ndevice = "cpu"\nquantize = "fp8"\n')
+    line = start_failure(run("run", "--once", cwd=tmp_path))
+    assert "fp8" in line and "Set model.quantize = 'int8' or 'none'" in line
+
+
+def test_a_broken_recipe_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[model]\nid = "stub"\n[recipes.odd]\nfilters = ["nosuchfilter=1"]\n'
+    )
+    line = start_failure(run("run", "--once", cwd=tmp_path))
+    assert "recipe 'odd'" in line and "nosuchfilter" in line
+
+
+def test_check_prints_only_its_lines_and_logs_no_json(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # compile on a CPU is ignored, with a log line: it used to show up among check's lines as JSON.
+    (tmp_path / "config.toml").write_text(
+        f'[model]\nid = "{tiny_model_dir}"\ndevice = "cpu"\ncompile = true\n[generation]\nnum_frames = 8\n'
+    )
+    r = run("check", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert all(line.startswith(("ok    ", "FAIL  ")) for line in lines), r.stdout
+    assert any(line.startswith("ok    model: ") for line in lines)
+    assert r.stderr == f"i2vd: config {tmp_path / 'config.toml'}\n"
 
 
 def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path: Path) -> None:
