@@ -236,7 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daemon.service.status_file import read_status, render
 
     _, settings = _settings(args)
-    status = read_status(folders_of(settings).state)
+    folders = folders_of(settings)
+    status = read_status(folders.state, outputs=folders.outputs, failed=folders.failed)
     if args.json:
         print(json.dumps(status, indent=2), file=args.out)
     else:

@@ -197,11 +197,11 @@ def test_status_and_the_share_page_show_every_worker() -> None:
             },
         ],
     }
-    text = render(status)
+    text = render({**status, "running": True})  # as read_status returns it
     assert "workers  2 of 3 ready" in text
     assert "ray-1  gpu2  NVIDIA H200 (GPU 0)  bowl_1 step 5/8" in text
     assert "ray-2  gpu3  none  lost (FileNotFoundError: x)" in text
-    render({**status, "running": True})  # as read_status returns it
+    assert "workers" not in render({**status, "running": False}), "a stopped daemon's workers went with it"
     page = _now_box(status)
     assert page.count('class="box now"') == 2 and "on gpu2" in page and "Step 5 of 8" in page
 

@@ -218,6 +218,14 @@ def test_long_queue_is_cut_and_counted() -> None:
     assert "Waiting (1000)" in out
 
 
+def test_the_waiting_count_counts_what_is_listed_also_files_not_ready_yet() -> None:
+    noticed = [["owl", "waiting for its prompt file"], ["team/cup", "arriving"]]
+    out = render(busy(queue=[], queue_length=0, arriving=noticed), [])
+    assert "Waiting (2)" in out and "Noticed, not ready yet" in out
+    out = render(busy(queue=["fox"], queue_length=1, arriving=noticed), [])
+    assert "Waiting (3)" in out and li_texts(out)[0] == "1 fox"
+
+
 def test_progress_step_total_and_eta() -> None:
     text = Dom(render(busy(step=12, total=50), [])).all_text
     assert "cat_20240601_120000" in text

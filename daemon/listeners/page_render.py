@@ -148,9 +148,10 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
     except (TypeError, ValueError):
         total = len(queue)
     arriving = _arriving(status)
+    noticed = len(_arriving_entries(status))  # counted too: the heading counts what the box lists
     if not total:
         if arriving:
-            return 0, f'<div class="box">{arriving}</div>'
+            return noticed, f'<div class="box">{arriving}</div>'
         return 0, '<div class="box"><span class="muted">No files are waiting.</span></div>'
     items = []
     for pos, name in enumerate(queue[:QUEUE_SHOWN], 1):
@@ -159,18 +160,21 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
         items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}</span></li>')
     more = total - min(len(queue), QUEUE_SHOWN)
     tail = f'<p class="muted small">… and {more} more waiting.</p>' if more > 0 else ""
-    return total, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+    return total + noticed, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+
+
+def _arriving_entries(status: Mapping[str, Any]) -> list[Sequence[Any]]:
+    raw = status.get("arriving")
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        return []
+    return [e for e in raw if isinstance(e, Sequence) and not isinstance(e, str) and len(e) == 2]
 
 
 def _arriving(status: Mapping[str, Any]) -> str:
     """Files seen in the inbox that are not ready yet: still being copied, or missing their partner."""
-    raw = status.get("arriving")
-    if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
-        return ""
     items = []
-    for entry in list(raw)[:QUEUE_SHOWN]:
-        if isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2:
-            items.append(f'<li>{_t(entry[0])} <span class="muted small">{_t(entry[1])}</span></li>')
+    for entry in _arriving_entries(status)[:QUEUE_SHOWN]:
+        items.append(f'<li>{_t(entry[0])} <span class="muted small">{_t(entry[1])}</span></li>')
     if not items:
         return ""
     return f'<p class="muted small">Noticed, not ready yet:</p><ul class="arriving">{"".join(items)}</ul>'
