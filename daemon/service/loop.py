@@ -404,8 +404,10 @@ class Service:
                     # Under outputs/ or failed/: `i2vd status` leaves out a folder no longer there.
                     "folder": (r.job.rel_dir / r.job.name).as_posix(),
                 }
-                for r in reversed(self.results)
-            ][:20],
+                # A copy first (one C call, atomic under the GIL): the filing thread appends to
+                # the deque meanwhile, and iterating it while that happens raises.
+                for r in list(self.results)[:-21:-1]
+            ],
             now=now,
         )
 
