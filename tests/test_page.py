@@ -358,6 +358,25 @@ def test_finished_event_adds_an_entry_with_poster(tmp_path: Path) -> None:
     assert 'src="holiday/sun_20240601_130000/sun_20240601_130000.poster.png"' in out
 
 
+def test_the_cards_kept_between_renders_make_the_page_a_fresh_render_makes(tmp_path: Path) -> None:
+    outputs, failed = tmp_path / "outputs", tmp_path / "failed"
+    sp = SharePage(outputs, failed, keep=3)
+    for i in range(6):  # twice round the kept entries: dropped ones must not come back
+        job = f"sea{i}_20240601_12{i:02d}00"
+        if i % 3 == 2:
+            folder = make_failed(failed, ".", job, f"reason {i}")
+            sp.on_job_finished(JobFinished(job, "failed", folder, None, f"reason {i}"))
+        else:
+            folder, info = make_done(outputs, ".", job, f"waves {i}", finished=AT + timedelta(minutes=i))
+            sp.on_job_finished(JobFinished(job, "done", folder, info, None))
+        page = (outputs / PAGE).read_text()
+        fresh = render({"state": "unknown"}, list(reversed(sp._entries)))
+        cut = page.index("<h2>Finished clips")
+        assert page[cut:] == fresh[fresh.index("<h2>Finished clips") :], i
+    assert "waves 1" not in page and "reason 2" not in page
+    assert "waves 3" in page and "waves 4" in page and "reason 5" in page
+
+
 def test_a_failed_job_dragged_back_to_retry_leaves_the_page(tmp_path: Path) -> None:
     outputs, failed, inbox = tmp_path / "outputs", tmp_path / "failed", tmp_path / "inbox"
     make_done(outputs, ".", "sea_20240601_120000", "waves roll in")

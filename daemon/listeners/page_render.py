@@ -12,7 +12,7 @@ import contextlib
 import functools
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -230,14 +230,21 @@ def _failed_card(e: Entry) -> str:
     return f'<div class="card failed"><div class="body">{"".join(body)}</div></div>'
 
 
+def card(e: Entry) -> str:
+    """One finished or failed job's card: it depends on the entry alone, so it can be kept."""
+    return _done_card(e) if e.outcome == "done" else _failed_card(e)
+
+
 def render(
     status: Mapping[str, Any],
     finished: Sequence[Entry],
     *,
     now: datetime | None = None,
     refresh: int = REFRESH_SECONDS,
+    cards: Callable[[Entry], str] = card,
 ) -> str:
-    """The whole page for ``status`` (as published to status.json) and ``finished`` (newest first)."""
+    """The whole page for ``status`` (as published to status.json) and ``finished`` (newest first);
+    ``cards`` renders each entry (the share page passes one that remembers them)."""
     now = now or datetime.now().astimezone()
     state = str(status.get("state") or "unknown")
     css_class, state_text = _STATE_TEXT.get(state, ("unknown", "Status unknown"))
@@ -263,12 +270,12 @@ def render(
         f"<h2>Finished clips ({len(done)})</h2>",
     ]
     if done:
-        out.append(f'<div class="grid">{"".join(_done_card(e) for e in done)}</div>')
+        out.append(f'<div class="grid">{"".join(cards(e) for e in done)}</div>')
     else:
         out.append('<div class="box"><span class="muted">No finished clips yet.</span></div>')
     if failed:
         out.append(f"<h2>Could not be made ({len(failed)})</h2>")
-        out.append(f'<div class="grid">{"".join(_failed_card(e) for e in failed)}</div>')
+        out.append(f'<div class="grid">{"".join(cards(e) for e in failed)}</div>')
     out.append(
         "<footer>To make a clip, drop an image and a text file with the same name holding the prompt "
         "(for example <b>cat.jpg</b> and <b>cat.txt</b>) into the inbox folder. "

@@ -19,7 +19,7 @@ from daemon import logs
 from daemon.folders import fsops
 from daemon.listeners.events import JobFinished
 from daemon.listeners.page_entries import Entry, entry_from_event, load_recent
-from daemon.listeners.page_render import render
+from daemon.listeners.page_render import card, render
 
 PAGE = "index.html"
 # Re-logging the same failure every render would flood journald when the share is full.
@@ -46,6 +46,10 @@ class SharePage:
         self.log = logs.get()
         self.renders = 0  # pages written; for tests and the curious
         self._entries: deque[Entry] = deque(maxlen=max(1, keep))
+        # Each entry's card, rendered once (id -> the entry and its card; holding the entry keeps
+        # its id from being reused). A backlog finishing jobs every second re-renders the page
+        # each time: escaping every card anew was most of the coordinator's CPU per job.
+        self._cards: dict[int, tuple[Entry, str]] = {}
         self._status: dict[str, Any] = {"state": "unknown"}
         self._key: tuple[object, ...] | None = None
         self._rendered_at = float("-inf")
@@ -97,13 +101,20 @@ class SharePage:
             kept = [e for e in self._entries if (self.outputs / e.link).is_dir()]
             self._entries = deque(kept, maxlen=self._entries.maxlen)
 
+    def _card(self, entry: Entry) -> str:
+        kept = self._cards.get(id(entry))
+        if kept is None or kept[0] is not entry:
+            kept = self._cards[id(entry)] = (entry, card(entry))
+        return kept[1]
+
     def _write(self) -> None:
         """Render and publish; never raises, since a page problem must not stop the daemon."""
         self._rendered_at = self.clock()
         self._pending = False
         try:
             self._forget_moved()
-            page = render(self._status, list(reversed(self._entries)))
+            page = render(self._status, list(reversed(self._entries)), cards=self._card)
+            self._cards = {id(e): self._cards[id(e)] for e in self._entries if id(e) in self._cards}
             fsops.write_atomic(self.path, page.encode("utf-8"), durable=False)
             self.renders += 1
         except Exception as e:
