@@ -77,8 +77,11 @@ def build_status(
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    # Rewritten every second while busy: atomic for readers, not worth an fsync each time.
-    fsops.write_json_atomic(state_dir / STATUS, {**status, "updated_at": time.time()}, durable=False)
+    # Rewritten every second while busy: atomic for readers, not worth an fsync each time, and on
+    # one line (`i2vd status --json` shows it indented).
+    fsops.write_json_atomic(
+        state_dir / STATUS, {**status, "updated_at": time.time()}, durable=False, indent=None
+    )
 
 
 def read_status(
