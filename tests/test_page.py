@@ -337,12 +337,19 @@ def test_progress_ticks_are_throttled_but_changes_are_not(tmp_path: Path) -> Non
     sp.on_job_finished(
         JobFinished("x_20240601_120000", "failed", failed / "x_20240601_120000", None, "broken")
     )
-    assert sp.renders == 6, "a finished job is always shown"
+    assert sp.renders == 5, "a finished job right after a write waits for the status that follows it"
     clock.t += 0.1
     sp.on_status(busy(step=6))
+    assert sp.renders == 6 and "broken" in index.read_text(), "... which shows it at once"
+    clock.t += 2.5
+    (failed / "y_20240601_120000").mkdir(parents=True)
+    sp.on_job_finished(JobFinished("y_20240601_120000", "failed", failed / "y_20240601_120000", None, "bent"))
+    assert sp.renders == 7 and "bent" in index.read_text(), "after a quiet while, a finished job at once"
+    clock.t += 0.1
+    sp.on_status(busy(step=7))
     sp.close()
-    assert sp.renders == 7, "close() publishes the last throttled status"
-    assert "Step 6 of 50" in index.read_text() and "broken" in index.read_text()
+    assert sp.renders == 8, "close() publishes the last throttled status"
+    assert "Step 7 of 50" in index.read_text() and "broken" in index.read_text()
     assert not [p for p in outputs.iterdir() if p.name != PAGE], "no temporary files left behind"
 
 
@@ -360,7 +367,7 @@ def test_finished_event_adds_an_entry_with_poster(tmp_path: Path) -> None:
 
 def test_the_cards_kept_between_renders_make_the_page_a_fresh_render_makes(tmp_path: Path) -> None:
     outputs, failed = tmp_path / "outputs", tmp_path / "failed"
-    sp = SharePage(outputs, failed, keep=3)
+    sp = SharePage(outputs, failed, keep=3, min_interval=0.0)  # every finished job written at once
     for i in range(6):  # twice round the kept entries: dropped ones must not come back
         job = f"sea{i}_20240601_12{i:02d}00"
         if i % 3 == 2:

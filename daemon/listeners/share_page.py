@@ -2,8 +2,9 @@
 
 ``SharePage`` is a ``daemon.listeners.events.Listener``. It keeps the last ``keep`` finished and
 failed jobs in memory (``page_entries``) and rewrites the page (``page_render``) atomically: on
-every finished job, on a change of state, current job or what waits, and otherwise at most
-every ``min_interval`` seconds, so per-step progress ticks do not turn into a file write each.
+a finished job (with the next status when the page was just written), on a change of state,
+current job or what waits, and otherwise at most every ``min_interval`` seconds, so per-step
+progress ticks do not turn into a file write each.
 """
 
 from __future__ import annotations
@@ -81,12 +82,20 @@ class SharePage:
                 self._pending = True
 
     def on_job_finished(self, event: JobFinished) -> None:
+        """Shown at once, or, when the page was written less than ``min_interval`` ago, with the
+        next status (the daemon publishes one within half a second of every finished job): a
+        backlog finishing several jobs a second then rewrites the page twice a second, not once
+        per job on top of that."""
         with self._lock:
             try:
                 self._entries.append(entry_from_event(event, self.outputs))
             except Exception:
                 self.log.exception("share page: could not read a finished job", job=event.job)
-            self._write()
+            if self.clock() - self._rendered_at >= self.min_interval:
+                self._write()
+            else:
+                self._pending = True
+                self._key = None  # the next status is a change: written at once
 
     def close(self) -> None:
         with self._lock:
