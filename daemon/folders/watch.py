@@ -50,7 +50,10 @@ def watch_mode(path: Path, configured: str) -> str:
 
 # Events that can bring new work. Deletions (our own claims moving files out), opens and
 # closes without writing (our own readiness checks and reads) never do: waking on them would
-# make every claim trigger another scan, or a busy file trigger an endless scan loop.
+# make every claim trigger another scan, or a busy file trigger an endless scan loop. Nor does a
+# folder's own "modified" (its list of names changed): watchdog reports one beside every file
+# that comes or goes, and one that comes is reported itself. Waking on it made every claim
+# walk the whole inbox again: a backlog of N files cost N walks of N files.
 _WAKE_ON = {"created", "modified", "moved", "closed"}
 
 
@@ -61,7 +64,7 @@ class _Wake(FileSystemEventHandler):
         self.lost = threading.Event()  # the watched folder itself went away
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in _WAKE_ON:
+        if event.event_type in _WAKE_ON and not (event.is_directory and event.event_type == "modified"):
             self.event.set()
         elif event.event_type == "deleted" and os.fsdecode(event.src_path) == self.root:
             self.lost.set()
