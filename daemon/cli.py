@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from daemon import __version__, logs
 from daemon.config import (
@@ -34,6 +34,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """A mistake on the command line or in the configuration: exit 2 with one line."""
+
+
+def _cannot_start(reason: str) -> int:
+    """``run`` could not start (the model does not load, a recipe is broken, the folders are taken):
+    one plain line on stderr with the reason, which names the fix (journald files it as an error),
+    and exit 2, as a configuration error does."""
+    logs.say(f"cannot start: {reason}")
+    return EXIT_USAGE
 
 
 def _settings(args: argparse.Namespace, log: Any = None) -> tuple[Path | None, Settings]:
@@ -138,8 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.cluster.backend == "ray":
         executor_or_error = _ray_executor(settings)
         if isinstance(executor_or_error, str):
-            log.error("cannot start", reason=executor_or_error)
-            return EXIT_FAILED
+            return _cannot_start(executor_or_error)
         # The workers load the model when the service starts; this machine needs no GPU.
         log.info("jobs run on Ray workers", address=settings.cluster.address, model=settings.model.id)
         executor = executor_or_error
@@ -148,28 +155,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             generator = _load_generator(settings)
         except Exception as e:
-            hint: dict[str, str] = {}
+            hint = ""
             if path is None:
-                hint["hint"] = "no config file was found, so this is the built-in default model; see --config"
+                hint = " (no config file was found, so this is the built-in default: name one with --config)"
             elif no_room(e):
-                hint["hint"] = (
-                    f"the disk of the model cache {settings.model_cache_dir} is full: free space there, "
-                    "or set [model] cache_dir to a folder on another disk"
+                hint = (
+                    f" (the disk of the model cache {settings.model_cache_dir} is full: free space there,"
+                    " or set [model] cache_dir to a folder on another disk)"
                 )
-            log.error("model failed to load", model=settings.model.id, error=str(e), **hint)
-            return EXIT_FAILED
+            return _cannot_start(f"model {settings.model.id} cannot be loaded: {e}{hint}")
         problem = defaults_problem(generator.info.family, settings.generation.num_frames)
         if problem is not None:
-            log.error("cannot start", reason=problem)
-            return EXIT_FAILED
+            return _cannot_start(problem)
         executor = ThreadExecutor([generator])
     listeners: list[Listener] = [notify.SystemdListener()]
     if settings.metrics.address:
         try:
             listeners.append(MetricsListener(settings.metrics.address))
         except OSError as e:
-            log.error("cannot start", reason=f"metrics.address {settings.metrics.address}: {e}")
-            return EXIT_FAILED
+            return _cannot_start(f"metrics.address {settings.metrics.address}: {e}")
     if (hooks := WebhookSender.from_settings(settings)) is not None:
         listeners.append(hooks)
     service = Service(
@@ -203,9 +207,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_FAILED if failed else EXIT_OK
         service.run()
     except (DaemonLocked, StartupError) as e:
-        log.error("cannot start", reason=str(e))
-        print(f"i2vd: cannot start: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _cannot_start(str(e))
+    except OSError as e:
+        if service.started.is_set():
+            raise
+        return _cannot_start(str(e))  # a folder it cannot make or write, before any job
     log.info("stopped")
     return EXIT_OK
 
@@ -217,7 +223,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok = True
     for passed, what, detail in run_checks(settings, _load_generator, config=path):
         ok &= passed
-        print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}")
+        print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}", file=args.out, flush=True)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -235,9 +241,9 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"i2vd: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(path)
+    print(path, file=args.out)
     for adapter in adapters:
-        print(adapter)
+        print(adapter, file=args.out)
     return EXIT_OK
 
 
@@ -246,8 +252,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     defaults = set(settings.output.default_recipes)
     for name, recipe in sorted(settings.recipe_table().items()):
         mark = "*" if name in defaults else " "
-        print(f"{mark} {name:<12} .{recipe.ext:<5} {recipe.description}")
-    print("(* = made for every job unless its prompt file lists other recipes)")
+        print(f"{mark} {name:<12} .{recipe.ext:<5} {recipe.description}", file=args.out)
+    print("(* = made for every job unless its prompt file lists other recipes)", file=args.out)
     return EXIT_OK
 
 
@@ -256,11 +262,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daemon.service.status_file import read_status, render
 
     _, settings = _settings(args)
-    status = read_status(folders_of(settings).state)
+    folders = folders_of(settings)
+    status = read_status(folders.state, outputs=folders.outputs, failed=folders.failed)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(status, indent=2), file=args.out)
     else:
-        print(render(status))
+        print(render(status), file=args.out)
     return EXIT_OK if status.get("running") else EXIT_FAILED
 
 
@@ -334,7 +341,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # The image first, then the sidecar: the pair is complete only once both renames are done.
         fsops.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
         fsops.move(sidecar_tmp, inbox / f"{name}.json")
-    print(inbox / f"{name}{image.suffix.lower()}")
+    print(inbox / f"{name}{image.suffix.lower()}", file=args.out)
     return EXIT_OK
 
 
@@ -389,20 +396,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _answers_only() -> TextIO:
+    """The stream for the command's answer: the real stdout. From now on whatever else writes to
+    stdout (a library's print, the processes Ray starts, which inherit it) lands on stderr, so a
+    script reading stdout gets the answer and nothing else."""
+    try:
+        sys.stdout.flush()
+        answer_fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptors (an embedder's streams)
+        return sys.stdout
+    return os.fdopen(
+        answer_fd,
+        "w",
+        buffering=1 if sys.stdout.line_buffering else -1,
+        encoding=sys.stdout.encoding,
+        errors=sys.stdout.errors,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure()
+    args.out = _answers_only()
+    if args.command == "run":
+        logs.configure()
+    else:
+        # A person (or a script) waits for the answer: the log says only what went wrong, in plain
+        # lines on stderr, not the service's JSON events.
+        logs.configure(plain=True, level="warning")
     try:
         code = int(args.func(args))
-        sys.stdout.flush()  # a reader that left shows up here, not in the interpreter's last flush
+        args.out.flush()  # a reader that left shows up here, not in the interpreter's last flush
         return code
     except UsageError as e:
         print(f"i2vd: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (`i2vd status | head -3`): that is its choice, not an error to report.
-        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Point the answer's stream at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), args.out.fileno())
         return EXIT_OK
 
 

@@ -264,6 +264,9 @@ def _resolve_paths(settings: Settings, base: Path) -> None:
             setattr(p, name, (base / value.expanduser()).absolute())
     if settings.model.cache_dir is not None:
         settings.model.cache_dir = (base / settings.model.cache_dir.expanduser()).absolute()
+    for lora in settings.loras.values():
+        if lora.id.endswith(".safetensors"):  # a local file (a Hub id names no file)
+            lora.id = str((base / lora.id).absolute())
     folders = {name: getattr(p, name) for name in ("inbox", "outputs", "done", "failed")}
     seen: dict[Path, str] = {}
     for name, folder in folders.items():

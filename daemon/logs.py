@@ -81,17 +81,38 @@ class _CurrentStderr:
 _STDERR = _CurrentStderr()
 
 
-def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, level: str = "info") -> None:
-    """Configure structlog for the process; ``json_lines=None`` picks by the output's kind."""
+def _plain(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+    """``i2vd: warning: what happened (key=value, ...)``: a log line of a command run by a person,
+    in the form of the command's own notes on stderr."""
+    extra = ", ".join(
+        f"{k}={_short(v)}" for k, v in event.items() if k not in ("event", "level", "timestamp", "logger")
+    )
+    return f"i2vd: {event.get('level', 'info')}: {event.get('event')}" + (f" ({extra})" if extra else "")
+
+
+def configure(
+    *,
+    json_lines: bool | None = None,
+    stream: TextIO | None = None,
+    level: str = "info",
+    plain: bool = False,
+) -> None:
+    """Configure structlog for the process; ``json_lines=None`` picks by the output's kind.
+
+    ``plain``: the commands other than ``run`` (a person, or a script, waits for their answer on
+    stdout): what is logged meanwhile goes to stderr as ``i2vd: LEVEL: ...`` lines, never JSON.
+    """
     out = stream or _STDERR
     journal = "JOURNAL_STREAM" in os.environ
     if json_lines is None:
         json_lines = journal or not out.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
-        if json_lines
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
+    renderer: Any
+    if plain:
+        renderer = _plain
+    elif json_lines:
+        renderer = structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -100,7 +121,7 @@ def configure(*, json_lines: bool | None = None, stream: TextIO | None = None, l
             _tee_to_job_log,
             structlog.processors.format_exc_info,
             renderer,
-            *([_journal_priority] if journal else []),
+            *([_journal_priority] if journal and not plain else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level.upper()),
         logger_factory=structlog.PrintLoggerFactory(out),
@@ -196,6 +217,13 @@ def redact_url(url: str) -> str:
         return "(a URL that cannot be read)"
     hidden = parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc
     return f"{parts.scheme}://{host}" + ("/…" if hidden else "")
+
+
+def say(text: str, *, level: str = "error") -> None:
+    """One plain line on stderr, ``i2vd: TEXT``, for what a person must read at once (a start that
+    failed, naming the fix) rather than find among log events; journald gets its priority."""
+    prefix = f"<{_PRIORITY.get(level, 6)}>" if "JOURNAL_STREAM" in os.environ else ""
+    print(f"{prefix}i2vd: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
 def get(name: str = "i2vd") -> Any:

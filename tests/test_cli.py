@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import write_config
 from PIL import Image
 
 from daemon import logs
@@ -23,6 +26,14 @@ from daemon.service.loop import Service
 from daemon.service.status_file import render
 
 CLI = [sys.executable, "-m", "daemon.cli"]
+
+
+def wait_until(what: Callable[[], object], message: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        time.sleep(0.1)
 
 
 def run(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
@@ -142,13 +153,50 @@ def test_submit_without_a_config_refuses_instead_of_filling_a_stray_inbox(tmp_pa
 def test_run_without_a_config_or_model_says_so_in_two_lines(tmp_path: Path) -> None:
     # The built-in default model is a Hub id no test machine holds: run must not try the Hub.
     r = run("run", "--once", cwd=tmp_path, HF_HUB_OFFLINE="1")
-    assert r.returncode == 1
-    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert r.returncode == 2 and r.stdout == ""
+    *logged, last = r.stderr.splitlines()
+    events = [json.loads(line) for line in logged]  # the log, for the journal
     assert events[0]["level"] == "warning" and events[0]["event"].startswith("no config file found")
-    failed = events[-1]
-    assert failed["event"] == "model failed to load" and "--config" in failed["hint"]
-    assert "is not in the model cache" in failed["error"] and "i2vd fetch-model" in failed["error"]
+    # The one plain line: what failed, the fix, and that no config was found.
+    assert last.startswith("i2vd: cannot start: model ali-vilab/i2vgen-xl cannot be loaded:")
+    assert "is not in the model cache" in last and "i2vd fetch-model" in last and "--config" in last
     assert "local_files_only" not in r.stderr
+
+
+def start_failure(r: subprocess.CompletedProcess[str]) -> str:
+    """The one plain line of a start that failed; every other stderr line is a log event."""
+    assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+    *logged, last = r.stderr.splitlines()
+    assert all(json.loads(line)["level"] == "info" for line in logged)
+    assert last.startswith("i2vd: cannot start: "), last
+    return last
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_one_line_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[model]\nid = "tiny"\ndevice = "cpu"\nquantize = "fp8"\n')
+    line = start_failure(run("run", "--once", cwd=tmp_path))
+    assert "fp8" in line and "Set model.quantize = 'int8' or 'none'" in line
+
+
+def test_a_broken_recipe_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[model]\nid = "stub"\n[recipes.odd]\nfilters = ["nosuchfilter=1"]\n'
+    )
+    line = start_failure(run("run", "--once", cwd=tmp_path))
+    assert "recipe 'odd'" in line and "nosuchfilter" in line
+
+
+def test_check_prints_only_its_lines_and_logs_no_json(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # compile on a CPU is ignored, with a log line: it used to show up among check's lines as JSON.
+    (tmp_path / "config.toml").write_text(
+        f'[model]\nid = "{tiny_model_dir}"\ndevice = "cpu"\ncompile = true\n[generation]\nnum_frames = 8\n'
+    )
+    r = run("check", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert all(line.startswith(("ok    ", "FAIL  ")) for line in lines), r.stdout
+    assert any(line.startswith("ok    model: ") for line in lines)
+    assert r.stderr == f"i2vd: config {tmp_path / 'config.toml'}\n"
 
 
 def test_a_bad_environment_override_names_the_variable_not_the_file(tmp_path: Path) -> None:
@@ -258,6 +306,10 @@ def test_run_logs_only_what_an_operator_needs(tmp_path: Path) -> None:
     assert names.count("model warmed up") == 1, names
     assert names[:4] == ["config", "loading model", "ffmpeg", "model warmed up"], names
     assert all(e["level"] == "info" for e in events), [e for e in events if e["level"] != "info"]
+    [watching] = [e for e in events if e["event"] == "watching"]
+    # The start says, in words, where people drop their files.
+    assert watching["hint"].startswith("drop an image and a prompt file with the same name")
+    assert f"into {tmp_path / 'inbox'};" in watching["hint"]
 
 
 def test_watchdogs_stop_race_is_dropped_and_its_real_warnings_kept() -> None:
@@ -341,3 +393,77 @@ def test_status_shows_every_job_in_flight_and_what_is_arriving() -> None:
     assert lines[2] == "         dog_1  starting  on ray-1"
     assert lines[3] == "queue    1 ready: fox"
     assert lines[4] == "arriving 2: team/cup (arriving), owl (waiting for its prompt file)"
+
+
+# -- status agrees with the folders ---------------------------------------------------------------
+
+
+def test_after_a_kill_9_status_says_what_is_stale_and_how_old(tmp_path: Path) -> None:
+    # A job that takes long enough to be killed under it, with the [watch] values users have.
+    config = write_config(tmp_path, "stub:60", {"num_frames": 4, "steps": 2})
+    status_file = tmp_path / ".i2vd" / "status.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
+    daemon = subprocess.Popen(
+        [*CLI, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(status_file.exists, "the daemon's first status")
+        Image.new("RGB", (96, 64), (30, 90, 150)).save(tmp_path / "inbox" / "cup.png")
+        (tmp_path / "inbox" / "cup.txt").write_text("steam rises")
+        wait_until(lambda: json.loads(status_file.read_text()).get("in_flight"), "the job to start")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    r = run("status", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("daemon   NOT running (last seen ") and "s ago: busy;" in lines[0], lines
+    assert "did not stop cleanly" in lines[0]
+    [unfinished] = [line for line in lines if line.startswith("unfinished cup_")]
+    assert "when last seen; it resumes when the daemon starts" in unfinished
+    assert not any(line.startswith("current  cup") for line in lines), "a dead daemon's job is not current"
+    assert "queue    0 ready when last seen" in lines
+
+
+def test_status_leaves_out_a_failed_job_dragged_back_into_the_inbox(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "stub", {"num_frames": 4, "steps": 2})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / "cup.png")
+    (inbox / "cup.toml").write_text('promt = "steam rises"\n')  # a typo: the job fails
+    assert run("run", "--once", "--config", str(config), cwd=tmp_path).returncode == 1
+    [folder] = (tmp_path / "failed").iterdir()
+    before = run("status", "--config", str(config), cwd=tmp_path)
+    assert f"  failed  {folder.name}  (" in before.stdout
+    folder.rename(inbox / folder.name)  # to be tried again, as the share page says
+    after = run("status", "--config", str(config), cwd=tmp_path)
+    assert folder.name not in after.stdout and "daemon   NOT running (stopped " in after.stdout
+    assert folder.name not in json.dumps(
+        json.loads(run("status", "--json", "--config", str(config), cwd=tmp_path).stdout)["recent"]
+    )
+
+
+def test_status_shows_what_share_users_wrote_without_letting_it_steer_the_terminal() -> None:
+    hostile = "cup\x1b]0;owned\x07\x1b[2J\u202egpj.exe"
+    text = render(
+        {
+            "running": True,
+            "state": "busy",
+            "in_flight": [{"job": hostile, "worker": None, "step": 1, "total": 4, "eta_seconds": 3.0}],
+            "queue": [hostile],
+            "queue_length": 1,
+            "arriving": [[hostile, "arriving"]],
+            "recent": [{"outcome": "failed", "job": hostile, "error": "bad \x1b[31mred\x1b[0m \x9b"}],
+        }
+    )
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in text)
+    assert "cup\\x1b]0;owned\\x07\\x1b[2J\\u202egpj.exe" in text and "bad \\x1b[31mred" in text
+
+
+def test_status_of_a_daemon_that_never_ran_or_stopped_says_so() -> None:
+    assert render({"running": False, "state": "unknown", "age_seconds": None}).splitlines()[0] == (
+        "daemon   NOT running (no status written yet)"
+    )
+    stopped = render({"running": False, "state": "stopped", "age_seconds": 200.0, "queue": ["fox"]})
+    assert stopped.splitlines()[0] == "daemon   NOT running (stopped 3 min ago)"
+    assert "queue    1 ready when last seen: fox" in stopped

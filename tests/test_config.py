@@ -111,3 +111,15 @@ def test_output_ffmpeg_that_is_not_there_names_the_key(tmp_path: Path, value: st
     path.write_text(f'[output]\nffmpeg = "{value}"\n')
     with pytest.raises(ConfigError, match=r"output\.ffmpeg: .*(not an executable file|absolute path)"):
         load_settings(path)
+
+
+def test_a_local_adapter_file_resolves_against_the_configs_folder(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "config.toml"
+    path.parent.mkdir()
+    path.write_text(
+        '[loras.near]\nid = "loras/near.safetensors"\n[loras.far]\nid = "/srv/far.safetensors"\n'
+        '[loras.hub]\nid = "owner/name"\nweight_name = "a.safetensors"\n'
+    )
+    loras = load_settings(path).loras
+    assert loras["near"].id == str(tmp_path / "etc" / "loras" / "near.safetensors")
+    assert loras["far"].id == "/srv/far.safetensors" and loras["hub"].id == "owner/name"

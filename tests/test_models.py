@@ -145,11 +145,39 @@ def test_an_adapter_that_does_not_fit_stops_the_start_with_one_line(
         (made_for_another, "LoRA adapter 'ltx' ("),
         (made_for_another, "does not fit this model: the layers it adapts are not in this model"),
         (no_loader, "I2VGen-XL takes no LoRA adapters"),
+        # Every family that takes them, from the families table (not a list kept by hand).
+        *((no_loader, f.label) for f in FAMILIES.values() if f.takes_lora),
         (missing, "LoRA adapter 'gone'"),
         (missing, "no such file; fix [loras.gone] id"),
     ):
         assert expected in str(exc.value)
         assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_the_documented_way_to_try_adapters_without_a_gpu(tmp_path: Path, tiny_families_dir: Path) -> None:
+    # docs/models.md: make an adapter for a tiny build with the script, name it in the config,
+    # pick it in a prompt file; the job says it ran with it.
+    made = subprocess.run(
+        [sys.executable, "scripts/tiny_lora.py", "tiny-wan", str(tmp_path / "loras" / "try.safetensors")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    assert made.stdout.strip() == str(tmp_path / "loras" / "try.safetensors")
+    config = helpers.write_config(
+        tmp_path, "tiny-wan", {"num_frames": 5, "steps": 2}, **{"loras.try": {"id": "loras/try.safetensors"}}
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "boat.png").write_bytes(png_bytes(seed=1, size=(96, 64)))
+    (inbox / "boat.toml").write_text('prompt = "a paper boat drifts"\nloras = ["try"]\n')
+    done = _run_once(config, tiny_families_dir)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    (out,) = (tmp_path / "outputs").glob("boat_*/")
+    assert json.loads((out / f"{out.name}.json").read_text())["parameters"]["loras"] == ["try"]
 
 
 # -- quantization -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from daemon.engine.generator import load_generator
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.oom import ENV_VAR, InjectOOM, Ladder, Setting, exhausted_message, is_out_of_memory
 from daemon.engine.runner import DiffusersGenerator
+from daemon.engine.stub import StubGenerator
 from daemon.errors import GenerationError
 from daemon.folders.jobs import Job
 from daemon.job.describe import Generated, describe
@@ -163,6 +165,37 @@ def _claimed_job(tmp_path: Path, image: Image.Image, sidecar: dict[str, object])
     return job
 
 
+def test_a_picture_smaller_than_the_clip_is_fitted_where_the_frames_are_made(tmp_path: Path) -> None:
+    # Upscaling on the coordinator was most of its CPU per job for small pictures, and 64 times the
+    # bytes to send to a worker: such a picture travels as it came, and the frames are the same.
+    gen = StubGenerator()
+    rng = np.random.default_rng(3)
+    sidecar = {"prompt": "boats rock", "resolution": "512p", "num_frames": 2, "steps": 1, "seed": 7}
+    small = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    prepared = prepare(
+        _claimed_job(tmp_path / "small", small, sidecar),
+        Settings(),
+        gen.info,
+        logs.get(),
+        queued_at=datetime.now().astimezone(),
+    )
+    req = prepared.request
+    assert (req.width, req.height) == (768, 512) and req.image.size == (96, 64)
+    made = gen.generate(req).frames
+    assert made.shape == (2, 512, 768, 3)
+    assert np.array_equal(made, gen.generate(replace(req, image=fit_to(small, 768, 512))).frames)
+    # A picture larger than the clip is fitted at once: what travels is the smaller of the two.
+    large = Image.fromarray(rng.integers(0, 256, (600, 900, 3), dtype=np.uint8))
+    prepared = prepare(
+        _claimed_job(tmp_path / "large", large, sidecar),
+        Settings(),
+        gen.info,
+        logs.get(),
+        queued_at=datetime.now().astimezone(),
+    )
+    assert prepared.request.image.size == (768, 512)
+
+
 def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
     injected: DiffusersGenerator, tmp_path: Path
 ) -> None:
@@ -221,15 +254,16 @@ def test_job_at_768p_fails_twice_then_succeeds_at_512p_and_records_it(
     assert job_log.count("out of memory; trying again with smaller settings") == 2
     assert "clip made with smaller settings" in job_log
 
-    # The 512p try used the 768p frame centre-cropped and resized (fit_to): the very frames that a job
-    # asking for 672x512 with that image gets. Same seed, same device: identical.
+    # The 512p try used the photo centre-cropped and resized (fit_to) once, from the original (a
+    # picture smaller than the clip travels as it came): the very frames that a job asking for
+    # 672x512 with that image gets. Same seed, same device: identical.
     gen.inject_oom = None
-    frame_768 = fit_to(photo, 1024, 768)
+    assert prepared.request.image.size == photo.size
     direct = gen.generate(
         _request(
             672,
             512,
-            image=fit_to(frame_768, 672, 512),
+            image=fit_to(photo, 672, 512),
             prompt="boats rock",
             negative_prompt=prepared.params.negative_prompt,
             seed=7,

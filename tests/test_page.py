@@ -218,6 +218,14 @@ def test_long_queue_is_cut_and_counted() -> None:
     assert "Waiting (1000)" in out
 
 
+def test_the_waiting_count_counts_what_is_listed_also_files_not_ready_yet() -> None:
+    noticed = [["owl", "waiting for its prompt file"], ["team/cup", "arriving"]]
+    out = render(busy(queue=[], queue_length=0, arriving=noticed), [])
+    assert "Waiting (2)" in out and "Noticed, not ready yet" in out
+    out = render(busy(queue=["fox"], queue_length=1, arriving=noticed), [])
+    assert "Waiting (3)" in out and li_texts(out)[0] == "1 fox"
+
+
 def test_progress_step_total_and_eta() -> None:
     text = Dom(render(busy(step=12, total=50), [])).all_text
     assert "cat_20240601_120000" in text
@@ -329,12 +337,19 @@ def test_progress_ticks_are_throttled_but_changes_are_not(tmp_path: Path) -> Non
     sp.on_job_finished(
         JobFinished("x_20240601_120000", "failed", failed / "x_20240601_120000", None, "broken")
     )
-    assert sp.renders == 6, "a finished job is always shown"
+    assert sp.renders == 5, "a finished job right after a write waits for the status that follows it"
     clock.t += 0.1
     sp.on_status(busy(step=6))
+    assert sp.renders == 6 and "broken" in index.read_text(), "... which shows it at once"
+    clock.t += 2.5
+    (failed / "y_20240601_120000").mkdir(parents=True)
+    sp.on_job_finished(JobFinished("y_20240601_120000", "failed", failed / "y_20240601_120000", None, "bent"))
+    assert sp.renders == 7 and "bent" in index.read_text(), "after a quiet while, a finished job at once"
+    clock.t += 0.1
+    sp.on_status(busy(step=7))
     sp.close()
-    assert sp.renders == 7, "close() publishes the last throttled status"
-    assert "Step 6 of 50" in index.read_text() and "broken" in index.read_text()
+    assert sp.renders == 8, "close() publishes the last throttled status"
+    assert "Step 7 of 50" in index.read_text() and "broken" in index.read_text()
     assert not [p for p in outputs.iterdir() if p.name != PAGE], "no temporary files left behind"
 
 
@@ -348,6 +363,25 @@ def test_finished_event_adds_an_entry_with_poster(tmp_path: Path) -> None:
     out = (outputs / PAGE).read_text()
     assert out.index("the sun sets") < out.index("waves roll in")
     assert 'src="holiday/sun_20240601_130000/sun_20240601_130000.poster.png"' in out
+
+
+def test_the_cards_kept_between_renders_make_the_page_a_fresh_render_makes(tmp_path: Path) -> None:
+    outputs, failed = tmp_path / "outputs", tmp_path / "failed"
+    sp = SharePage(outputs, failed, keep=3, min_interval=0.0)  # every finished job written at once
+    for i in range(6):  # twice round the kept entries: dropped ones must not come back
+        job = f"sea{i}_20240601_12{i:02d}00"
+        if i % 3 == 2:
+            folder = make_failed(failed, ".", job, f"reason {i}")
+            sp.on_job_finished(JobFinished(job, "failed", folder, None, f"reason {i}"))
+        else:
+            folder, info = make_done(outputs, ".", job, f"waves {i}", finished=AT + timedelta(minutes=i))
+            sp.on_job_finished(JobFinished(job, "done", folder, info, None))
+        page = (outputs / PAGE).read_text()
+        fresh = render({"state": "unknown"}, list(reversed(sp._entries)))
+        cut = page.index("<h2>Finished clips")
+        assert page[cut:] == fresh[fresh.index("<h2>Finished clips") :], i
+    assert "waves 1" not in page and "reason 2" not in page
+    assert "waves 3" in page and "waves 4" in page and "reason 5" in page
 
 
 def test_a_failed_job_dragged_back_to_retry_leaves_the_page(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.engine.families import FAMILIES
 from daemon.engine.family import Family
 from daemon.engine.oom import first_line
 from daemon.errors import GenerationError
@@ -78,7 +79,7 @@ class Adapters:
         if not family.takes_lora or not hasattr(pipe, "load_lora_weights"):
             raise RuntimeError(
                 f"{family.label} takes no LoRA adapters (diffusers has no LoRA loader for it): remove the"
-                " [loras.NAME] tables and [model] loras, or use LTX-Video, Wan or CogVideoX."
+                f" [loras.NAME] tables and [model] loras, or use a family that does: {_taking_adapters()}."
             )
         unknown = [n for n in always if n not in specs]
         if unknown:
@@ -129,6 +130,12 @@ class Adapters:
         if not self.fused and not self.switchable:
             return None
         return {"fused": list(self.fused), "switchable": list(self.switchable)}
+
+
+def _taking_adapters() -> str:
+    """The families that take adapters, from the families table, in words: "A, B or C"."""
+    labels = [f.label for f in FAMILIES.values() if f.takes_lora]
+    return ", ".join(labels[:-1]) + " or " + labels[-1] if len(labels) > 1 else "".join(labels)
 
 
 def _load_one(pipe: Any, spec: AdapterSpec, targets: list[str], cache_dir: Path | None) -> None:

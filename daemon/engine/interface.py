@@ -17,14 +17,16 @@ from PIL import Image
 
 from daemon.engine.family import Family, StepCallback
 from daemon.errors import GenerationError
-from daemon.job.image import clip_size, resolution_to_short_side
+from daemon.job.image import clip_size, fit_to, resolution_to_short_side
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One job's generation inputs, already validated and sized by the daemon."""
 
-    image: Image.Image  # RGB, exactly width x height
+    # RGB: width x height, or (when it has fewer pixels than the clip) the job's picture as it
+    # came, which the generator fits where it makes the frames (``first_frame``).
+    image: Image.Image
     width: int
     height: int
     prompt: str
@@ -89,7 +91,6 @@ class ModelInfo:
                 f" makes {w}x{h} clips only."
             )
         self.family.check(req, self.size_multiple)
-        check_image(req)
 
 
 @runtime_checkable
@@ -117,9 +118,8 @@ class Generator(Protocol):
         ...
 
 
-def check_image(req: GenerationRequest) -> None:
-    if req.image.size != (req.width, req.height):
-        raise GenerationError(
-            f"The image was prepared at {req.image.size[0]}x{req.image.size[1]} but the clip is"
-            f" {req.width}x{req.height}; this is a bug in i2vd, please report it."
-        )
+def first_frame(req: GenerationRequest, size: tuple[int, int] | None = None) -> Image.Image:
+    """The picture the clip starts from at ``size`` (the request's own by default): the request's
+    image, centre-cropped and resized (``fit_to``) unless it is that size already."""
+    width, height = size or (req.width, req.height)
+    return req.image if req.image.size == (width, height) else fit_to(req.image, width, height)

@@ -18,11 +18,10 @@ import numpy as np
 
 from daemon.engine.adapters import Adapters
 from daemon.engine.families import Family
-from daemon.engine.interface import GenerationRequest, StepCallback
+from daemon.engine.interface import GenerationRequest, StepCallback, first_frame
 from daemon.engine.oom import InjectOOM, Setting, rescued_decode
 from daemon.engine.options import Placement, reset_cache
 from daemon.errors import GenerationError
-from daemon.job.image import fit_to
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +61,7 @@ class PipelineCall:
         size = (setting.width, setting.height)
         # A smaller rung: the same picture, centre-cropped to the new aspect ratio and resized
         # (never stretched).
-        image = req.image if size == (req.width, req.height) else fit_to(req.image, *size)
+        image = first_frame(req, size)
         self.placement.place(setting.offload)
         pixels = setting.width * setting.height * setting.num_frames
         detach = inject_oom.attach(pipe, family.denoiser, pixels) if inject_oom else None

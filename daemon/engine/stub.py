@@ -13,6 +13,7 @@ from daemon.engine.interface import (
     GenerationResult,
     ModelInfo,
     StepCallback,
+    first_frame,
 )
 
 STUB_ID = "stub"
@@ -48,7 +49,7 @@ class StubGenerator:
     def generate(self, req: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         self.info.check(req)
         deadline = time.monotonic() + self.seconds
-        base = np.asarray(req.image.convert("RGB"), dtype=np.float32)
+        base = np.asarray(first_frame(req).convert("RGB"), dtype=np.float32)
         phase = np.random.default_rng(req.seed).random()  # the seed shifts where the ramp starts
         x = np.arange(req.width, dtype=np.float32) / req.width
         frames = np.empty((req.num_frames, req.height, req.width, 3), dtype=np.uint8)

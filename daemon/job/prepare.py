@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from daemon.config import Settings
 from daemon.encode.recipes import RecipeConfig
 from daemon.engine.family import Family
@@ -135,6 +137,19 @@ def _seed(job: Job, params: JobParams, settings: Settings, log: Any) -> int:
     return job.seed
 
 
+def _fitted_if_smaller(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The picture fitted to the clip here only when that makes it smaller.
+
+    One with fewer pixels than the clip goes as it is: to a cluster worker that is fewer bytes,
+    and the upscale (most of a job's cost on the coordinator for a small image) runs where the
+    frames are made, which fits it anyway (``engine.interface.first_frame``), and from the
+    original, so a smaller size after running out of memory is resampled once, not twice.
+    """
+    if image.width * image.height < width * height:
+        return image
+    return fit_to(image, width, height)
+
+
 def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_at: datetime) -> Prepared:
     """Check a claimed job's inputs and size its clip; raise JobError for anything wrong with them.
 
@@ -159,7 +174,7 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     seed = _seed(job, params, settings, log)
     eff = effective(params, settings, model.family)
     request = GenerationRequest(
-        image=fit_to(image, width, height),
+        image=_fitted_if_smaller(image, width, height),
         width=width,
         height=height,
         prompt=params.prompt,

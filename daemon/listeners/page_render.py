@@ -12,7 +12,7 @@ import contextlib
 import functools
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -160,9 +160,10 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
     except (TypeError, ValueError):
         total = len(queue)
     arriving = _arriving(status)
+    noticed = len(_arriving_entries(status))  # counted too: the heading counts what the box lists
     if not total:
         if arriving:
-            return 0, f'<div class="box">{arriving}</div>'
+            return noticed, f'<div class="box">{arriving}</div>'
         return 0, '<div class="box"><span class="muted">No files are waiting.</span></div>'
     items = []
     for pos, name in enumerate(queue[:QUEUE_SHOWN], 1):
@@ -171,18 +172,21 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
         items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}</span></li>')
     more = total - min(len(queue), QUEUE_SHOWN)
     tail = f'<p class="muted small">… and {more} more waiting.</p>' if more > 0 else ""
-    return total, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+    return total + noticed, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+
+
+def _arriving_entries(status: Mapping[str, Any]) -> list[Sequence[Any]]:
+    raw = status.get("arriving")
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        return []
+    return [e for e in raw if isinstance(e, Sequence) and not isinstance(e, str) and len(e) == 2]
 
 
 def _arriving(status: Mapping[str, Any]) -> str:
     """Files seen in the inbox that are not ready yet: still being copied, or missing their partner."""
-    raw = status.get("arriving")
-    if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
-        return ""
     items = []
-    for entry in list(raw)[:QUEUE_SHOWN]:
-        if isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2:
-            items.append(f'<li>{_t(entry[0])} <span class="muted small">{_t(entry[1])}</span></li>')
+    for entry in _arriving_entries(status)[:QUEUE_SHOWN]:
+        items.append(f'<li>{_t(entry[0])} <span class="muted small">{_t(entry[1])}</span></li>')
     if not items:
         return ""
     return f'<p class="muted small">Noticed, not ready yet:</p><ul class="arriving">{"".join(items)}</ul>'
@@ -238,14 +242,21 @@ def _failed_card(e: Entry) -> str:
     return f'<div class="card failed"><div class="body">{"".join(body)}</div></div>'
 
 
+def card(e: Entry) -> str:
+    """One finished or failed job's card: it depends on the entry alone, so it can be kept."""
+    return _done_card(e) if e.outcome == "done" else _failed_card(e)
+
+
 def render(
     status: Mapping[str, Any],
     finished: Sequence[Entry],
     *,
     now: datetime | None = None,
     refresh: int = REFRESH_SECONDS,
+    cards: Callable[[Entry], str] = card,
 ) -> str:
-    """The whole page for ``status`` (as published to status.json) and ``finished`` (newest first)."""
+    """The whole page for ``status`` (as published to status.json) and ``finished`` (newest first);
+    ``cards`` renders each entry (the share page passes one that remembers them)."""
     now = now or datetime.now().astimezone()
     state = str(status.get("state") or "unknown")
     css_class, state_text = _STATE_TEXT.get(state, ("unknown", "Status unknown"))
@@ -272,12 +283,12 @@ def render(
         f"<h2>Finished clips ({len(done)})</h2>",
     ]
     if done:
-        out.append(f'<div class="grid">{"".join(_done_card(e) for e in done)}</div>')
+        out.append(f'<div class="grid">{"".join(cards(e) for e in done)}</div>')
     else:
         out.append('<div class="box"><span class="muted">No finished clips yet.</span></div>')
     if failed:
         out.append(f"<h2>Could not be made ({len(failed)})</h2>")
-        out.append(f'<div class="grid">{"".join(_failed_card(e) for e in failed)}</div>')
+        out.append(f'<div class="grid">{"".join(cards(e) for e in failed)}</div>')
     out.append(
         "<footer>To make a clip, drop an image and a text file with the same name holding the prompt "
         "(for example <b>cat.jpg</b> and <b>cat.txt</b>) into the inbox folder. "

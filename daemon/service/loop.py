@@ -219,6 +219,10 @@ class Service:
         model = self.executor.model
         self.log.info(
             "watching",
+            hint=(
+                f"drop an image and a prompt file with the same name (cat.jpg and cat.txt) into "
+                f"{self.folders.inbox}; the clips appear in {self.folders.outputs}"
+            ),
             inbox=str(self.folders.inbox),
             outputs=str(self.folders.outputs),
             mode=self._watcher.mode if self._watcher else "poll",
@@ -425,9 +429,17 @@ class Service:
             queue_length=ready + len(self._resume),
             scanner=self.monitor.scanner,
             recent=[
-                {"job": r.job.name, "outcome": "done" if r.ok else "failed", "error": r.error}
-                for r in reversed(self.results)
-            ][:20],
+                {
+                    "job": r.job.name,
+                    "outcome": "done" if r.ok else "failed",
+                    "error": r.error,
+                    # Under outputs/ or failed/: `i2vd status` leaves out a folder no longer there.
+                    "folder": (r.job.rel_dir / r.job.name).as_posix(),
+                }
+                # A copy first (one C call, atomic under the GIL): the filing thread appends to
+                # the deque meanwhile, and iterating it while that happens raises.
+                for r in list(self.results)[:-21:-1]
+            ],
             now=now,
             paused_reason=self.disk.last,
             disk_free_mb=dict(self.disk.free),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from daemon.folders import fsops
@@ -81,20 +82,78 @@ def build_status(
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    """Rewritten every second while busy: atomic for readers, not worth an fsync each time; padded,
-    so that it can still say "disk full" when the disk is (``fsops.write_padded``)."""
-    fsops.write_padded(state_dir / STATUS, fsops.json_bytes({**status, "updated_at": time.time()}))
+    """Rewritten every second while busy: atomic for readers, not worth an fsync each time; on one
+    line (`i2vd status --json` shows it indented); padded, so that it can still say "disk full"
+    when the disk is (``fsops.write_padded``)."""
+    data = fsops.json_bytes({**status, "updated_at": time.time()}, indent=None)
+    fsops.write_padded(state_dir / STATUS, data)
 
 
-def read_status(state_dir: Path) -> dict[str, Any]:
-    """The last status written, with ``running`` false when no daemon holds the lock or it went quiet."""
+def read_status(
+    state_dir: Path, *, outputs: Path | None = None, failed: Path | None = None
+) -> dict[str, Any]:
+    """The last status written, with ``running`` false when no daemon holds the lock or it went quiet,
+    and ``age_seconds``: how long ago it was written (None: never).
+
+    Given the ``outputs`` and ``failed`` folders, the recent results whose folder is gone are left
+    out (see ``still_there``).
+    """
     try:
         status: dict[str, Any] = json.loads((state_dir / STATUS).read_text())
+        if not isinstance(status, dict):
+            raise ValueError("not a table")
     except (OSError, ValueError):
         status = {"state": "unknown"}
-    fresh = time.time() - float(status.get("updated_at", 0)) < STALE_AFTER
-    status["running"] = lock_held(state_dir) and fresh
+    try:
+        age: float | None = max(0.0, time.time() - float(status["updated_at"]))
+    except (KeyError, TypeError, ValueError):
+        age = None
+    status["age_seconds"] = age
+    status["running"] = lock_held(state_dir) and age is not None and age < STALE_AFTER
+    if outputs is not None and failed is not None and isinstance(status.get("recent"), list):
+        status["recent"] = [r for r in status["recent"] if still_there(r, outputs, failed)]
     return status
+
+
+def still_there(result: Any, outputs: Path, failed: Path) -> bool:
+    """Whether a recent result's folder is still where it was filed, as the share page decides.
+
+    A failed job's folder dragged back into the inbox to be tried again (or a folder someone
+    deleted) is no result any more: listing it would send people looking for nothing, and show a
+    retried job as failed beside its new result. A result without a folder (an older status) stays.
+    """
+    if not isinstance(result, dict) or not isinstance(result.get("folder"), str):
+        return True
+    rel = PurePosixPath(result["folder"])
+    if rel.is_absolute() or ".." in rel.parts:
+        return False  # not a folder of ours
+    return ((failed if result.get("outcome") == "failed" else outputs) / rel).is_dir()
+
+
+def ago(seconds: float) -> str:
+    """``seconds`` as a person says it: "40 s ago", "3 min ago", "5 h ago", "2 days ago"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+# Bidirectional overrides and isolates reorder what a terminal shows ("Trojan Source").
+_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), so a file name, prompt or error
+    a share user wrote cannot move the cursor, recolour or retitle the operator's terminal."""
+    return "".join(
+        (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) == "Cc" or ord(c) in _BIDI
+        else c
+        for c in text
+    )
 
 
 def one_line(text: str, width: int) -> str:
@@ -112,45 +171,74 @@ def one_line(text: str, width: int) -> str:
     return cut.rstrip(" ,;:") + "…"
 
 
+def _header(status: dict[str, Any]) -> str:
+    state, age = status.get("state", "unknown"), status.get("age_seconds")
+    if status.get("running"):
+        return f"daemon   running ({state})"
+    if not isinstance(age, (int, float)):
+        return f"daemon   NOT running ({'no status written yet' if state == 'unknown' else state})"
+    if state == "stopped":
+        return f"daemon   NOT running (stopped {ago(age)})"
+    # Killed, crashed, or hung: what follows is what it said last, not what happens now.
+    return f"daemon   NOT running (last seen {ago(age)}: {state}; it did not stop cleanly)"
+
+
 def render(status: dict[str, Any]) -> str:
-    lines = [
-        f"daemon   {'running' if status.get('running') else 'NOT running'} ({status.get('state', 'unknown')})"
-    ]
+    """``i2vd status`` in words: one line per fact, every entry on its own line, nothing a share
+    user wrote able to steer the terminal. When the daemon is not running, what it last said is
+    shown as that (with how old it is), never as what happens now."""
+    live = bool(status.get("running"))
+    then = "" if live else " when last seen"
+    lines = [_header(status)]
     if status.get("paused_reason"):
-        lines.append(f"waiting  {one_line(str(status['paused_reason']), 200)}")
+        lines.append(f"waiting  {one_line(str(status['paused_reason']), 200)}{then}")
     if status.get("inbox_missing"):
         problem = one_line(str(status.get("inbox_problem") or "share not mounted?"), 80)
-        lines.append(f"inbox    MISSING, waiting for it ({problem})")
+        lines.append(f"inbox    MISSING{then}, waiting for it ({problem})")
     in_flight = status.get("in_flight") if isinstance(status.get("in_flight"), list) else None
     jobs = in_flight if in_flight is not None else ([status["current"]] if status.get("current") else [])
+    jobs = [j for j in jobs if isinstance(j, dict)]
     for i, cur in enumerate(jobs):
         step, total = cur.get("step") or 0, cur.get("total")
         # Before the first step the total is not known yet (the model is still setting up).
         progress = "starting" if not step and not total else f"step {step}/{total or '?'}"
-        eta = f", about {cur['eta_seconds']:.0f} s left" if cur.get("eta_seconds") is not None else ""
+        name = one_line(str(cur.get("job")), 60)
+        if not live:
+            # Its claim is still in the state folder: the next start takes it up again.
+            label = "unfinished" if i == 0 else "          "
+            lines.append(f"{label} {name}  ({progress}{then}; it resumes when the daemon starts)")
+            continue
+        seconds = cur.get("eta_seconds")
+        eta = f", about {seconds:.0f} s left" if isinstance(seconds, (int, float)) else ""
         where = f"  on {cur['worker']}" if cur.get("worker") and len(jobs) > 1 else ""
         label = "current " if i == 0 else "        "
-        lines.append(f"{label} {one_line(str(cur['job']), 60)}  {progress}{eta}{where}")
+        lines.append(f"{label} {name}  {progress}{eta}{where}")
     if not jobs:
         lines.append("current  -")
-    lines += _workers(status)
+    if live:  # a stopped daemon's workers went with it
+        lines += _workers(status)
     queue = status.get("queue", [])
+    queue = queue if isinstance(queue, list) else []
     shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
-    total = max(len(queue), int(status.get("queue_length") or 0))
-    lines.append(f"queue    {total} ready" + (": " + shown if queue else ""))
+    try:
+        total = max(len(queue), int(status.get("queue_length") or 0))
+    except (TypeError, ValueError):
+        total = len(queue)
+    lines.append(f"queue    {total} ready{then}" + (": " + shown if queue else ""))
     arriving = [a for a in status.get("arriving", []) if isinstance(a, list) and len(a) == 2]
     if arriving:
-        shown = ", ".join(f"{one_line(str(n), 40)} ({s})" for n, s in arriving[:5])
-        lines.append(f"arriving {len(arriving)}: {shown}" + (", …" if len(arriving) > 5 else ""))
-    for r in status.get("recent", [])[:10]:
+        shown = ", ".join(f"{one_line(str(n), 40)} ({one_line(str(s), 40)})" for n, s in arriving[:5])
+        lines.append(f"arriving {len(arriving)}{then}: {shown}" + (", …" if len(arriving) > 5 else ""))
+    recent = status.get("recent", [])
+    for r in [r for r in recent if isinstance(r, dict)][:10] if isinstance(recent, list) else []:
         error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
-        lines.append(f"  {r['outcome']:<7} {one_line(str(r['job']), 60)}{error}")
-    return "\n".join(lines)
+        lines.append(f"  {r.get('outcome')!s:<7} {one_line(str(r.get('job')), 60)}{error}")
+    return "\n".join(printable(line) for line in lines)
 
 
 def _workers(status: dict[str, Any]) -> list[str]:
     """One line per worker when there are several (a cluster): where, which GPU, what it does."""
-    workers = status.get("workers") or []
+    workers = [w for w in status.get("workers") or [] if isinstance(w, dict)]
     if len(workers) < 2 and not any(str(w.get("name", "")).startswith("ray") for w in workers):
         return []
     running = status.get("in_flight")
