@@ -189,10 +189,14 @@ for sub in inbox outputs done failed; do
     fi
     install -d -m 2775 -o i2vd -g "$SHARE_GROUP" "$dir"
 done
-# The state folder (claims, temporary files, status, webhook deliveries): the daemon's only.
-# The daemon makes it so itself and refuses to start while anyone else can write it.
-install -d -m 0700 -o i2vd -g i2vd "$FOLDERS/.i2vd"
-chmod 0700 "$FOLDERS/.i2vd" && chmod g-s "$FOLDERS/.i2vd"
+# The state folder (claims, temporary files, status, webhook deliveries): the daemon's only
+# (no permission for group or others; the daemon refuses to start when someone else can write
+# it). Its group is the share group and it is setgid: a job folder made here and renamed onto
+# the share then belongs to the share group, like everything else there, so people can move
+# and delete their results and drag a failed job back. Set here, as root: the unit may not set
+# a setgid bit itself (RestrictSUIDSGID), only inherit it.
+install -d -m 2700 -o i2vd -g "$SHARE_GROUP" "$FOLDERS/.i2vd"
+chown i2vd:"$SHARE_GROUP" "$FOLDERS/.i2vd" && chmod 2700 "$FOLDERS/.i2vd"
 
 echo "== GPU kernel modules"
 # The unit may not load modules (ProtectKernelModules) nor run the setuid nvidia-modprobe
