@@ -7,6 +7,8 @@
 # owners and modes are set to the layout of docs/security.md).
 #
 # Usage: sudo systemd/install.sh [--folders DIR] [--model ID] [--share-group NAME] [--no-start]
+#        sudo systemd/install.sh --only-folders --folders DIR [--share-group NAME]
+#             (the folders alone, for an i2vd@NAME instance; the service must be installed)
 #        systemd/install.sh --print-config [--folders DIR] [--model ID]   (no root needed)
 # The venv is made with $PYTHON (default: python3.11 on PATH), which must live outside
 # /root, /home and /run/user; a pyenv or conda one there is replaced by the system's own.
@@ -22,6 +24,7 @@ MODEL=ali-vilab/i2vgen-xl
 SHARE_GROUP=i2vd-share
 START=1
 PRINT_CONFIG=0
+ONLY_FOLDERS=0
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
         --share-group) SHARE_GROUP=${2:?--share-group needs a group name}; shift 2 ;;
         --no-start) START=0; shift ;;
         --print-config) PRINT_CONFIG=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --only-folders) ONLY_FOLDERS=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -76,6 +80,44 @@ fi
 if [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (sudo $0 $*)" >&2
     exit 1
+fi
+# The folders, laid out as docs/security.md says (also those of an i2vd@NAME instance).
+lay_out_folders() {
+    echo "== folders in $FOLDERS"
+    # The folder holding everything is the service's alone (0755, no setgid): the people on the
+    # share can neither add to it nor rename the state folder or a shared folder away.
+    install -d -m 0755 -o i2vd -g i2vd "$FOLDERS"
+    # install and chmod keep a folder's setgid bit unless told: an older layout had it here.
+    chmod 0755 "$FOLDERS" && chmod g-s "$FOLDERS"
+    # The four shared folders: group-writable for the share group, setgid (2775) so that whatever
+    # is made inside, by a user or by the daemon, belongs to that group.
+    for sub in inbox outputs done failed; do
+        dir=$FOLDERS/$sub
+        if [ -d "$dir" ] && [ ! -L "$dir" ] && [ "$(stat -c %G "$dir")" != "$SHARE_GROUP" ]; then
+            # An older install shared group i2vd: hand what is inside to the share group. -P -h:
+            # never through a symbolic link a user planted (that would change a file elsewhere).
+            echo "moving $dir and its contents to group $SHARE_GROUP"
+            chgrp -R -P -h "$SHARE_GROUP" "$dir"
+        fi
+        install -d -m 2775 -o i2vd -g "$SHARE_GROUP" "$dir"
+    done
+    # The state folder (claims, temporary files, status, webhook deliveries): the daemon's only
+    # (no permission for group or others; the daemon refuses to start when someone else can write
+    # it). Its group is the share group and it is setgid: a job folder made here and renamed onto
+    # the share then belongs to the share group, like everything else there, so people can move
+    # and delete their results and drag a failed job back. Set here, as root: the unit may not set
+    # a setgid bit itself (RestrictSUIDSGID), only inherit it.
+    install -d -m 2700 -o i2vd -g "$SHARE_GROUP" "$FOLDERS/.i2vd"
+    chown i2vd:"$SHARE_GROUP" "$FOLDERS/.i2vd" && chmod 2700 "$FOLDERS/.i2vd"
+}
+
+if [ "$ONLY_FOLDERS" = 1 ]; then
+    # Another set of folders (an i2vd@NAME instance) beside an installed service.
+    getent passwd i2vd >/dev/null || { echo "install.sh: no user i2vd: run install.sh without --only-folders first" >&2; exit 1; }
+    getent group "$SHARE_GROUP" >/dev/null || groupadd --system "$SHARE_GROUP"
+    usermod -a -G "$SHARE_GROUP" i2vd
+    lay_out_folders
+    exit 0
 fi
 command -v systemctl >/dev/null || { echo "install.sh: systemctl not found; is this a systemd machine?" >&2; exit 1; }
 
@@ -171,32 +213,7 @@ else
     mv "$CONFIG_DIR/config.toml.new" "$CONFIG_DIR/config.toml"
 fi
 
-echo "== folders in $FOLDERS"
-# The folder holding everything is the service's alone (0755, no setgid): the people on the
-# share can neither add to it nor rename the state folder or a shared folder away.
-install -d -m 0755 -o i2vd -g i2vd "$FOLDERS"
-# install and chmod keep a folder's setgid bit unless told: an older layout had it here.
-chmod 0755 "$FOLDERS" && chmod g-s "$FOLDERS"
-# The four shared folders: group-writable for the share group, setgid (2775) so that whatever
-# is made inside, by a user or by the daemon, belongs to that group.
-for sub in inbox outputs done failed; do
-    dir=$FOLDERS/$sub
-    if [ -d "$dir" ] && [ ! -L "$dir" ] && [ "$(stat -c %G "$dir")" != "$SHARE_GROUP" ]; then
-        # An older install shared group i2vd: hand what is inside to the share group. -P -h:
-        # never through a symbolic link a user planted (that would change a file elsewhere).
-        echo "moving $dir and its contents to group $SHARE_GROUP"
-        chgrp -R -P -h "$SHARE_GROUP" "$dir"
-    fi
-    install -d -m 2775 -o i2vd -g "$SHARE_GROUP" "$dir"
-done
-# The state folder (claims, temporary files, status, webhook deliveries): the daemon's only
-# (no permission for group or others; the daemon refuses to start when someone else can write
-# it). Its group is the share group and it is setgid: a job folder made here and renamed onto
-# the share then belongs to the share group, like everything else there, so people can move
-# and delete their results and drag a failed job back. Set here, as root: the unit may not set
-# a setgid bit itself (RestrictSUIDSGID), only inherit it.
-install -d -m 2700 -o i2vd -g "$SHARE_GROUP" "$FOLDERS/.i2vd"
-chown i2vd:"$SHARE_GROUP" "$FOLDERS/.i2vd" && chmod 2700 "$FOLDERS/.i2vd"
+lay_out_folders
 
 echo "== GPU kernel modules"
 # The unit may not load modules (ProtectKernelModules) nor run the setuid nvidia-modprobe

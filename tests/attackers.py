@@ -206,6 +206,9 @@ class Lab:
         self, account: Account, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
         cmd = as_user(account, argv, holder=self.base / "holder")
+        # umask 0002: what a share user makes is group-writable, as Samba's create and directory
+        # masks make it (a folder only its maker may write would keep the daemon from moving files).
+        kw.setdefault("umask", 0o002)
         return subprocess.run(cmd, capture_output=True, text=True, env=env or _plain_env(), **kw)
 
     def attack(self, code: str, **values: object) -> Any:

@@ -488,7 +488,7 @@ def test_absurd_numbers_in_prompt_files_fail_only_those_jobs(lab: Lab, daemon: D
     settled(lab, daemon)
     for name, files in before.items():
         job = failed_job(lab, name, "absurd")
-        assert job is not None, f"{name} is not in failed/"
+        assert job is not None, f"{name} is not in failed/: {where(lab, f'{name}.png')}, {status(lab)}"
         kept = lab.folder("failed") / "absurd" / job
         assert {f: digest(kept / f) for f in files} == files, name  # byte-identical
         assert (kept / "error.txt").read_text().strip(), name
@@ -521,7 +521,7 @@ def test_16_bit_pngs_become_clips(lab: Lab, daemon: Daemon, guard: Guard) -> Non
     guard.holds("good-16bit")
     settled(lab, daemon)
     for name in ("grey16", "rgb16"):
-        assert job_of(lab, name, "bits16") is not None, f"no clip of {name}"
+        assert job_of(lab, name, "bits16") is not None, f"no clip of {name}: {where(lab, f'{name}.png')}"
 
 
 def other_formats() -> dict[str, bytes]:
@@ -547,7 +547,8 @@ def test_images_outside_the_allow_list_fail_without_being_decoded(
     settled(lab, daemon)
     for name, data in formats.items():
         job = failed_job(lab, name, "formats")
-        assert job is not None and job_of(lab, name, "formats") is None, f"{name} was not refused"
+        made = job_of(lab, name, "formats")
+        assert job is not None and made is None, f"{name} was not refused: {where(lab, f'{name}.png')}"
         assert digest(lab.folder("failed") / "formats" / job / f"{name}.png") == digest(data)
 
 

@@ -547,6 +547,7 @@ def test_template_runs_two_instances_on_their_own_folders(box: Container, instal
             box.run(
                 f"sed 's|\"{FOLDERS}/|\"{FOLDERS}/{name}/|' /etc/i2vd/config.toml > /etc/i2vd/{name}.toml"
                 f" && chown root:i2vd /etc/i2vd/{name}.toml && chmod 0640 /etc/i2vd/{name}.toml"
+                f" && /opt/i2vd/systemd/install.sh --only-folders --folders {FOLDERS}/{name}"
             )
         mark = cursor(box)
         box.run("systemctl enable --now i2vd@a i2vd@b", timeout=1800)
