@@ -146,3 +146,26 @@ def test_install_script(tmp_path: Path) -> None:
     assert settings.model_cache_dir == Path("/var/cache/i2vd/models")
     bad = subprocess.run([str(script), "--print-config", "--folders", "rel"], capture_output=True, text=True)
     assert bad.returncode == 2 and "absolute" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["i2vd.service", "i2vd@.service"])
+def test_units_keep_share_users_out_and_filter_system_calls(name: str) -> None:
+    """The security model of docs/security.md, as the units carry it (the boot test runs them)."""
+    d = directives(name)
+    # Its own group, which share users are not in; the share group as a supplementary one.
+    assert d["Group"] == ["i2vd"] and d["SupplementaryGroups"] == ["i2vd-share"]
+    filters = " ".join(d["SystemCallFilter"])
+    assert filters.startswith("~")
+    for group in ("@debug", "@module", "@mount", "@raw-io", "@reboot", "@swap", "@clock"):
+        assert group in filters
+    # OpenMP and the CUDA driver set affinities (@resources); a denied call fails, it does not kill.
+    assert "@resources" not in filters and d["SystemCallErrorNumber"] == ["EPERM"]
+    assert d["RestrictSUIDSGID"] == ["yes"] and d["RemoveIPC"] == ["yes"]
+    assert int(d["TasksMax"][0]) > 0
+    assert d["CacheDirectoryMode"] == ["0750"] and d["StateDirectoryMode"] == ["0750"]
+
+
+def test_install_script_refuses_the_services_own_group_as_share_group() -> None:
+    script = UNITS / "install.sh"
+    bad = subprocess.run([str(script), "--share-group", "i2vd"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "service's own group" in bad.stderr

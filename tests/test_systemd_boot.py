@@ -5,7 +5,8 @@ lists the same steps): install.sh sets everything up, ``systemctl start`` return
 READY, a pair becomes a clip owned by the service, the journal holds JSON lines, reload and
 warm stop work, the watchdog and ``Restart=`` bring a hung or killed daemon back with its job
 recovered, the template runs two instances, a stalled upload by a share user is not taken,
-and the hardening holds without breaking the daemon. The tests run in order on one
+the hardening holds without breaking the daemon, and a share user cannot touch the daemon's
+state. The tests run in order on one
 container (installing takes a minute); each drops its own jobs.
 
 The container is booted with systemd-nspawn from a Debian root built once by debootstrap
@@ -43,7 +44,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "/root/i2vd"  # where the operator cloned the project, inside the container
 FOLDERS = "/srv/i2vd"
-USER = "alice"  # a share user in group i2vd, as docs/service.md has them
+USER = "alice"  # a share user in the share group, as docs/service.md has them
+SHARE_GROUP = "i2vd-share"
 CAP_LEASE_MASK = f"{1 << 28:016x}"  # CAP_LEASE is capability 28
 # Long enough for every wait below even on a loaded 2-core machine; never a measure of speed.
 JOB_TIMEOUT = 600.0
@@ -112,8 +114,8 @@ def installed(box: Container) -> subprocess.CompletedProcess[str]:
     )
     FIGURES["install.sh, s"] = round(time.monotonic() - started, 1)
     assert proc.returncode == 0, f"install.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    # The share user of docs/service.md: a Unix account in group i2vd.
-    box.run(f"useradd --create-home --groups i2vd {USER}")
+    # The share user of docs/service.md: a Unix account in the share group, not in group i2vd.
+    box.run(f"useradd --create-home --groups {SHARE_GROUP} {USER}")
     return proc
 
 
@@ -220,10 +222,17 @@ def nothing_half_moved(box: Container, folders: str = FOLDERS) -> None:
 def test_install_sets_up_user_folders_config_units_and_model(
     box: Container, installed: subprocess.CompletedProcess[str]
 ) -> None:
-    assert box.run("id -nG i2vd").stdout.split()[0] == "i2vd"
+    groups = box.run("id -nG i2vd").stdout.split()
+    assert groups[0] == "i2vd" and SHARE_GROUP in groups
     assert "nologin" in box.run("getent passwd i2vd").stdout
-    for folder in (FOLDERS, *(f"{FOLDERS}/{sub}" for sub in ("inbox", "outputs", "done", "failed"))):
-        assert box.run(f"stat -c '%a %U %G' {folder}").stdout.split() == ["2775", "i2vd", "i2vd"], folder
+    # The layout of docs/security.md: the holding folder and the state the service's alone.
+    assert box.run(f"stat -c '%a %U %G' {FOLDERS}").stdout.split() == ["755", "i2vd", "i2vd"]
+    for sub in ("inbox", "outputs", "done", "failed"):
+        mode = box.run(f"stat -c '%a %U %G' {FOLDERS}/{sub}").stdout.split()
+        assert mode == ["2775", "i2vd", SHARE_GROUP], sub
+    state = box.run(f"stat -c '%a %U %G' {FOLDERS}/.i2vd").stdout.split()
+    assert state == ["2700", "i2vd", SHARE_GROUP]  # no access for the group; setgid for job folders
+    assert box.run("stat -c '%a %U %G' /var/cache/i2vd").stdout.split() == ["750", "i2vd", "i2vd"]
     assert box.run("stat -c '%a %U %G' /etc/i2vd/config.toml").stdout.split() == ["640", "root", "i2vd"]
     config = box.run("cat /etc/i2vd/config.toml").stdout
     assert f'inbox = "{FOLDERS}/inbox"' in config and 'id = "tiny"' in config
@@ -278,7 +287,7 @@ def test_a_dropped_pair_becomes_a_clip_owned_by_the_service(box: Container, inst
     files = box.run(f"find {FOLDERS}/outputs/{job} {FOLDERS}/done/{job} -printf '%y %m %u %g %p\\n'").stdout
     for line in files.splitlines():
         kind, mode, user, group, path = line.split(" ", 4)
-        assert group == "i2vd", line
+        assert group == SHARE_GROUP, line  # the setgid bit, inherited despite RestrictSUIDSGID
         if kind == "d":
             assert mode == "2775", line
         elif path.startswith(f"{FOLDERS}/outputs/"):
@@ -467,6 +476,9 @@ def test_hardening_is_in_force_and_leaves_the_daemon_its_folders(box: Container,
     for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert caps[key].strip() == CAP_LEASE_MASK, (key, caps[key])
     assert caps["NoNewPrivs"].strip() == "1"
+    assert caps["Seccomp"].strip() == "2"  # SystemCallFilter= is a seccomp filter
+    share_gid = box.run(f"getent group {SHARE_GROUP}").stdout.split(":")[2]
+    assert share_gid in caps["Groups"].split()  # SupplementaryGroups=
     # In the daemon's own view of the file system, as its user: what it may and may not write.
     as_daemon = f"nsenter --target={pid} --mount setpriv --reuid=i2vd --regid=i2vd --init-groups --"
     for path in (f"{FOLDERS}/probe", "/var/cache/i2vd/probe", "/var/lib/i2vd/probe", "/tmp/probe"):
@@ -489,6 +501,41 @@ def test_hardening_is_in_force_and_leaves_the_daemon_its_folders(box: Container,
     assert f"exposure level **{found.group(1)} {found.group(2)}**" in docs, found.group(0)
 
 
+# --- 12: a share user attacks the state -----------------------------------------------------
+
+
+def test_a_share_user_cannot_touch_the_daemons_state(box: Container, installed: object) -> None:
+    """alice, in the share group only, tries to read, plant into and replace the state folder:
+    each attempt is refused by the kernel, and the daemon goes on making her clips."""
+    before = show(box)
+    state = f"{FOLDERS}/.i2vd"
+    as_alice = f"runuser -u {USER} --"
+    attempts = {
+        "list the state": f"ls {state}",
+        "read status.json": f"cat {state}/status.json",
+        "plant a file": f"touch {state}/planted",
+        "plant ray-private.json": f"sh -c 'echo {{}} > {state}/ray-private.json'",
+        "plant a claim": f"mkdir -p {state}/claimed/evil_20200101_000000",
+        "rename the state away": f"mv {state} {FOLDERS}/.i2vd-old",
+        "put a state of her own beside it": f"mkdir {FOLDERS}/.i2vd-new",
+        "rename the inbox away": f"mv {FOLDERS}/inbox {FOLDERS}/inbox-old",
+        "open the state up": f"chmod 0777 {state}",
+        "read the config": "cat /etc/i2vd/config.toml",
+    }
+    for what, command in attempts.items():
+        out = box.run(f"{as_alice} {command}", check=False)
+        assert out.returncode != 0, what
+        refused = ("Permission denied", "Operation not permitted")
+        assert any(r in out.stderr for r in refused), (what, out.stderr)
+    assert box.run(f"stat -c '%a %U' {state}").stdout.split() == ["2700", "i2vd"]
+    assert box.run(f"ls -A {FOLDERS}").stdout.split() == [".i2vd", "done", "failed", "inbox", "outputs"]
+    # The daemon did not notice: same process, and alice's next pair becomes a clip.
+    drop(box, FOLDERS, "after", QUICK, "toml")
+    wait_clip(box, "after")
+    assert show(box)["MainPID"] == before["MainPID"]
+    nothing_half_moved(box)
+
+
 # --- 7: the template -----------------------------------------------------------------------
 
 
@@ -500,6 +547,7 @@ def test_template_runs_two_instances_on_their_own_folders(box: Container, instal
             box.run(
                 f"sed 's|\"{FOLDERS}/|\"{FOLDERS}/{name}/|' /etc/i2vd/config.toml > /etc/i2vd/{name}.toml"
                 f" && chown root:i2vd /etc/i2vd/{name}.toml && chmod 0640 /etc/i2vd/{name}.toml"
+                f" && /opt/i2vd/systemd/install.sh --only-folders --folders {FOLDERS}/{name}"
             )
         mark = cursor(box)
         box.run("systemctl enable --now i2vd@a i2vd@b", timeout=1800)
