@@ -314,8 +314,9 @@ def test_a_link_swapped_in_for_error_txt_never_puts_the_secret_on_the_page(
     where = finish_failed(folders, job, "The prompt file is empty.")
     (where / "error.txt").unlink()
     (where / "error.txt").symlink_to(secret)
-    # After a restart the page is built from what is on disk.
-    page = SharePage(folders.outputs, folders.failed)
+    # After a restart the page is built from what is on disk (min_interval 0: each event is
+    # written at once, not with the next status).
+    page = SharePage(folders.outputs, folders.failed, min_interval=0.0)
     page.on_status({"state": "idle"})
     # An event that carries no text makes the page read the folder, too.
     page.on_job_finished(JobFinished(job.name, "failed", where, None, None))
