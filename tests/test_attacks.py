@@ -568,7 +568,7 @@ def test_escape_sequences_in_names_never_reach_the_operators_terminal(
     shown = wait_for(
         "both names in i2vd status",
         lambda: (s := lab.i2vd("status").stdout).count("owned") >= 2 and s,
-        60,
+        180,  # the failed job is made first: minutes on two loaded cores
         daemon,
     )
     controls = sorted(
