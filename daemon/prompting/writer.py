@@ -218,3 +218,16 @@ def _bounded(image: Image.Image) -> Image.Image:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def writer_for(settings: Any) -> PromptWriter | None:
+    """The daemon's prompt writer for these ``Settings`` (not loaded yet), or None with when = "never"."""
+    cfg = settings.prompting
+    if cfg.when == "never":
+        return None
+    return PromptWriter(
+        cfg,
+        cache_dir=settings.model_cache_dir,
+        max_chars=settings.limits.max_prompt_chars,
+        concurrent=settings.cluster.backend == "ray",
+    )
