@@ -57,8 +57,8 @@ def clean(text: str, max_chars: int) -> str:
     text = _CONTROL_RE.sub(" ", text)
     text = _SPACE_RE.sub(" ", text).strip().strip("\"'`").strip()
     if len(text) > max_chars:
-        cut = text[:max_chars]
-        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:")
+        cut = text[: max_chars + 1]  # a space just after the limit ends a whole word
+        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut[:max_chars]).rstrip(" ,;:")
     return text
 
 
