@@ -243,3 +243,27 @@ def test_prompt_command_refuses_what_is_not_an_image(tmp_path: Path, prompt_cach
     bad = i2vd(config, "prompt", str(tmp_path / "notes.png"))
     assert bad.returncode == 2 and bad.stdout == ""
     assert "notes.png" in bad.stderr.splitlines()[-1]
+
+
+def test_an_image_alone_waits_wait_seconds_and_a_prompt_file_alone_still_pair_timeout(tmp_path: Path) -> None:
+    from helpers import Clock
+
+    from daemon.config_sections import DEFAULT_IGNORE
+    from daemon.folders.scan import InboxScanner
+
+    clock = Clock()
+    scanner = InboxScanner(
+        tmp_path, ignore=DEFAULT_IGNORE, settle_seconds=3, pair_timeout=120, clock=clock, alone_timeout=30
+    )
+    (tmp_path / "cat.png").write_bytes(png_bytes())
+    (tmp_path / "notes.txt").write_text("the sea moves")
+    assert scanner.scan() == []
+    clock.t += 29
+    assert scanner.scan() == []
+    assert scanner.next_ready_in is not None and scanner.next_ready_in <= 1
+    clock.t += 1
+    assert [g.name for g in scanner.scan()] == ["cat"]
+    clock.t += 89
+    assert [g.name for g in scanner.scan()] == ["cat"]  # still ready, not yet taken; notes waits on
+    clock.t += 1
+    assert sorted(g.name for g in scanner.scan()) == ["cat", "notes"]
