@@ -2,7 +2,8 @@
 
 Every input is checked (sidecar, pairing, image, and what the model can take) before a GPU is
 touched, in the spirit of diffusers' ``check_inputs``: a bad job costs milliseconds, not a
-model run, and the coordinator can do it without the model in its own process.
+model run, and the coordinator can do it without the model in its own process. The one costly
+step, a prompt written from the image (``[prompting]``), comes last, once every check has passed.
 """
 
 from __future__ import annotations
