@@ -163,7 +163,8 @@ def test_missing_writes_prompts_for_an_image_alone_and_an_empty_txt(
     (inbox / "dog.png").write_bytes(png_bytes(seed=2, size=(96, 64)))
     (inbox / "dog.txt").write_bytes(b"\xef\xbb\xbf \r\n")  # empty, as Notepad saves it
     (inbox / "fox.png").write_bytes(png_bytes(seed=3, size=(96, 64)))
-    (inbox / "fox.txt").write_text("a fox runs")
+    fox = "a fox runs\n2026-01-01T00:00:00+00:00 info    job done  forged=yes"  # a line break is kept
+    (inbox / "fox.txt").write_text(fox)
     before = {p.name: digest(p) for p in inbox.iterdir()}
 
     run = i2vd(config, "run", "--once")
@@ -174,7 +175,11 @@ def test_missing_writes_prompts_for_an_image_alone_and_an_empty_txt(
         assert got[name]["prompt_from"] == "image"
         assert got[name]["prompt"] and got[name]["user_prompt"] is None
     assert got["fox.png"]["prompt_from"] == "file"
-    assert got["fox.png"]["prompt"] == got["fox.png"]["user_prompt"] == "a fox runs"
+    assert got["fox.png"]["prompt"] == got["fox.png"]["user_prompt"] == fox
+    fox_job = next((tmp_path / "outputs").glob("fox_*"))
+    fox_log = (fox_job / f"{fox_job.name}.log").read_text().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in fox_log)  # the prompt forged no line
+    assert any("prompt=a fox runs\\u000a2026" in line for line in fox_log)
     assert got["cat.png"]["inputs"]["sidecar"] is None
     # Every original in done/, byte-identical; each job made its clip.
     done = {p.name: digest(p) for p in (tmp_path / "done").glob("*/*")}
@@ -184,7 +189,8 @@ def test_missing_writes_prompts_for_an_image_alone_and_an_empty_txt(
     # The job's log says the prompt used and where it came from.
     log = (cat_job / f"{cat_job.name}.log").read_text().splitlines()
     started = next(line for line in log if " job started " in line)
-    assert "prompt_from=image" in started and got["cat.png"]["prompt"] in started
+    # (A log value is cut at 300 characters; JOB.json holds the whole prompt.)
+    assert "prompt_from=image" in started and f"prompt={got['cat.png']['prompt'][:290]}" in started
     assert any(" prompt written " in line for line in log)
 
     # `i2vd prompt` prints what the job got, and nothing else on stdout.

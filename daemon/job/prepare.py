@@ -25,6 +25,7 @@ from daemon.folders.jobs import Job, write_record
 from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
 from daemon.job import prompt_source
 from daemon.job.image import fit_to, load_image
+from daemon.job.printable import printable
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
 
@@ -235,7 +236,7 @@ def prepare(
         seed=seed,
         attempt=job.attempts,
         prompt_from=prompt_from,
-        prompt=prompt,
+        prompt=printable(prompt),  # a prompt's line breaks and tabs would break the log's lines
     )
     record = JobRecord(
         job=job.name,

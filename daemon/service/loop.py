@@ -249,6 +249,9 @@ class Service:
         except PromptModelError as e:
             self.executor.close()
             raise StartupError(str(e)) from None
+        except Exception as e:
+            self.executor.close()
+            raise StartupError(f"the prompt model could not be loaded: {e}") from e
 
     def _check_encoding(self) -> None:
         """The ffmpeg chosen, and every recipe tried on a synthetic clip: a broken one stops the start."""
