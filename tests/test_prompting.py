@@ -273,3 +273,12 @@ def test_an_image_alone_waits_wait_seconds_and_a_prompt_file_alone_still_pair_ti
     assert [g.name for g in scanner.scan()] == ["cat"]  # still ready, not yet taken; notes waits on
     clock.t += 1
     assert sorted(g.name for g in scanner.scan()) == ["cat", "notes"]
+
+
+@pytest.mark.slow
+def test_check_says_where_the_prompt_model_goes(tmp_path: Path, prompt_cache: Path) -> None:
+    config = config_for(tmp_path, prompt_cache, when="always")
+    checked = i2vd(config, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    line = next(line for line in checked.stdout.splitlines() if "prompt model" in line)
+    assert line.startswith("ok") and "tiny on the CPU (no GPU)" in line and "'always'" in line
