@@ -32,6 +32,7 @@ from daemon.config_sections import (
     ModelConfig,
     OutputConfig,
     PathsConfig,
+    PromptingConfig,
     WatchConfig,
     WebhooksConfig,
 )
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    prompting: PromptingConfig = Field(default_factory=PromptingConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
     # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.
@@ -264,6 +266,8 @@ def _resolve_paths(settings: Settings, base: Path) -> None:
             setattr(p, name, (base / value.expanduser()).absolute())
     if settings.model.cache_dir is not None:
         settings.model.cache_dir = (base / settings.model.cache_dir.expanduser()).absolute()
+    if settings.prompting.model.startswith((".", "/", "~")):  # a local folder (a Hub id is owner/name)
+        settings.prompting.model = str((base / Path(settings.prompting.model).expanduser()).absolute())
     for lora in settings.loras.values():
         if lora.id.endswith(".safetensors"):  # a local file (a Hub id names no file)
             lora.id = str((base / lora.id).absolute())

@@ -370,3 +370,41 @@ class ClusterConfig(_Section):
                 " above 0 or give workers a number"
             )
         return self
+
+
+class PromptingConfig(_Section):
+    """Prompts written from the image by a vision-language model (daemon/prompting/, docs/models.md)."""
+
+    # A Hugging Face id (fetched by `i2vd fetch-model`), a local folder, or "tiny" (random weights,
+    # built locally, for demos and tests: its prompts are gibberish).
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"
+    revision: str | None = None
+    # "auto": beside the video model on its GPU when both fit, else moved there only to write, else
+    # the CPU (decided from the free memory measured at load); or "cpu", "cuda", "cuda:N".
+    device: str = "auto"
+    # "never": prompts come only from prompt files (the model is not loaded); "missing": an image
+    # without a prompt file after wait_seconds, or with an empty .txt, gets one written from it;
+    # "always": every prompt is rewritten from the image and the user's words.
+    when: Literal["never", "missing", "always"] = "never"
+    # How long an image waits for its prompt file before one is written (with when = "missing"
+    # or "always"); watch.pair_timeout still applies to a prompt file without an image.
+    wait_seconds: float = Field(30.0, ge=0)
+    # Tokens the model may write for one prompt (about 0.75 words each); the text is also cut at
+    # limits.max_prompt_chars.
+    max_new_tokens: int = Field(160, ge=8, le=1024)
+    # Memory the video model needs on the GPU besides its weights while it generates; the prompt
+    # model stays on the GPU only when this much is still free with it there.
+    gpu_reserve_mb: int = Field(12288, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError('must be a Hugging Face id (owner/name), a local folder, or "tiny"')
+        return v

@@ -219,12 +219,16 @@ class InboxScanner:
         pair_timeout: float,
         clock: Callable[[], float],
         max_depth: int = DEFAULT_MAX_DEPTH,
+        alone_timeout: float | None = None,
     ) -> None:
         self.inbox = inbox
         self.ignore = tuple(ignore)
         self._ignore_re = re.compile("|".join(fnmatch.translate(p) for p in self.ignore) or "(?!)")
         self.settle_seconds = settle_seconds
         self.pair_timeout = pair_timeout
+        # An image alone is ready after this long, not pair_timeout ([prompting] wait_seconds:
+        # the prompt model writes its prompt); None: pair_timeout.
+        self.alone_timeout = alone_timeout
         self.clock = clock
         self.max_depth = max_depth
         self.busy_limit = max(BUSY_LIMIT_MIN, BUSY_LIMIT_SETTLES * settle_seconds)
@@ -541,7 +545,10 @@ class InboxScanner:
             quiet = now - since
             complete = len(images) == 1 and len(prompts) == 1
             clash = len(images) > 1 or len(prompts) > 1  # can never become a valid pair by waiting
-            if quiet >= self.settle_seconds and (complete or clash or quiet >= self.pair_timeout):
+            timeout = self.pair_timeout
+            if self.alone_timeout is not None and images and not prompts:
+                timeout = self.alone_timeout
+            if quiet >= self.settle_seconds and (complete or clash or quiet >= timeout):
                 stale = [n for n in members if f.files[n].checked != self._scan_no]
                 if stale:
                     for name in stale:
@@ -555,7 +562,7 @@ class InboxScanner:
                 if g is not was:
                     self._ready_sorted = None
                 return
-            due = since + (self.settle_seconds if complete or clash else self.pair_timeout)
+            due = since + (self.settle_seconds if complete or clash else timeout)
             state = "arriving" if quiet < self.settle_seconds else _WAITING_FOR[bool(prompts)]
             self._waiting[key] = (since, due, len(members), state)
             self._waiting_files += len(members)

@@ -2,13 +2,14 @@
 
 Every input is checked (sidecar, pairing, image, and what the model can take) before a GPU is
 touched, in the spirit of diffusers' ``check_inputs``: a bad job costs milliseconds, not a
-model run, and the coordinator can do it without the model in its own process.
+model run, and the coordinator can do it without the model in its own process. The one costly
+step, a prompt written from the image (``[prompting]``), comes last, once every check has passed.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
 from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
+from daemon.job import prompt_source
 from daemon.job.image import fit_to, load_image
+from daemon.job.printable import printable
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
 
@@ -65,7 +68,11 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
             f"Several images share the name {job.stem!r}: {', '.join(images)}. "
             "Give each image its own name, with its own prompt file."
         )
-    if not sidecars and settings.generation.default_prompt is None:
+    if (
+        not sidecars
+        and settings.generation.default_prompt is None
+        and not prompt_source.prompting_on(settings)
+    ):
         raise SidecarError(
             f"No prompt file came with {images[0]} within {settings.watch.pair_timeout:g} seconds. "
             f"Add a text file named {job.stem}.txt holding the prompt (what should move, and how), "
@@ -76,7 +83,16 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
 
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
     if sidecar is not None:
-        return read_sidecar(sidecar, settings.generation, settings.limits, recipes, set(settings.loras))
+        return read_sidecar(
+            sidecar,
+            settings.generation,
+            settings.limits,
+            recipes,
+            set(settings.loras),
+            allow_empty_txt=prompt_source.prompting_on(settings),
+        )
+    if prompt_source.prompting_on(settings):
+        return defaults(settings.generation, prompt="")  # written from the image
     assert settings.generation.default_prompt is not None  # _split_inputs failed the job otherwise
     return defaults(settings.generation, prompt=settings.generation.default_prompt)
 
@@ -150,18 +166,30 @@ def _fitted_if_smaller(image: Image.Image, width: int, height: int) -> Image.Ima
     return fit_to(image, width, height)
 
 
-def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_at: datetime) -> Prepared:
+def prepare(
+    job: Job,
+    settings: Settings,
+    model: ModelInfo,
+    log: Any,
+    *,
+    queued_at: datetime,
+    writer: Any = None,
+) -> Prepared:
     """Check a claimed job's inputs and size its clip; raise JobError for anything wrong with them.
 
     Steps:
-    1. pair, sidecar and image checks;
+    1. pair, sidecar and image checks; where the prompt comes from (``prompt_source.plan``);
     2. size the clip (``ModelInfo.clip_size``), centre-crop the image to it;
-    3. pick the seed (``_seed``), check the request against what the model takes.
+    3. pick the seed (``_seed``), check the request against what the model takes;
+    4. the prompt written from the image when the plan asks (``writer``, a ``PromptWriter``).
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
     image_path, sidecar_path = _split_inputs(job, settings)
     params = _params(sidecar_path, settings, set(table))
+    source = prompt_source.plan(sidecar_path is not None, params.prompt, settings)
+    if source.needs_writer and not model.family.takes_prompt:  # a prompt would not be read
+        source = prompt_source.PromptPlan("file" if sidecar_path else "default", source.user_prompt)
     image = load_image(
         image_path,
         max_pixels=settings.limits.max_image_pixels,
@@ -187,6 +215,10 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         loras=params.loras,
     )
     model.check(request)
+    prompt, prompt_from = prompt_source.settle(source, params.prompt, image, writer, model.family.name, log)
+    if prompt != params.prompt:
+        params = replace(params, prompt=prompt)
+        request = replace(request, prompt=prompt)
     names = params.recipes if params.recipes is not None else settings.output.default_recipes
     recipes = {name: table[name] for name in names}
     log.info(
@@ -203,11 +235,15 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         loras=list(eff.loras) or None,
         seed=seed,
         attempt=job.attempts,
+        prompt_from=prompt_from,
+        prompt=printable(prompt),  # a prompt's line breaks and tabs would break the log's lines
     )
     record = JobRecord(
         job=job.name,
         inputs=Inputs(image=image_path.name, sidecar=sidecar_path.name if sidecar_path else None),
         prompt=params.prompt,
+        user_prompt=source.user_prompt,
+        prompt_from=prompt_from,
         negative_prompt=params.negative_prompt,
         source_image=ImageSize(width=image.width, height=image.height),
         model=ModelUsed(id=model.model_id, revision=model.revision, device=model.device),

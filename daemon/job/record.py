@@ -88,7 +88,12 @@ class JobRecord(_Part):
     job: str
     status: str | None = None  # "done" or "done_with_recipe_errors"
     inputs: Inputs = Field(default_factory=Inputs)
-    prompt: str | None = None
+    prompt: str | None = None  # the prompt used
+    # The prompt file's own text (None: none came, or it was empty), and where the prompt used came
+    # from: "file", "default" (generation.default_prompt), "image" (written from the image by the
+    # prompt model) or "rewritten" (the user's words rewritten with the image).
+    user_prompt: str | None = None
+    prompt_from: str | None = None
     negative_prompt: str | None = None
     parameters: Parameters = Field(default_factory=Parameters)
     source_image: ImageSize = Field(default_factory=ImageSize)

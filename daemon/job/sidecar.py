@@ -78,8 +78,13 @@ def read_sidecar(
     limits: LimitsConfig,
     known_recipes: Collection[str],
     known_loras: Collection[str] = (),
+    *,
+    allow_empty_txt: bool = False,
 ) -> JobParams:
-    """Read, decode and check one sidecar; raise SidecarError naming every problem found."""
+    """Read, decode and check one sidecar; raise SidecarError naming every problem found.
+
+    ``allow_empty_txt``: an empty ``.txt`` is a prompt of "" (one is then written from the image).
+    """
     path = Path(path)
     name = printable(path.name)  # file names are the share user's too: quoted with controls escaped
     ext = path.suffix.lower()
@@ -91,7 +96,7 @@ def read_sidecar(
 
     if ext == ".txt":
         problems: list[str] = []
-        prompt = _check_prompt(text, "prompt", limits, problems, allow_empty=False, txt=True)
+        prompt = _check_prompt(text, "prompt", limits, problems, allow_empty=allow_empty_txt, txt=True)
         _raise_if(problems, name)
         return defaults(gen, prompt=prompt)
 

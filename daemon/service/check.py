@@ -113,3 +113,35 @@ def run_checks(
         yield True, "engine", ", ".join(f"{k} {v}" for k, v in gen.engine.items() if k != "family")
     problem = defaults_problem(info.family, settings.generation.num_frames)
     yield problem is None, "defaults", problem or "[generation] defaults suit the model"
+    yield from _prompt_model(settings)
+
+
+_WHERE = {
+    "gpu": "on the GPU beside the video model",
+    "offload": "moved to the GPU only to write",
+    "cpu": "on the CPU",
+}
+
+
+def _prompt_model(settings: Settings) -> Iterator[Check]:
+    """With [prompting] on: the prompt model loads, and where it goes beside the video model
+    (loaded just before, so the placement sees the memory it left, as at a start)."""
+    from daemon.prompting.writer import writer_for
+
+    writer = writer_for(settings)
+    if writer is None:
+        return
+    try:
+        writer.load()
+    except Exception as e:
+        yield False, "prompt model", str(e)
+        return
+    placement = writer.placement
+    assert placement is not None  # load() placed it
+    yield (
+        True,
+        "prompt model",
+        f"{settings.prompting.model} {_WHERE[placement.where]} ({placement.reason}); "
+        f"when = {settings.prompting.when!r}",
+    )
+    writer.close()

@@ -45,6 +45,7 @@ from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
+from daemon.prompting.writer import PromptModelError, PromptWriter, writer_for
 from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
@@ -115,6 +116,7 @@ class Service:
             failed_where=lambda job: self._where(self.folders.failed, job),
         )
         self._lock: IO[str] | None = None
+        self.writer: PromptWriter | None = None  # [prompting]: loaded at setup, beside the video model
         # Where the daemon writes: a job's files are made in the state folder, then moved to outputs/.
         self.disk = DiskRoom(
             [self.folders.outputs, self.folders.state],
@@ -163,6 +165,7 @@ class Service:
             pair_timeout=settings.watch.pair_timeout,
             clock=self.clock,
             max_depth=settings.watch.max_depth,
+            alone_timeout=settings.prompting.wait_seconds if settings.prompting.when != "never" else None,
         )
 
     # -- set-up and tear-down ------------------------------------------------------------
@@ -192,6 +195,7 @@ class Service:
             except Exception as e:
                 self.executor.close()
                 raise StartupError(f"the model could not be loaded or warmed up: {e}") from e
+            self._load_writer()
         except BaseException:
             self._lock.close()
             self._lock = None
@@ -235,6 +239,20 @@ class Service:
         self.started.set()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
 
+    def _load_writer(self) -> None:
+        """The prompt model, after the video model: where it goes depends on the memory that one left."""
+        self.writer = writer_for(self.settings)
+        if self.writer is None:
+            return
+        try:
+            self.writer.load()
+        except PromptModelError as e:
+            self.executor.close()
+            raise StartupError(str(e)) from None
+        except Exception as e:
+            self.executor.close()
+            raise StartupError(f"the prompt model could not be loaded: {e}") from e
+
     def _check_encoding(self) -> None:
         """The ffmpeg chosen, and every recipe tried on a synthetic clip: a broken one stops the start."""
         try:
@@ -258,6 +276,8 @@ class Service:
             self._watcher = None
         self.filer.stop()
         self.executor.close()
+        if self.writer is not None:
+            self.writer.close()
         if self._lock is not None:
             self.publish_status("stopped")
             self._lock.close()
@@ -354,10 +374,10 @@ class Service:
         finally:
             notify.ready()
         # These are built once at start (folders and lock, model, listeners).
-        fixed = ("paths", "model", "metrics", "webhooks", "cluster")
+        fixed = ("paths", "model", "metrics", "webhooks", "cluster", "prompting")
         if any(getattr(new, k, None) != getattr(self.settings, k, None) for k in fixed):
             self.log.warning(
-                "changes to [paths], [model], [metrics], [webhooks] and [cluster] need a restart"
+                "changes to [paths], [model], [metrics], [webhooks], [cluster] and [prompting] need a restart"
             )
             new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed if hasattr(new, k)})
         self.settings = new
@@ -388,7 +408,9 @@ class Service:
         log = self.log.bind(job=job.name)
         logs.open_job_log(job.name, job.out / f"{job.name}.log")
         try:
-            prepared = prepare(job, self.settings, self.executor.model, log, queued_at=queued_at)
+            prepared = prepare(
+                job, self.settings, self.executor.model, log, queued_at=queued_at, writer=self.writer
+            )
         except JobError as e:
             log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
             self.filer.put(Failed(job, str(e)))
