@@ -18,7 +18,7 @@ import numpy as np
 
 from daemon.engine.adapters import Adapters
 from daemon.engine.families import Family
-from daemon.engine.interface import GenerationRequest, StepCallback, first_frame
+from daemon.engine.interface import GenerationRequest, StepCallback, first_frame, last_frame
 from daemon.engine.oom import InjectOOM, Setting, rescued_decode
 from daemon.engine.options import Placement, reset_cache
 from daemon.errors import GenerationError
@@ -62,6 +62,7 @@ class PipelineCall:
         # A smaller rung: the same picture, centre-cropped to the new aspect ratio and resized
         # (never stretched).
         image = first_frame(req, size)
+        last = last_frame(req, size)  # the chosen last frame, cropped and resized as the first
         self.placement.place(setting.offload)
         pixels = setting.width * setting.height * setting.num_frames
         detach = inject_oom.attach(pipe, family.denoiser, pixels) if inject_oom else None
@@ -105,6 +106,7 @@ class PipelineCall:
                         decode_chunk_size=chunk,
                         on_step=on_step,
                         pipe=pipe,
+                        last_image=last.convert("RGB") if last is not None else None,
                     )
                 )
                 if family.chunked_decode:

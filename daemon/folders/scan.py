@@ -92,6 +92,8 @@ class Group:
     sidecars: list[Path] = field(default_factory=list)
     # Files that go with the job, untouched and never read (a RAW file, an .xmp): see ``names``.
     companions: list[Path] = field(default_factory=list)
+    # The frame the clip ends on: ``NAME.last.EXT`` beside the image (see ``names.last_frame_of``).
+    lasts: list[Path] = field(default_factory=list)
     since: float = 0.0  # when the last of its files last changed
     # What each file looked like when it was judged settled; the claim re-checks it, so a
     # file rewritten between the scan and the claim is left to settle again.
@@ -112,7 +114,7 @@ class Group:
 
     @property
     def files(self) -> list[Path]:
-        return self.images + self.sidecars + self.companions
+        return self.images + self.sidecars + self.companions + self.lasts
 
     @property
     def complete(self) -> bool:
@@ -533,10 +535,24 @@ class InboxScanner:
         key = (f.rel, stem)
         queued = self._waiting.get(key, (0.0, now, 0, ""))[1]  # a due-list entry stands for it then
         was = self._unlist(key)
+        lead = names.last_frame_of(stem)
+        if lead is not None and self._lasts(f, lead):
+            # NAME.last.EXT beside job NAME: judged with NAME's files, never a job of its own.
+            f.touched.add(lead)
+            if was is not None:
+                self._ready_sorted = None
+            return
+        if stem + names.LAST_MARK in f.groups and not self._lasts(f, stem):
+            # NAME is gone or no job now: STEM.last.EXT is judged on its own again.
+            f.touched.add(stem + names.LAST_MARK)
         while members := f.groups.get(stem):
             images, prompts, companions = names.sort_inputs(members)
             if not images and not prompts:
                 break  # companions alone are no job: they wait for their photo, and never fail
+            lasts = self._lasts(f, stem)
+            if lasts:
+                self._unlist((f.rel, stem + names.LAST_MARK))  # was waiting on its own, before NAME came
+                members = members + lasts
             since = max(f.files[n].since for n in members)
             quiet = now - since
             complete = len(images) == 1 and len(prompts) == 1
@@ -548,7 +564,7 @@ class InboxScanner:
                         self._observe(f, fd, name, now)
                     f.touched.discard(stem)
                     continue
-                g = self._group(f, stem, images, prompts, companions, since)
+                g = self._group(f, stem, images, prompts, companions, since, lasts)
                 if was is not None and _same(was, g):
                     g = was  # unchanged: its place in the queue stands, nothing is sorted again
                 self._ready[key] = g
@@ -565,6 +581,13 @@ class InboxScanner:
             break
         if was is not None:
             self._ready_sorted = None  # it left the ready list
+
+    def _lasts(self, f: _Folder, stem: str) -> list[str]:
+        """The images ``STEM.last.EXT`` that go with job STEM's files (see ``names.lends_last_frame``)."""
+        last = f.groups.get(stem + names.LAST_MARK)
+        if not last or not names.lends_last_frame(f.groups.get(stem, ()), last):
+            return []
+        return sorted(last)
 
     def _unlist(self, key: tuple[str, str]) -> Group | None:
         """Take a group off the ready and waiting lists; returns it if it was ready (the
@@ -621,6 +644,7 @@ class InboxScanner:
         prompts: list[str],
         companions: list[str],
         since: float,
+        lasts: list[str],
     ) -> Group:
         folder = self.inbox / f.rel
         g = Group(Path(f.home), stem, since=since)
@@ -630,7 +654,8 @@ class InboxScanner:
         g.images = [folder / n for n in images]
         g.sidecars = [folder / n for n in prompts]
         g.companions = [folder / n for n in companions]
-        g.sigs = {folder / n: f.files[n].sig for n in (*images, *prompts, *companions)}
+        g.lasts = [folder / n for n in lasts]
+        g.sigs = {folder / n: f.files[n].sig for n in (*images, *prompts, *companions, *lasts)}
         if self._lease_check:
             g.held_open = self._held_open_since(since)
         return g

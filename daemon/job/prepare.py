@@ -7,6 +7,7 @@ model run, and the coordinator can do it without the model in its own process.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
-from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
+from daemon.folders.names import LAST_MARK, RAW_EXTS, sort_inputs, split_last_frames, split_name
 from daemon.job.image import fit_to, load_image
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
@@ -39,10 +40,17 @@ class Prepared:
     effective: Effective | None = None  # steps and guidance in force, and where each came from
 
 
-def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
-    """The job's image and sidecar; a JobError when the pair is not exactly one of each."""
+def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None, Path | None]:
+    """The job's image, sidecar and last frame; a JobError when the pair is not exactly one of
+    each, or there is more than one last frame."""
     # Companions (a RAW file, an .xmp) travel with the job but are never read.
-    images, sidecars, companions = sort_inputs(job.files)
+    lasts, others = split_last_frames(job.stem, job.files)
+    images, sidecars, companions = sort_inputs(others)
+    if len(lasts) > 1:
+        raise JobError(
+            f"There are {len(lasts)} last images for {job.stem!r}: {', '.join(lasts)}. Keep only one"
+            f" (named {job.stem}{LAST_MARK} and the image type, e.g. {job.stem}{LAST_MARK}.jpg)."
+        )
     if len(sidecars) > 1:
         raise SidecarError(
             f"There are {len(sidecars)} prompt files for one image: {', '.join(sidecars)}. "
@@ -50,7 +58,7 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
         )
     if not images:
         raw = [n for n in companions if split_name(n)[1] in RAW_EXTS]
-        alone = f"The prompt file {sidecars[0]}" if sidecars else ", ".join(companions)
+        alone = f"The prompt file {sidecars[0]}" if sidecars else ", ".join(companions + lasts)
         raise JobError(
             f"{alone} has no image beside it. Put an image with the same name "
             f"(for example {job.stem}.png or {job.stem}.jpg) in the same folder as the prompt file."
@@ -71,7 +79,8 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
             f"Add a text file named {job.stem}.txt holding the prompt (what should move, and how), "
             "then put both files in the inbox again."
         )
-    return job.inputs / images[0], (job.inputs / sidecars[0]) if sidecars else None
+    sidecar = (job.inputs / sidecars[0]) if sidecars else None
+    return job.inputs / images[0], sidecar, (job.inputs / lasts[0]) if lasts else None
 
 
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
@@ -160,14 +169,19 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
-    image_path, sidecar_path = _split_inputs(job, settings)
+    image_path, sidecar_path, last_path = _split_inputs(job, settings)
     params = _params(sidecar_path, settings, set(table))
-    image = load_image(
-        image_path,
-        max_pixels=settings.limits.max_image_pixels,
-        max_bytes=settings.limits.max_image_bytes,
-        formats=settings.limits.image_formats,
+    limits = settings.limits
+    load = functools.partial(
+        load_image,
+        max_pixels=limits.max_image_pixels,
+        max_bytes=limits.max_image_bytes,
+        formats=limits.image_formats,
     )
+    image = load(image_path)
+    # The last frame passes the same checks, and is cropped and resized to the clip as the first is:
+    # the clip's shape follows the first image alone.
+    last = load(last_path) if last_path is not None else None
     width, height = model.clip_size(image.width, image.height, params.resolution)
     if model.fixed_size is not None:
         log.info("this model makes one clip size only; resolution is not used", clip_size=f"{width}x{height}")
@@ -185,6 +199,7 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         guidance_scale=eff.guidance_scale,
         seed=seed,
         loras=params.loras,
+        last_image=_fitted_if_smaller(last, width, height) if last is not None else None,
     )
     model.check(request)
     names = params.recipes if params.recipes is not None else settings.output.default_recipes
@@ -193,6 +208,7 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
         "job started",
         image=image_path.name,
         sidecar=sidecar_path.name if sidecar_path else None,
+        last_image=last_path.name if last_path else None,
         source_size=f"{image.width}x{image.height}",
         clip_size=f"{width}x{height}",
         frames=params.num_frames,
@@ -206,7 +222,11 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     )
     record = JobRecord(
         job=job.name,
-        inputs=Inputs(image=image_path.name, sidecar=sidecar_path.name if sidecar_path else None),
+        inputs=Inputs(
+            image=image_path.name,
+            sidecar=sidecar_path.name if sidecar_path else None,
+            last_image=last_path.name if last_path else None,
+        ),
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
         source_image=ImageSize(width=image.width, height=image.height),
