@@ -150,6 +150,33 @@ def test_a_last_frame_left_alone_waits_like_any_image(
     assert scanner.pending == [("cat.last", "waiting for its prompt file")]
 
 
+def test_a_prompt_file_may_name_its_last_frame_and_the_job_waits_for_it(
+    tmp_path: Path, scanner: InboxScanner, clock: Clock
+) -> None:
+    (tmp_path / "cat.png").write_bytes(b"x")
+    (tmp_path / "cat.toml").write_text('prompt = "a cat turns"\nlast_image = "sunset.jpg"\n')
+    assert _settle(scanner, clock) == []
+    assert scanner.pending == [("cat", "waiting for its last image")]
+    (tmp_path / "sunset.jpg").write_bytes(b"x")
+    [group] = _settle(scanner, clock)
+    assert group.name == "cat" and [p.name for p in group.lasts] == ["sunset.jpg"]
+    assert scanner.pending == [], "the named image is no job of its own"
+
+
+def test_a_last_image_that_never_comes_fails_after_the_pair_timeout(
+    tmp_path: Path, scanner: InboxScanner, clock: Clock
+) -> None:
+    (tmp_path / "cat.png").write_bytes(b"x")
+    (tmp_path / "cat.json").write_text('{"prompt": "a cat turns", "last_image": "../../etc/secret.png"}')
+    (tmp_path / "dog.png").write_bytes(b"x")
+    (tmp_path / "dog.json").write_text('{"prompt": "a dog runs", "last_image": "later.png"}')
+    [group] = _settle(scanner, clock)  # a path is never looked up: the job goes on to fail, naming it
+    assert group.name == "cat" and group.lasts == []
+    clock.t += float(SHIPPED["pair_timeout"])  # type: ignore[arg-type]
+    ready = {g.name: g for g in scanner.scan()}  # cat is still ready: nothing claimed it here
+    assert sorted(ready) == ["cat", "dog"] and ready["dog"].lasts == [], "taken to fail, saying so"
+
+
 # -- families ---------------------------------------------------------------------------------------
 
 
@@ -280,3 +307,30 @@ def test_a_model_without_end_frames_fails_naming_those_with_and_the_retry_works(
     assert sorted(os.listdir(done)) == ["cup.json", "cup.last.png", "cup.png"]
     assert digest(done / "cup.last.png") == digest(end)
     assert os.listdir(inbox) == []
+
+
+@pytest.mark.slow
+def test_a_prompt_file_names_its_last_frame_end_to_end(tmp_path: Path) -> None:
+    config = helpers.write_config(tmp_path, "tiny-wan-flf2v", FLF2V)
+    inbox = tmp_path / "inbox"
+    before = {
+        "dog.jpg": _jpeg(inbox / "dog.jpg", 6, (96, 64)),
+        "sunset.jpg": _jpeg(inbox / "sunset.jpg", 7, (64, 64)),
+    }
+    (inbox / "dog.toml").write_text('prompt = "the dog runs into the sunset"\nlast_image = "sunset.jpg"\n')
+    before["dog.toml"] = digest(inbox / "dog.toml")
+    # A share user's name that points elsewhere is refused, never followed.
+    outside = _jpeg(tmp_path / "secret.jpg", 8, (64, 64))
+    _jpeg(inbox / "cat.jpg", 9, (96, 64))
+    (inbox / "cat.toml").write_text('prompt = "a cat"\nlast_image = "../secret.jpg"\n')
+    r = _run(config, "run", "--once")
+    assert r.returncode == 1, r.stderr[-3000:]
+    [out] = (tmp_path / "outputs").glob("dog_*/")
+    assert json.loads((out / f"{out.name}.json").read_text())["inputs"]["last_image"] == "sunset.jpg"
+    [done] = (tmp_path / "done").glob("dog_*/")
+    assert {p.name: digest(p) for p in done.iterdir()} == before
+    [failed] = (tmp_path / "failed").glob("cat_*/")
+    error = (failed / "error.txt").read_text()
+    assert "last_image" in error and "no folders" in error
+    assert sorted(os.listdir(failed)) == sorted(["cat.jpg", "cat.toml", "error.txt", f"{failed.name}.log"])
+    assert digest(tmp_path / "secret.jpg") == outside and os.listdir(inbox) == []

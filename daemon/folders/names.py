@@ -33,6 +33,7 @@ import json
 import os
 import re
 import stat
+import tomllib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -151,6 +152,41 @@ def lends_last_frame(lead: Iterable[str], last: Iterable[str]) -> bool:
         return False
     images, prompts, _ = sort_inputs(lead)
     return bool(images or prompts)
+
+
+# The prompt-file key naming the last frame, a file in the same folder (instead of NAME.last.EXT).
+LAST_IMAGE_KEY = "last_image"
+
+
+def plain_image_name(value: object) -> str | None:
+    """``value`` when it is a plain image file name of the same folder (``end.png``); None otherwise.
+
+    No path of any kind (``/``, ``\\``, ``..``), no hidden name, no control character: a prompt
+    file is a share user's, and this name is only ever looked up among the folder's own files.
+    """
+    if not isinstance(value, str) or not value or len(value) > 255 or value.startswith("."):
+        return None
+    if "/" in value or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return None
+    return value if group_of(value)[1] == IMAGE else None
+
+
+def named_last_image(sidecar: str, head: bytes | None) -> str | None:
+    """The file a ``.toml`` or ``.json`` prompt file names as its ``last_image``, when it names a
+    plain image name (``plain_image_name``); None for any other file, value or unreadable text.
+
+    The scanner reads this to wait for that file and take it with the job; the job itself checks
+    the whole prompt file (and says what is wrong with it) as for any other key.
+    """
+    ext = split_name(sidecar)[1]
+    if head is None or ext not in (".toml", ".json") or len(head) >= _SNIFF_BYTES:
+        return None
+    try:
+        text = head.decode("utf-8-sig")
+        table = tomllib.loads(text) if ext == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return plain_image_name(table.get(LAST_IMAGE_KEY)) if isinstance(table, dict) else None
 
 
 def split_last_frames(stem: str, files: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
-from daemon.folders.names import LAST_MARK, RAW_EXTS, sort_inputs, split_last_frames, split_name
+from daemon.folders.names import LAST_MARK, RAW_EXTS, group_of, sort_inputs, split_last_frames, split_name
 from daemon.job.image import fit_to, load_image
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
@@ -40,12 +40,15 @@ class Prepared:
     effective: Effective | None = None  # steps and guidance in force, and where each came from
 
 
-def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None, Path | None]:
-    """The job's image, sidecar and last frame; a JobError when the pair is not exactly one of
-    each, or there is more than one last frame."""
+def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None, Path | None, list[str]]:
+    """The job's image, sidecar and last frame ``NAME.last.EXT``, and the other images that came
+    with it (the one its prompt file names as ``last_image``); a JobError when the pair is not
+    exactly one of each, or there is more than one last frame."""
     # Companions (a RAW file, an .xmp) travel with the job but are never read.
     lasts, others = split_last_frames(job.stem, job.files)
     images, sidecars, companions = sort_inputs(others)
+    named = [n for n in images if group_of(n)[0] != job.stem]  # taken with the job for last_image
+    images = [n for n in images if n not in named]
     if len(lasts) > 1:
         raise JobError(
             f"There are {len(lasts)} last images for {job.stem!r}: {', '.join(lasts)}. Keep only one"
@@ -80,7 +83,26 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None, Path
             "then put both files in the inbox again."
         )
     sidecar = (job.inputs / sidecars[0]) if sidecars else None
-    return job.inputs / images[0], sidecar, (job.inputs / lasts[0]) if lasts else None
+    return job.inputs / images[0], sidecar, (job.inputs / lasts[0]) if lasts else None, named
+
+
+def _last_frame(job: Job, params: JobParams, last: Path | None, named: list[str]) -> Path | None:
+    """The frame the clip ends on: ``NAME.last.EXT``, or the file the prompt file names as
+    ``last_image`` (which must have come with the job: a file of the same folder); None without one."""
+    if params.last_image is None:
+        return last
+    if last is not None and last.name != params.last_image:
+        raise SidecarError(
+            f"The prompt file names {params.last_image} as the last image, and {last.name} came with the"
+            " job too: keep one of them (remove last_image from the prompt file, or the other image)."
+        )
+    if last is None and params.last_image not in named:
+        raise SidecarError(
+            f"The prompt file names {params.last_image} as the last image (last_image), but no such"
+            " image was beside it: put that image in the same folder as the prompt file (on its own,"
+            " without a prompt file of its own), or correct the name, then drop the files again."
+        )
+    return job.inputs / params.last_image
 
 
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
@@ -169,8 +191,9 @@ def prepare(job: Job, settings: Settings, model: ModelInfo, log: Any, *, queued_
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
-    image_path, sidecar_path, last_path = _split_inputs(job, settings)
+    image_path, sidecar_path, last_path, named = _split_inputs(job, settings)
     params = _params(sidecar_path, settings, set(table))
+    last_path = _last_frame(job, params, last_path, named)
     limits = settings.limits
     load = functools.partial(
         load_image,
