@@ -27,6 +27,7 @@ from daemon.engine.detect import detect_family
 from daemon.engine.families import FAMILIES, end_frame_families
 from daemon.engine.generator import load_generator
 from daemon.engine.runner import DiffusersGenerator
+from daemon.engine.tiny_families import folder_name
 from daemon.errors import GenerationError
 from daemon.folders import names
 from daemon.folders.scan import InboxScanner
@@ -209,12 +210,16 @@ def wans(tiny_families_dir: Path) -> dict[str, DiffusersGenerator]:
     return gens
 
 
-def test_wan_clips_end_on_the_last_frame_given(wans: dict[str, DiffusersGenerator]) -> None:
+def test_wan_clips_end_on_the_last_frame_given(
+    wans: dict[str, DiffusersGenerator], tiny_families_dir: Path
+) -> None:
+    flf2v_folder = tiny_families_dir / folder_name("tiny-wan-flf2v")
     first = _noise(1, (32, 16))
     last = _noise(2, (80, 40))  # another size: cropped and resized to the clip as the first is
     req = helpers.request(width=32, height=16, image=first, num_frames=5, guidance_scale=3.0)
     flf2v = wans["tiny-wan-flf2v"]
     assert flf2v.family.name == "wan_flf2v"
+    assert detect_family(str(flf2v_folder)) == "wan_flf2v", "detected from the build's transformer config"
     a = flf2v.generate(replace(req, last_image=last)).frames
     b = flf2v.generate(replace(req, last_image=last.rotate(180))).frames
     assert a.shape == (5, 16, 32, 3) and not np.array_equal(a, b), "the last frame changes the clip"
