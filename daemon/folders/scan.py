@@ -6,7 +6,10 @@ arrives in chunks, with pauses, sometimes as an empty file filled later, and its
 may be the source's (copies preserve it), so only watching it stop changing is safe.
 A *group* is every file sharing a folder and a name (``cat.png`` + ``cat.txt``, and
 companions such as ``cat.xmp``: see ``names``); it is ready once all its files are
-settled and it is complete, or incomplete for longer than ``watch.pair_timeout``.
+settled and it is complete, or incomplete for longer than ``watch.pair_timeout``. A job's
+last frame is one of its files: ``NAME.last.EXT`` (``names.last_frame_of``), or the image its
+``.toml``/``.json`` prompt file names as ``last_image``, which the job waits for (read once the
+prompt file has settled; only ever looked up among the folder's own plain files).
 
 The scanner keeps a view of the inbox and brings it up to date each scan rather than
 reading everything again, so an inbox full of junk or of files waiting for a partner costs
