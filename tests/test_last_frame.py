@@ -228,9 +228,22 @@ def test_wan_clips_end_on_the_last_frame_given(
     a14b = wans["tiny-wan22"]
     with_last = a14b.generate(replace(req, last_image=last)).frames
     assert not np.array_equal(with_last, a14b.generate(req).frames)
-    with pytest.raises(GenerationError, match=r"Wan 2\.1 FLF2V, Wan 2\.2 A14B") as e:
+    with pytest.raises(GenerationError, match=r"LTX-Video, Wan 2\.1 FLF2V, Wan 2\.2 A14B") as e:
         wans["tiny-wan"].generate(replace(req, last_image=last))
     assert "Wan 2.1, cannot take one" in str(e.value)
+
+
+def test_ltx_video_ends_on_the_last_frame_through_its_condition_pipeline(tiny_families_dir: Path) -> None:
+    gen = load_generator("tiny-ltx", revision=None, device="cpu", dtype="auto", cache_dir=tiny_families_dir)
+    assert isinstance(gen, DiffusersGenerator)
+    req = helpers.request(width=64, height=32, image=_noise(1, (64, 32)), num_frames=9, guidance_scale=3.0)
+    last = _noise(2, (64, 32))
+    a = gen.generate(replace(req, last_image=last)).frames
+    b = gen.generate(replace(req, last_image=last.rotate(180))).frames
+    assert a.shape == (9, 32, 64, 3) and not np.array_equal(a, b), "the last frame changes the clip"
+    assert np.array_equal(gen.generate(replace(req, last_image=last)).frames, a), "and is seeded"
+    plain = gen.generate(req).frames  # without one: the image-to-video pipeline as before
+    assert plain.shape == a.shape and not np.array_equal(plain, a)
 
 
 # -- end to end, with the shipped [watch] defaults ------------------------------------------------------

@@ -73,6 +73,23 @@ def _hunyuan_kwargs(req: Any, pipe: Any, num_frames: int) -> dict[str, Any]:
     return {"guidance_scale": 1.0, "true_cfg_scale": req.guidance_scale, "num_frames": num_frames + extra}
 
 
+def _ltx_conditions(first: Any, last: Any, num_frames: int) -> dict[str, Any]:
+    """LTX-Video's condition pipeline: the first frame at index 0, the last at the clip's last frame.
+
+    As ``conditions``, not ``image=[...]`` with ``frame_index=[...]``: given lists of images without a
+    list of videos, diffusers 0.42.1's LTXConditionPipeline keeps the first condition only.
+    """
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    return {
+        "image": None,
+        "conditions": [
+            LTXVideoCondition(image=first, frame_index=0),
+            LTXVideoCondition(image=last, frame_index=num_frames - 1),
+        ],
+    }
+
+
 # Width/height multiples: the VAE's spatial downsampling times the denoiser's levels or patch size.
 def _unet_multiple(pipe: Any) -> int:
     return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
@@ -149,6 +166,10 @@ FAMILIES: dict[str, Family] = {
         takes_lora=True,
         extra_kwargs=_ltx_kwargs,
         multiple_of=_ltx_multiple,
+        # A job with a last frame runs through LTXConditionPipeline on the same components.
+        end_frame="conditions",
+        end_frame_pipeline="LTXConditionPipeline",
+        end_frame_kwargs=_ltx_conditions,
     ),
     # 40 steps, guidance 5.0: the Wan 2.1 authors' generate.py for image-to-video (diffusers'
     # WanImageToVideoPipeline defaults to 50 steps at the same guidance).
@@ -327,6 +348,26 @@ def end_frame_problem(family: Family, has_last: bool) -> str | None:
             " the files again."
         )
     return None
+
+
+_END_FRAME_PIPES: dict[int, tuple[Any, Any]] = {}
+
+
+def end_frame_pipe(family: Family, pipe: Any) -> Any:
+    """The pipeline that makes a clip with a last frame: ``pipe`` itself, or the family's
+    ``end_frame_pipeline`` built once on ``pipe``'s components (no copy of the weights: the same
+    modules, with their placement, adapters and compilation)."""
+    if family.end_frame_pipeline is None:
+        return pipe
+    held = _END_FRAME_PIPES.get(id(pipe))
+    if held is None or held[0] is not pipe:
+        import diffusers
+
+        other = getattr(diffusers, family.end_frame_pipeline)(**pipe.components)
+        other.set_progress_bar_config(disable=True)  # as the loaded pipeline's
+        _END_FRAME_PIPES.clear()  # one model is loaded at a time: keep one
+        held = _END_FRAME_PIPES[id(pipe)] = (pipe, other)
+    return held[1]
 
 
 def get_family(name: str) -> Family:

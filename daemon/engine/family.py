@@ -69,9 +69,14 @@ class Family:
     multiple_of: PipeHook | None = None
     one_size: PipeHook | None = None
     # How its pipeline takes a chosen last frame (``NAME.last.EXT``): the call argument that takes
-    # it ("last_image": Wan), or None when it cannot (such jobs fail before any model work, naming
-    # the families that can: ``daemon.engine.families.end_frame_problem``).
+    # it ("last_image": Wan; "conditions": LTX-Video, first and last frame as conditions of
+    # ``end_frame_pipeline``, built on the loaded pipeline's components), or None when it cannot
+    # (such jobs fail before any model work, naming the families that can:
+    # ``daemon.engine.families.end_frame_problem``).
     end_frame: str | None = None
+    end_frame_pipeline: str | None = None
+    # (first image, last image, frame count) -> the call arguments that put both frames in.
+    end_frame_kwargs: Callable[[Any, Any, int], dict[str, Any]] | None = None
     # A model trained on first-last-frame pairs only (Wan 2.1 FLF2V): every job must bring a last frame.
     needs_end_frame: bool = False
 
@@ -175,6 +180,8 @@ class Family:
             )
         if self.extra_kwargs is not None:
             kwargs.update(self.extra_kwargs(req, pipe, num_frames))
-        if last_image is not None and self.end_frame is not None:
+        if last_image is not None and self.end_frame_kwargs is not None:
+            kwargs.update(self.end_frame_kwargs(image, last_image, num_frames))
+        elif last_image is not None and self.end_frame is not None:
             kwargs[self.end_frame] = last_image
         return kwargs

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daemon.engine.adapters import Adapters
-from daemon.engine.families import Family
+from daemon.engine.families import Family, end_frame_pipe
 from daemon.engine.interface import GenerationRequest, StepCallback, first_frame, last_frame
 from daemon.engine.oom import InjectOOM, Setting, rescued_decode
 from daemon.engine.options import Placement, reset_cache
@@ -95,7 +95,8 @@ class PipelineCall:
                     )
                 )
                 chunk = self.decode_chunk_size
-                out = pipe(
+                target = end_frame_pipe(family, pipe) if last is not None else pipe
+                out = target(
                     **family.call_kwargs(
                         req,
                         image=image.convert("RGB"),
