@@ -337,6 +337,7 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
 def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.errors import JobError
     from daemon.folders import fsops
+    from daemon.folders.names import IMAGE_EXTS, LAST_MARK
     from daemon.job.image import load_image
     from daemon.job.sidecar import read_sidecar
 
@@ -351,21 +352,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
     _, settings = _settings(args)
     image = Path(args.image)
-    if not image.is_file():
-        raise UsageError(f"{image}: no such file")
+    last = Path(args.last) if args.last else None
+    for given in (image, last):
+        if given is not None and not given.is_file():
+            raise UsageError(f"{given}: no such file")
+    if last is not None and last.suffix.lower() not in IMAGE_EXTS:
+        raise UsageError(f"--last {last}: name the image with its type, e.g. end.jpg or end.png")
     table = {"prompt": args.prompt, **_parse_set(args.set)}
-    # Check the user's own image and values exactly as the daemon will, before anything shows in
+    # Check the user's own images and values exactly as the daemon will, before anything shows in
     # the inbox, so a problem names their file and their options, not a temporary copy.
-    try:
-        # Resolved: the user's own link to their image is fine here, unlike a link in the inbox.
-        load_image(
-            image.resolve(),
-            max_pixels=settings.limits.max_image_pixels,
-            max_bytes=settings.limits.max_image_bytes,
-            formats=settings.limits.image_formats,
-        )
-    except JobError as e:
-        raise UsageError(str(e).replace("\n", " ")) from None
+    for given in (image, last):
+        if given is None:
+            continue
+        try:
+            # Resolved: the user's own link to their image is fine here, unlike a link in the inbox.
+            load_image(
+                given.resolve(),
+                max_pixels=settings.limits.max_image_pixels,
+                max_bytes=settings.limits.max_image_bytes,
+                formats=settings.limits.image_formats,
+            )
+        except JobError as e:
+            raise UsageError(str(e).replace("\n", " ")) from None
     inbox = settings.paths.inbox
     inbox.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=inbox, prefix=".submit-") as tmp:
@@ -378,6 +386,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UsageError(_options_problem(str(e), sidecar_tmp.name)) from None
         image_tmp = Path(tmp) / ("image" + image.suffix.lower())
         shutil.copyfile(image, image_tmp)
+        last_tmp = Path(tmp) / ("last" + last.suffix.lower()) if last is not None else None
+        if last is not None and last_tmp is not None:
+            shutil.copyfile(last, last_tmp)
         stem = args.name or image.stem.lstrip("-.") or "job"
         n = 1
         while True:
@@ -385,8 +396,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not any(inbox.glob(f"{glob_escape(name)}.*")):
                 break
             n += 1
-        # The image first, then the sidecar: the pair is complete only once both renames are done.
+        # The images first, then the sidecar: the pair is complete only once every rename is done.
         fsops.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
+        if last is not None and last_tmp is not None:
+            fsops.move(last_tmp, inbox / f"{name}{LAST_MARK}{last.suffix.lower()}")
         fsops.move(sidecar_tmp, inbox / f"{name}.json")
     print(inbox / f"{name}{image.suffix.lower()}", file=args.out)
     return EXIT_OK
@@ -438,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sidecar value, e.g. --set num_frames=16 (repeatable)",
     )
     submit.add_argument("--name", help="job name (default: the image's name)")
+    submit.add_argument(
+        "--last",
+        metavar="IMAGE",
+        help="the frame the clip ends on (only models that take one: see docs/models.md)",
+    )
     add("recipes", cmd_recipes, "list the recipes")
     add("fetch-model", cmd_fetch_model, "download the configured model into the cache ahead of time")
     prompt = add("prompt", cmd_prompt, "print the prompt [prompting] would write for an image")

@@ -25,6 +25,7 @@ FamilyChoice = Literal[
     "svd",
     "ltx",
     "wan",
+    "wan_flf2v",
     "wan22_a14b",
     "wan22_ti2v",
     "cogvideox",

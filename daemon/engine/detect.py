@@ -20,6 +20,7 @@ from daemon.engine.families import (
     WAN,
     WAN22_A14B,
     WAN22_TI2V,
+    WAN_FLF2V,
     Family,
 )
 
@@ -42,8 +43,9 @@ CLASS_NAMES = {
 }
 
 
-def family_from_index(index: dict[str, Any]) -> str:
-    """The family of a parsed ``model_index.json``; ValueError when it is not one i2vd can run."""
+def family_from_index(index: dict[str, Any], transformer: dict[str, Any] | None = None) -> str:
+    """The family of a parsed ``model_index.json`` (and, for Wan, its ``transformer/config.json``
+    when at hand); ValueError when it is not one i2vd can run."""
     name = index.get("_class_name")
     if name not in CLASS_NAMES:
         known = ", ".join(sorted(CLASS_NAMES))
@@ -53,22 +55,55 @@ def family_from_index(index: dict[str, Any]) -> str:
         )
     family = CLASS_NAMES[name]
     if family == WAN:
-        return wan_generation(index)
+        return wan_generation(index, transformer)
     return family
 
 
-def wan_generation(config: Any) -> str:
-    """Wan 2.1, Wan 2.2 A14B or Wan 2.2 TI2V-5B, from a model index or a pipeline's config.
+def _getter(config: Any) -> Any:
+    return config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+
+
+def wan_generation(config: Any, transformer: Any = None) -> str:
+    """Wan 2.1, Wan 2.1 FLF2V, Wan 2.2 A14B or Wan 2.2 TI2V-5B, from a model index or a pipeline's
+    config (and its transformer's, which tells FLF2V from Wan 2.1's image-to-video).
 
     Wan-AI/Wan2.2-I2V-A14B-Diffusers sets ``boundary_ratio`` (and lists ``transformer_2``);
-    Wan-AI/Wan2.2-TI2V-5B-Diffusers sets ``expand_timesteps``; Wan 2.1 sets neither.
+    Wan-AI/Wan2.2-TI2V-5B-Diffusers sets ``expand_timesteps``; Wan 2.1 sets neither, and the
+    transformer of Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers sets ``pos_embed_seq_len`` (the image
+    features of two frames side by side).
     """
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    get = _getter(config)
     if get("boundary_ratio") is not None:
         return WAN22_A14B
     if get("expand_timesteps"):
         return WAN22_TI2V
+    if transformer is not None and _getter(transformer)("pos_embed_seq_len") is not None:
+        return WAN_FLF2V
     return WAN
+
+
+def _transformer_config(index_path: Path, model_id: str, cache_dir: Path | None, revision: str | None) -> Any:
+    """The ``transformer/config.json`` beside a model index (a folder's, or the Hub cache's), or None."""
+    path: Path | None = index_path.parent / "transformer" / "config.json"
+    if path is not None and not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(
+                model_id,
+                "transformer/config.json",
+                cache_dir=str(cache_dir) if cache_dir else None,
+                revision=revision,
+            )
+            path = Path(found) if isinstance(found, str) else None
+        except Exception:  # not a repo id: a folder without one
+            path = None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def detect_family(
@@ -108,7 +143,10 @@ def detect_family(
             index_path = None
     if index_path is None or not index_path.is_file():
         return I2VGENXL
-    return family_from_index(json.loads(index_path.read_text(encoding="utf-8")))
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    if CLASS_NAMES.get(index.get("_class_name")) != WAN:
+        return family_from_index(index)
+    return family_from_index(index, _transformer_config(index_path, model_id, cache_dir, revision))
 
 
 def family_of_pipeline(pipe: Any) -> Family:
@@ -116,5 +154,6 @@ def family_of_pipeline(pipe: Any) -> Family:
     for cls in type(pipe).__mro__:
         if cls.__name__ in CLASS_NAMES:
             name = CLASS_NAMES[cls.__name__]
-            return FAMILIES[wan_generation(pipe.config) if name == WAN else name]
+            transformer = getattr(getattr(pipe, "transformer", None), "config", None)
+            return FAMILIES[wan_generation(pipe.config, transformer) if name == WAN else name]
     raise ValueError(f"i2vd cannot run a {type(pipe).__name__}")

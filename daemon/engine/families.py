@@ -30,6 +30,9 @@ I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox
 # ``boundary_ratio``; TI2V-5B has a 16x VAE and conditions on the image through its first latent
 # frame (``expand_timesteps``).
 WAN22_A14B, WAN22_TI2V = "wan22_a14b", "wan22_ti2v"
+# Wan 2.1 FLF2V 14B: Wan 2.1's pipeline and layout, its image embedder trained on the CLIP features of
+# a first and a last frame side by side (``pos_embed_seq_len``): every job needs both.
+WAN_FLF2V = "wan_flf2v"
 HUNYUAN_I2V = "hunyuan_i2v"
 LTX2 = "ltx2"
 HUNYUAN15_I2V = "hunyuan15_i2v"
@@ -68,6 +71,23 @@ def _hunyuan_kwargs(req: Any, pipe: Any, num_frames: int) -> dict[str, Any]:
         return {"guidance_scale": req.guidance_scale, "true_cfg_scale": 1.0}
     extra = 4 if config.image_condition_type == "latent_concat" else 0
     return {"guidance_scale": 1.0, "true_cfg_scale": req.guidance_scale, "num_frames": num_frames + extra}
+
+
+def _ltx_conditions(first: Any, last: Any, num_frames: int) -> dict[str, Any]:
+    """LTX-Video's condition pipeline: the first frame at index 0, the last at the clip's last frame.
+
+    As ``conditions``, not ``image=[...]`` with ``frame_index=[...]``: given lists of images without a
+    list of videos, diffusers 0.42.1's LTXConditionPipeline keeps the first condition only.
+    """
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    return {
+        "image": None,
+        "conditions": [
+            LTXVideoCondition(image=first, frame_index=0),
+            LTXVideoCondition(image=last, frame_index=num_frames - 1),
+        ],
+    }
 
 
 # Width/height multiples: the VAE's spatial downsampling times the denoiser's levels or patch size.
@@ -146,6 +166,10 @@ FAMILIES: dict[str, Family] = {
         takes_lora=True,
         extra_kwargs=_ltx_kwargs,
         multiple_of=_ltx_multiple,
+        # A job with a last frame runs through LTXConditionPipeline on the same components.
+        end_frame="conditions",
+        end_frame_pipeline="LTXConditionPipeline",
+        end_frame_kwargs=_ltx_conditions,
     ),
     # 40 steps, guidance 5.0: the Wan 2.1 authors' generate.py for image-to-video (diffusers'
     # WanImageToVideoPipeline defaults to 50 steps at the same guidance).
@@ -162,6 +186,23 @@ FAMILIES: dict[str, Family] = {
         takes_lora=True,
         multiple_of=_wan_multiple,
     ),
+    # 50 steps, guidance 5.5, 81 frames at 16 fps, 720p: Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers as its
+    # model card runs it (the pipeline's 50 steps; the authors' generate.py runs non-i2v tasks at 50).
+    WAN_FLF2V: Family(
+        WAN_FLF2V,
+        "WanImageToVideoPipeline",
+        "Wan 2.1 FLF2V",
+        size_multiple=16,
+        frame_step=4,
+        typical_frames=81,
+        float32_parts=("vae", "image_encoder"),
+        default_steps=50,
+        default_guidance=5.5,
+        takes_lora=True,
+        multiple_of=_wan_multiple,
+        end_frame="last_image",
+        needs_end_frame=True,
+    ),
     # 40 steps, guidance 3.5 for both experts, boundary 0.9: the Wan 2.2 authors' I2V-A14B config
     # (the boundary comes from the model's own model_index.json).
     WAN22_A14B: Family(
@@ -177,6 +218,8 @@ FAMILIES: dict[str, Family] = {
         takes_lora=True,
         denoisers=("transformer", "transformer_2"),
         multiple_of=_wan_multiple,
+        # No image encoder: the last frame joins the first in the VAE latent the experts see.
+        end_frame="last_image",
     ),
     # 50 steps, guidance 5.0, 121 frames at 24 fps: the Wan 2.2 authors' TI2V-5B config. Its VAE
     # compresses 16x and the transformer patches 2x2: sizes are multiples of 32.
@@ -279,6 +322,52 @@ def defaults_problem(family: Family | None, num_frames: int) -> str | None:
         f" {family.frame_step}k+1 frames: set it to one of those, e.g. {family.typical_frames} (and"
         " [limits] max_num_frames at least as high)."
     )
+
+
+def end_frame_families() -> list[str]:
+    """The labels of the families that can end a clip on a chosen frame, as the table lists them."""
+    return [family.label for family in FAMILIES.values() if family.end_frame is not None]
+
+
+def end_frame_problem(family: Family, has_last: bool) -> str | None:
+    """Why a job with (or without) a last frame cannot be made by ``family``; None when it can.
+
+    Checked with the job's other inputs, before any model work.
+    """
+    if has_last and family.end_frame is None:
+        return (
+            f"This job asks for a clip that ends on a chosen frame (a last image beside the first), but"
+            f" the model here, {family.label}, cannot take one. The models that can are:"
+            f" {', '.join(end_frame_families())}. Ask the operator for one of them, or drop the image"
+            " again without its last image."
+        )
+    if not has_last and family.needs_end_frame:
+        return (
+            f"The model here, {family.label}, makes clips between two images only: put the last frame"
+            " beside the image as NAME.last.jpg (any image type; NAME is the image's name), then drop"
+            " the files again."
+        )
+    return None
+
+
+_END_FRAME_PIPES: dict[int, tuple[Any, Any]] = {}
+
+
+def end_frame_pipe(family: Family, pipe: Any) -> Any:
+    """The pipeline that makes a clip with a last frame: ``pipe`` itself, or the family's
+    ``end_frame_pipeline`` built once on ``pipe``'s components (no copy of the weights: the same
+    modules, with their placement, adapters and compilation)."""
+    if family.end_frame_pipeline is None:
+        return pipe
+    held = _END_FRAME_PIPES.get(id(pipe))
+    if held is None or held[0] is not pipe:
+        import diffusers
+
+        other = getattr(diffusers, family.end_frame_pipeline)(**pipe.components)
+        other.set_progress_bar_config(disable=True)  # as the loaded pipeline's
+        _END_FRAME_PIPES.clear()  # one model is loaded at a time: keep one
+        held = _END_FRAME_PIPES[id(pipe)] = (pipe, other)
+    return held[1]
 
 
 def get_family(name: str) -> Family:

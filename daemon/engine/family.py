@@ -68,6 +68,17 @@ class Family:
     extra_kwargs: KwargsHook | None = None
     multiple_of: PipeHook | None = None
     one_size: PipeHook | None = None
+    # How its pipeline takes a chosen last frame (``NAME.last.EXT``): the call argument that takes
+    # it ("last_image": Wan; "conditions": LTX-Video, first and last frame as conditions of
+    # ``end_frame_pipeline``, built on the loaded pipeline's components), or None when it cannot
+    # (such jobs fail before any model work, naming the families that can:
+    # ``daemon.engine.families.end_frame_problem``).
+    end_frame: str | None = None
+    end_frame_pipeline: str | None = None
+    # (first image, last image, frame count) -> the call arguments that put both frames in.
+    end_frame_kwargs: Callable[[Any, Any, int], dict[str, Any]] | None = None
+    # A model trained on first-last-frame pairs only (Wan 2.1 FLF2V): every job must bring a last frame.
+    needs_end_frame: bool = False
 
     @property
     def all_denoisers(self) -> tuple[str, ...]:
@@ -131,11 +142,13 @@ class Family:
         decode_chunk_size: int,
         on_step: StepCallback | None,
         pipe: Any = None,
+        last_image: Any = None,
     ) -> dict[str, Any]:
         """The pipeline call for ``req`` at this size (frames come back as numpy floats in [0, 1]).
 
         ``pipe``: the loaded pipeline, for a family whose checkpoints differ in how they are called
         (HunyuanVideo-I2V's two). The family's ``extra_kwargs`` hook adds what only it takes.
+        ``last_image``: the frame the clip ends on, at this size, passed as ``end_frame`` names.
 
         Progress: every pipeline but I2VGen-XL's takes ``callback_on_step_end``; I2VGen-XL reports
         through ``DaemonI2VGenXLPipeline.step_callback``, which the engine sets.
@@ -167,4 +180,8 @@ class Family:
             )
         if self.extra_kwargs is not None:
             kwargs.update(self.extra_kwargs(req, pipe, num_frames))
+        if last_image is not None and self.end_frame_kwargs is not None:
+            kwargs.update(self.end_frame_kwargs(image, last_image, num_frames))
+        elif last_image is not None and self.end_frame is not None:
+            kwargs[self.end_frame] = last_image
         return kwargs

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from daemon.engine.families import end_frame_problem
 from daemon.engine.family import Family, StepCallback
 from daemon.errors import GenerationError
 from daemon.job.image import clip_size, fit_to, resolution_to_short_side
@@ -39,6 +40,9 @@ class GenerationRequest:
     # LoRA adapters added for this job only, by configured name (the always-on ones are in the
     # weights already); the generator turns them off again after the job.
     loras: tuple[str, ...] = ()
+    # The frame the clip ends on (``NAME.last.EXT``), RGB, sized like ``image``: fitted to the clip
+    # unless smaller, then fitted where the frames are made (``last_frame``); None for most jobs.
+    last_image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class ModelInfo:
                 f" makes {w}x{h} clips only."
             )
         self.family.check(req, self.size_multiple)
+        problem = end_frame_problem(self.family, req.last_image is not None)
+        if problem is not None:
+            raise GenerationError(problem)
 
 
 @runtime_checkable
@@ -121,5 +128,13 @@ class Generator(Protocol):
 def first_frame(req: GenerationRequest, size: tuple[int, int] | None = None) -> Image.Image:
     """The picture the clip starts from at ``size`` (the request's own by default): the request's
     image, centre-cropped and resized (``fit_to``) unless it is that size already."""
-    width, height = size or (req.width, req.height)
-    return req.image if req.image.size == (width, height) else fit_to(req.image, width, height)
+    return _fitted(req.image, size or (req.width, req.height))
+
+
+def last_frame(req: GenerationRequest, size: tuple[int, int] | None = None) -> Image.Image | None:
+    """The picture the clip ends on at ``size``, cropped and resized as ``first_frame``; None without one."""
+    return None if req.last_image is None else _fitted(req.last_image, size or (req.width, req.height))
+
+
+def _fitted(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else fit_to(image, *size)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daemon.engine.adapters import Adapters
-from daemon.engine.families import Family
-from daemon.engine.interface import GenerationRequest, StepCallback, first_frame
+from daemon.engine.families import Family, end_frame_pipe
+from daemon.engine.interface import GenerationRequest, StepCallback, first_frame, last_frame
 from daemon.engine.oom import InjectOOM, Setting, rescued_decode
 from daemon.engine.options import Placement, reset_cache
 from daemon.errors import GenerationError
@@ -62,6 +62,7 @@ class PipelineCall:
         # A smaller rung: the same picture, centre-cropped to the new aspect ratio and resized
         # (never stretched).
         image = first_frame(req, size)
+        last = last_frame(req, size)  # the chosen last frame, cropped and resized as the first
         self.placement.place(setting.offload)
         pixels = setting.width * setting.height * setting.num_frames
         detach = inject_oom.attach(pipe, family.denoiser, pixels) if inject_oom else None
@@ -94,7 +95,8 @@ class PipelineCall:
                     )
                 )
                 chunk = self.decode_chunk_size
-                out = pipe(
+                target = end_frame_pipe(family, pipe) if last is not None else pipe
+                out = target(
                     **family.call_kwargs(
                         req,
                         image=image.convert("RGB"),
@@ -105,6 +107,7 @@ class PipelineCall:
                         decode_chunk_size=chunk,
                         on_step=on_step,
                         pipe=pipe,
+                        last_image=last.convert("RGB") if last is not None else None,
                     )
                 )
                 if family.chunked_decode:

@@ -270,6 +270,10 @@ class DiffusersGenerator:
             steps=steps,
             guidance_scale=5.0,
             seed=0,
+            # A model that makes clips between two frames only is warmed up with one.
+            last_image=image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if self.family.needs_end_frame
+            else None,
         )
         t0 = time.monotonic()
         try:

@@ -16,7 +16,7 @@ from daemon.engine.tiny_hunyuan import build_hunyuan_i2v
 from daemon.engine.tiny_hunyuan15 import build_hunyuan15_i2v
 from daemon.engine.tiny_ltx2 import build_ltx2
 from daemon.engine.tiny_parts import SEED, t5_encoder, t5_tokenizer
-from daemon.engine.tiny_wan import build_wan, build_wan22_a14b, build_wan22_ti2v
+from daemon.engine.tiny_wan import build_wan, build_wan22_a14b, build_wan22_ti2v, build_wan_flf2v
 
 MARKER = tiny.MARKER  # one marker file name for every tiny build
 
@@ -210,6 +210,7 @@ BUILDERS: dict[str, tuple[str, Callable[[], Any]]] = {
     "tiny-svd": ("svd", _build_svd),
     "tiny-ltx": ("ltx", _build_ltx),
     "tiny-wan": ("wan", build_wan),
+    "tiny-wan-flf2v": ("wan_flf2v", build_wan_flf2v),
     "tiny-wan22": ("wan22_a14b", build_wan22_a14b),
     "tiny-wan22-ti2v": ("wan22_ti2v", build_wan22_ti2v),
     "tiny-cogvideox": ("cogvideox", _build_cogvideox),

@@ -9,6 +9,16 @@ from daemon.engine.tiny_parts import SEED, t5_tokenizer
 
 def build_wan() -> Any:
     """Wan 2.1's image-to-video layout: a CLIP image encoder beside the VAE latent of the image."""
+    return _build_wan21(flf2v=False)
+
+
+def build_wan_flf2v() -> Any:
+    """Wan 2.1 FLF2V's layout: Wan 2.1's, with the image embedder taking the CLIP features of the first
+    and the last frame side by side (``pos_embed_seq_len``: twice the encoder's tokens, 2 x (4x4 + 1))."""
+    return _build_wan21(flf2v=True)
+
+
+def _build_wan21(*, flf2v: bool) -> Any:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
@@ -17,7 +27,8 @@ def build_wan() -> Any:
         torch.manual_seed(SEED)
         tokenizer, text_encoder = _wan_text()
         vae = _wan_vae()
-        transformer = _wan_transformer(36, 16, image_dim=4)
+        two_frames = 2 * _CLIP_TOKENS if flf2v else None
+        transformer = _wan_transformer(36, 16, image_dim=4, pos_embed_seq_len=two_frames)
         image_encoder = CLIPVisionModel(
             CLIPVisionConfig(
                 hidden_size=4,
@@ -74,8 +85,15 @@ def _wan_vae() -> Any:
     )
 
 
-def _wan_transformer(channels_in: int, channels_out: int, image_dim: int | None = None) -> Any:
-    """Patch (1, 2, 2): with the x8 VAE, sizes in multiples of 16. ``image_dim``: Wan 2.1's CLIP input."""
+# The tiny CLIP encoder's tokens per image: (32 / 8)^2 patches and the class token.
+_CLIP_TOKENS = (32 // 8) ** 2 + 1
+
+
+def _wan_transformer(
+    channels_in: int, channels_out: int, image_dim: int | None = None, pos_embed_seq_len: int | None = None
+) -> Any:
+    """Patch (1, 2, 2): with the x8 VAE, sizes in multiples of 16. ``image_dim``: Wan 2.1's CLIP input;
+    ``pos_embed_seq_len``: FLF2V's two frames of it."""
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
@@ -92,6 +110,7 @@ def _wan_transformer(channels_in: int, channels_out: int, image_dim: int | None 
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,  # as the real model: room for 1024p clips
         image_dim=image_dim,
+        pos_embed_seq_len=pos_embed_seq_len,
     )
 
 

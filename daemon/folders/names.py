@@ -20,6 +20,11 @@ in it is one of:
 
 Companions go with their job into done/ or failed/, untouched; a group of companions alone
 is not a job and stays in the inbox (see the README's "Dropping files").
+
+An image ``NAME.last.EXT`` beside a job ``NAME`` (an image or a prompt file named NAME) is the
+frame its clip ends on: its group ``NAME.last`` is then no job of its own but goes with NAME's
+(see ``last_frame_of``). Alone, or with a prompt file ``NAME.last.txt`` of its own, it is an
+ordinary image.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import re
 import stat
+import tomllib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -81,6 +87,9 @@ COMPANION_EXTS = RAW_EXTS | {".xmp", ".aae", ".thm", ".dop", ".pp3"}
 
 IMAGE, PROMPT, COMPANION, OTHER = "image", "prompt", "companion", "other"
 
+# NAME.last.EXT: the last frame of job NAME's clip (lower case, as the README writes it).
+LAST_MARK = ".last"
+
 
 def split_name(filename: str) -> tuple[str, str]:
     """``'my.cat.PNG'`` -> ``('my.cat', '.png')``; the extension is lower-cased for matching."""
@@ -123,6 +132,71 @@ def sort_inputs(files: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     if kinds[IMAGE]:
         return kinds[IMAGE], kinds[PROMPT], sorted(kinds[COMPANION] + kinds[OTHER])
     return kinds[OTHER], kinds[PROMPT], kinds[COMPANION]
+
+
+def last_frame_of(stem: str) -> str | None:
+    """The job NAME a group named ``NAME.last`` may give its last frame to; None for other names."""
+    if stem.endswith(LAST_MARK) and len(stem) > len(LAST_MARK):
+        return stem[: -len(LAST_MARK)]
+    return None
+
+
+def lends_last_frame(lead: Iterable[str], last: Iterable[str]) -> bool:
+    """Whether the group ``NAME.last`` (file names ``last``) goes with the job ``NAME`` (``lead``).
+
+    It does when it holds images only (a prompt file of its own makes it a job of its own) and
+    NAME is a job, or about to be one: an image or a prompt file named NAME is there.
+    """
+    last = list(last)
+    if not last or any(group_of(n)[1] != IMAGE for n in last):
+        return False
+    images, prompts, _ = sort_inputs(lead)
+    return bool(images or prompts)
+
+
+# The prompt-file key naming the last frame, a file in the same folder (instead of NAME.last.EXT).
+LAST_IMAGE_KEY = "last_image"
+
+
+def plain_image_name(value: object) -> str | None:
+    """``value`` when it is a plain image file name of the same folder (``end.png``); None otherwise.
+
+    No path of any kind (``/``, ``\\``, ``..``), no hidden name, no control character: a prompt
+    file is a share user's, and this name is only ever looked up among the folder's own files.
+    """
+    if not isinstance(value, str) or not value or len(value) > 255 or value.startswith("."):
+        return None
+    if "/" in value or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return None
+    return value if group_of(value)[1] == IMAGE else None
+
+
+def named_last_image(sidecar: str, head: bytes | None) -> str | None:
+    """The file a ``.toml`` or ``.json`` prompt file names as its ``last_image``, when it names a
+    plain image name (``plain_image_name``); None for any other file, value or unreadable text.
+
+    The scanner reads this to wait for that file and take it with the job; the job itself checks
+    the whole prompt file (and says what is wrong with it) as for any other key.
+    """
+    ext = split_name(sidecar)[1]
+    if head is None or ext not in (".toml", ".json") or len(head) >= _SNIFF_BYTES:
+        return None
+    try:
+        text = head.decode("utf-8-sig")
+        table = tomllib.loads(text) if ext == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return plain_image_name(table.get(LAST_IMAGE_KEY)) if isinstance(table, dict) else None
+
+
+def split_last_frames(stem: str, files: Iterable[str]) -> tuple[list[str], list[str]]:
+    """A job's file names as (its last-frame images ``STEM.last.EXT``, everything else), each sorted."""
+    lasts: list[str] = []
+    rest: list[str] = []
+    for name in sorted(files):
+        own, kind = group_of(name)
+        (lasts if kind == IMAGE and own == stem + LAST_MARK else rest).append(name)
+    return lasts, rest
 
 
 def job_name(stem: str, when: datetime, clash: int = 1) -> str:

@@ -6,7 +6,10 @@ arrives in chunks, with pauses, sometimes as an empty file filled later, and its
 may be the source's (copies preserve it), so only watching it stop changing is safe.
 A *group* is every file sharing a folder and a name (``cat.png`` + ``cat.txt``, and
 companions such as ``cat.xmp``: see ``names``); it is ready once all its files are
-settled and it is complete, or incomplete for longer than ``watch.pair_timeout``.
+settled and it is complete, or incomplete for longer than ``watch.pair_timeout``. A job's
+last frame is one of its files: ``NAME.last.EXT`` (``names.last_frame_of``), or the image its
+``.toml``/``.json`` prompt file names as ``last_image``, which the job waits for (read once the
+prompt file has settled; only ever looked up among the folder's own plain files).
 
 The scanner keeps a view of the inbox and brings it up to date each scan rather than
 reading everything again, so an inbox full of junk or of files waiting for a partner costs
@@ -79,6 +82,8 @@ RECHECK_READY = 64
 MAX_REL_BYTES = 1024
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_UNREAD = "\0"  # no file is named so: a prompt file whose last_image is not read yet
+_WAITING_FOR_LAST = "waiting for its last image"
 _WAITING_FOR = {True: "waiting for its image", False: "waiting for its prompt file"}
 
 
@@ -92,6 +97,8 @@ class Group:
     sidecars: list[Path] = field(default_factory=list)
     # Files that go with the job, untouched and never read (a RAW file, an .xmp): see ``names``.
     companions: list[Path] = field(default_factory=list)
+    # The frame the clip ends on: ``NAME.last.EXT`` beside the image (see ``names.last_frame_of``).
+    lasts: list[Path] = field(default_factory=list)
     since: float = 0.0  # when the last of its files last changed
     # What each file looked like when it was judged settled; the claim re-checks it, so a
     # file rewritten between the scan and the claim is left to settle again.
@@ -112,7 +119,7 @@ class Group:
 
     @property
     def files(self) -> list[Path]:
-        return self.images + self.sidecars + self.companions
+        return self.images + self.sidecars + self.companions + self.lasts
 
     @property
     def complete(self) -> bool:
@@ -158,13 +165,15 @@ def _same(a: Group, b: Group) -> bool:
 class _File:
     """One plain file the scanner keeps track of (a backlog holds many: kept small)."""
 
-    __slots__ = ("checked", "ino", "mtime", "own", "since", "size")
+    __slots__ = ("checked", "ino", "lends", "mtime", "own", "since", "size")
 
     def __init__(self, st: os.stat_result, since: float, checked: int, own: bool) -> None:
         self.size, self.mtime, self.ino = st.st_size, st.st_mtime_ns, st.st_ino
         self.since = since  # clock reading when this signature was first observed
         self.checked = checked  # the scan that last looked at it
         self.own = own  # one the daemon wrote beside a failed job (error.txt, JOB.log)
+        # A prompt file's ``last_image`` (a file name, or None), read once it has settled.
+        self.lends: str | None = _UNREAD
 
     @property
     def sig(self) -> Signature:
@@ -183,6 +192,7 @@ class _Folder:
         "groups",
         "home",
         "ident",
+        "lent",
         "name",
         "own",
         "racy",
@@ -205,6 +215,7 @@ class _Folder:
         self.touched: set[str] = set()  # groups to judge again at this scan
         self.own: set[str] = set()  # the daemon's own files in it
         self.home = rel  # where its jobs are filed: the parent, for a returned job folder
+        self.lent: dict[str, str] = {}  # a file a prompt file names as last_image -> that job's NAME
 
 
 class InboxScanner:
@@ -486,6 +497,9 @@ class InboxScanner:
             self._find_home(f)
             return
         stem = names.group_of(name)[0]
+        if old.lends not in (None, _UNREAD) and f.lent.get(old.lends) == stem:
+            del f.lent[old.lends]  # its prompt file changed or left: the image stands alone again
+            f.touched.add(names.group_of(old.lends)[0])
         members = f.groups.get(stem, [])
         if name in members:
             members.remove(name)
@@ -505,7 +519,7 @@ class InboxScanner:
                 if self._unlist((f.rel, stem)) is not None:
                     self._ready_sorted = None
             self._files -= sum(1 for file in f.files.values() if not file.own)
-            f.files, f.subdirs, f.groups, f.own = {}, {}, {}, set()
+            f.files, f.subdirs, f.groups, f.own, f.lent = {}, {}, {}, set(), {}
             f.settling, f.touched = set(), set()
             f.ident, f.home = None, f.rel
             self._too_deep.discard(f.rel)
@@ -537,13 +551,34 @@ class InboxScanner:
         key = (f.rel, stem)
         queued = self._waiting.get(key, (0.0, now, 0, ""))[1]  # a due-list entry stands for it then
         was = self._unlist(key)
+        lead = names.last_frame_of(stem)
+        if lead is None or not self._lasts(f, lead):
+            lead = self._lender(f, stem)
+        if lead is not None:
+            # NAME.last.EXT beside job NAME, or an image NAME's prompt file names as its last_image:
+            # judged with NAME's files, never a job of its own.
+            f.touched.add(lead)
+            if was is not None:
+                self._ready_sorted = None
+            return
+        if stem + names.LAST_MARK in f.groups and not self._lasts(f, stem):
+            # NAME is gone or no job now: STEM.last.EXT is judged on its own again.
+            f.touched.add(stem + names.LAST_MARK)
         while members := f.groups.get(stem):
             images, prompts, companions = names.sort_inputs(members)
             if not images and not prompts:
                 break  # companions alone are no job: they wait for their photo, and never fail
+            lasts = self._lasts(f, stem)
+            if lasts:
+                self._unlist((f.rel, stem + names.LAST_MARK))  # was waiting on its own, before NAME came
+            named = self._named_last(f, fd, stem, prompts)
+            missing_last = named is not None and self._lender(f, names.group_of(named)[0]) != stem
+            if named is not None and not missing_last and named not in lasts:
+                lasts = [*lasts, named]
+            members = members + lasts
             since = max(f.files[n].since for n in members)
             quiet = now - since
-            complete = len(images) == 1 and len(prompts) == 1
+            complete = len(images) == 1 and len(prompts) == 1 and not missing_last
             clash = len(images) > 1 or len(prompts) > 1  # can never become a valid pair by waiting
             timeout = self.pair_timeout
             if self.alone_timeout is not None and images and not prompts:
@@ -555,7 +590,7 @@ class InboxScanner:
                         self._observe(f, fd, name, now)
                     f.touched.discard(stem)
                     continue
-                g = self._group(f, stem, images, prompts, companions, since)
+                g = self._group(f, stem, images, prompts, companions, since, lasts)
                 if was is not None and _same(was, g):
                     g = was  # unchanged: its place in the queue stands, nothing is sorted again
                 self._ready[key] = g
@@ -564,6 +599,8 @@ class InboxScanner:
                 return
             due = since + (self.settle_seconds if complete or clash else timeout)
             state = "arriving" if quiet < self.settle_seconds else _WAITING_FOR[bool(prompts)]
+            if missing_last and images and state != "arriving":
+                state = _WAITING_FOR_LAST
             self._waiting[key] = (since, due, len(members), state)
             self._waiting_files += len(members)
             self._pending_stale = True
@@ -572,6 +609,40 @@ class InboxScanner:
             break
         if was is not None:
             self._ready_sorted = None  # it left the ready list
+
+    def _lasts(self, f: _Folder, stem: str) -> list[str]:
+        """The images ``STEM.last.EXT`` that go with job STEM's files (see ``names.lends_last_frame``)."""
+        last = f.groups.get(stem + names.LAST_MARK)
+        if not last or not names.lends_last_frame(f.groups.get(stem, ()), last):
+            return []
+        return sorted(last)
+
+    def _named_last(self, f: _Folder, fd: int, stem: str, prompts: list[str]) -> str | None:
+        """The file job STEM's ``.toml``/``.json`` prompt file names as ``last_image``, or None.
+
+        Read once the prompt file has settled (and again only when it changes); the image named
+        is then judged with this job (``_lender``) and waited for, up to ``pair_timeout``.
+        """
+        if len(prompts) != 1:
+            return None
+        file = f.files[prompts[0]]
+        if file.lends == _UNREAD:
+            if prompts[0] in f.settling or names.split_name(prompts[0])[1] not in (".toml", ".json"):
+                return None
+            file.lends = names.named_last_image(prompts[0], names.sniff(prompts[0], dir_fd=fd))
+            if file.lends is not None and file.lends not in f.groups.get(stem, ()):
+                f.lent[file.lends] = stem
+                f.touched.add(names.group_of(file.lends)[0])
+        return file.lends if file.lends not in f.groups.get(stem, ()) else None
+
+    def _lender(self, f: _Folder, stem: str) -> str | None:
+        """The job whose prompt file names this group's one image as its ``last_image``; None when
+        there is none, or the group holds more (with a prompt file of its own it is a job of its own)."""
+        members = f.groups.get(stem)
+        if not members or len(members) != 1:
+            return None
+        lender = f.lent.get(members[0])
+        return lender if lender is not None and lender != stem and f.groups.get(lender) else None
 
     def _unlist(self, key: tuple[str, str]) -> Group | None:
         """Take a group off the ready and waiting lists; returns it if it was ready (the
@@ -628,6 +699,7 @@ class InboxScanner:
         prompts: list[str],
         companions: list[str],
         since: float,
+        lasts: list[str],
     ) -> Group:
         folder = self.inbox / f.rel
         g = Group(Path(f.home), stem, since=since)
@@ -637,7 +709,8 @@ class InboxScanner:
         g.images = [folder / n for n in images]
         g.sidecars = [folder / n for n in prompts]
         g.companions = [folder / n for n in companions]
-        g.sigs = {folder / n: f.files[n].sig for n in (*images, *prompts, *companions)}
+        g.lasts = [folder / n for n in lasts]
+        g.sigs = {folder / n: f.files[n].sig for n in (*images, *prompts, *companions, *lasts)}
         if self._lease_check:
             g.held_open = self._held_open_since(since)
         return g

@@ -8,6 +8,7 @@ step, a prompt written from the image (``[prompting]``), comes last, once every 
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -22,7 +23,7 @@ from daemon.engine.family import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
-from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
+from daemon.folders.names import LAST_MARK, RAW_EXTS, group_of, sort_inputs, split_last_frames, split_name
 from daemon.job import prompt_source
 from daemon.job.image import fit_to, load_image
 from daemon.job.printable import printable
@@ -42,10 +43,20 @@ class Prepared:
     effective: Effective | None = None  # steps and guidance in force, and where each came from
 
 
-def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
-    """The job's image and sidecar; a JobError when the pair is not exactly one of each."""
+def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None, Path | None, list[str]]:
+    """The job's image, sidecar and last frame ``NAME.last.EXT``, and the other images that came
+    with it (the one its prompt file names as ``last_image``); a JobError when the pair is not
+    exactly one of each, or there is more than one last frame."""
     # Companions (a RAW file, an .xmp) travel with the job but are never read.
-    images, sidecars, companions = sort_inputs(job.files)
+    lasts, others = split_last_frames(job.stem, job.files)
+    images, sidecars, companions = sort_inputs(others)
+    named = [n for n in images if group_of(n)[0] != job.stem]  # taken with the job for last_image
+    images = [n for n in images if n not in named]
+    if len(lasts) > 1:
+        raise JobError(
+            f"There are {len(lasts)} last images for {job.stem!r}: {', '.join(lasts)}. Keep only one"
+            f" (named {job.stem}{LAST_MARK} and the image type, e.g. {job.stem}{LAST_MARK}.jpg)."
+        )
     if len(sidecars) > 1:
         raise SidecarError(
             f"There are {len(sidecars)} prompt files for one image: {', '.join(sidecars)}. "
@@ -53,7 +64,7 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
         )
     if not images:
         raw = [n for n in companions if split_name(n)[1] in RAW_EXTS]
-        alone = f"The prompt file {sidecars[0]}" if sidecars else ", ".join(companions)
+        alone = f"The prompt file {sidecars[0]}" if sidecars else ", ".join(companions + lasts)
         raise JobError(
             f"{alone} has no image beside it. Put an image with the same name "
             f"(for example {job.stem}.png or {job.stem}.jpg) in the same folder as the prompt file."
@@ -78,7 +89,27 @@ def _split_inputs(job: Job, settings: Settings) -> tuple[Path, Path | None]:
             f"Add a text file named {job.stem}.txt holding the prompt (what should move, and how), "
             "then put both files in the inbox again."
         )
-    return job.inputs / images[0], (job.inputs / sidecars[0]) if sidecars else None
+    sidecar = (job.inputs / sidecars[0]) if sidecars else None
+    return job.inputs / images[0], sidecar, (job.inputs / lasts[0]) if lasts else None, named
+
+
+def _last_frame(job: Job, params: JobParams, last: Path | None, named: list[str]) -> Path | None:
+    """The frame the clip ends on: ``NAME.last.EXT``, or the file the prompt file names as
+    ``last_image`` (which must have come with the job: a file of the same folder); None without one."""
+    if params.last_image is None:
+        return last
+    if last is not None and last.name != params.last_image:
+        raise SidecarError(
+            f"The prompt file names {params.last_image} as the last image, and {last.name} came with the"
+            " job too: keep one of them (remove last_image from the prompt file, or the other image)."
+        )
+    if last is None and params.last_image not in named:
+        raise SidecarError(
+            f"The prompt file names {params.last_image} as the last image (last_image), but no such"
+            " image was beside it: put that image in the same folder as the prompt file (on its own,"
+            " without a prompt file of its own), or correct the name, then drop the files again."
+        )
+    return job.inputs / params.last_image
 
 
 def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobParams:
@@ -185,17 +216,23 @@ def prepare(
     """
     started = datetime.now().astimezone()
     table = settings.recipe_table()
-    image_path, sidecar_path = _split_inputs(job, settings)
+    image_path, sidecar_path, last_path, named = _split_inputs(job, settings)
     params = _params(sidecar_path, settings, set(table))
     source = prompt_source.plan(sidecar_path is not None, params.prompt, settings)
     if source.needs_writer and not model.family.takes_prompt:  # a prompt would not be read
         source = prompt_source.PromptPlan("file" if sidecar_path else "default", source.user_prompt)
-    image = load_image(
-        image_path,
-        max_pixels=settings.limits.max_image_pixels,
-        max_bytes=settings.limits.max_image_bytes,
-        formats=settings.limits.image_formats,
+    last_path = _last_frame(job, params, last_path, named)
+    limits = settings.limits
+    load = functools.partial(
+        load_image,
+        max_pixels=limits.max_image_pixels,
+        max_bytes=limits.max_image_bytes,
+        formats=limits.image_formats,
     )
+    image = load(image_path)
+    # The last frame passes the same checks, and is cropped and resized to the clip as the first is:
+    # the clip's shape follows the first image alone.
+    last = load(last_path) if last_path is not None else None
     width, height = model.clip_size(image.width, image.height, params.resolution)
     if model.fixed_size is not None:
         log.info("this model makes one clip size only; resolution is not used", clip_size=f"{width}x{height}")
@@ -213,6 +250,7 @@ def prepare(
         guidance_scale=eff.guidance_scale,
         seed=seed,
         loras=params.loras,
+        last_image=_fitted_if_smaller(last, width, height) if last is not None else None,
     )
     model.check(request)
     prompt, prompt_from = prompt_source.settle(source, params.prompt, image, writer, model.family.name, log)
@@ -225,6 +263,7 @@ def prepare(
         "job started",
         image=image_path.name,
         sidecar=sidecar_path.name if sidecar_path else None,
+        last_image=last_path.name if last_path else None,
         source_size=f"{image.width}x{image.height}",
         clip_size=f"{width}x{height}",
         frames=params.num_frames,
@@ -240,7 +279,11 @@ def prepare(
     )
     record = JobRecord(
         job=job.name,
-        inputs=Inputs(image=image_path.name, sidecar=sidecar_path.name if sidecar_path else None),
+        inputs=Inputs(
+            image=image_path.name,
+            sidecar=sidecar_path.name if sidecar_path else None,
+            last_image=last_path.name if last_path else None,
+        ),
         prompt=params.prompt,
         user_prompt=source.user_prompt,
         prompt_from=prompt_from,

@@ -27,6 +27,7 @@ class _Part(BaseModel):
 class Inputs(_Part):
     image: str | None = None
     sidecar: str | None = None
+    last_image: str | None = None  # the frame the clip ends on (NAME.last.EXT), when one came
 
 
 class Parameters(_Part):

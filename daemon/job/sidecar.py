@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.encode.recipes import is_recipe_name
 from daemon.errors import SidecarError
-from daemon.folders.names import SIDECAR_EXTS  # defined with the other inbox names; also imported from here
+from daemon.folders.names import (
+    SIDECAR_EXTS,  # defined with the other inbox names; also imported from here
+    plain_image_name,
+)
 from daemon.job.printable import CONTROL_RE, control_name, printable
 from daemon.job.sidecar_text import CONTROL_FIX, decode, kind, parse_json, parse_toml, read_capped, show
 
@@ -41,6 +44,7 @@ KNOWN_KEYS = (
     "seed",
     "recipes",
     "loras",
+    "last_image",
 )
 
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
@@ -70,6 +74,8 @@ class JobParams:
     loras: tuple[str, ...] = ()  # adapters added for this job (by name)
     # Which of steps / guidance_scale the prompt file set (those win over an adapter's own values).
     from_sidecar: frozenset[str] = frozenset()
+    # The image the clip ends on, a file of the prompt file's folder (instead of NAME.last.EXT).
+    last_image: str | None = None
 
 
 def read_sidecar(
@@ -178,6 +184,15 @@ def _from_table(
     loras: tuple[str, ...] = ()
     if "loras" in data:
         loras = _check_loras(data["loras"], known_loras, problems, example)
+    last_image = None
+    if "last_image" in data:
+        last_image = plain_image_name(data["last_image"])
+        if last_image is None:
+            fix = example("last_image", '"end.png"')
+            problems.append(
+                f"last_image = {show(data['last_image'])} is not the name of an image file beside the"
+                f" prompt file: write just its name, e.g. {fix} (no folders)."
+            )
 
     _raise_if(problems, name)
     num_frames, fps = ints["num_frames"], ints["fps"]
@@ -194,6 +209,7 @@ def _from_table(
         recipes=recipes,
         loras=loras,
         from_sidecar=frozenset(k for k in ("steps", "guidance_scale") if k in data),
+        last_image=last_image,
     )
 
 
