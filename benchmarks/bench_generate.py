@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.engine.options import EngineOptions
     from daemon.engine.runner import DiffusersGenerator
     from daemon.errors import GenerationError
-    from daemon.job.image import resolution_to_short_side
+    from daemon.sizing import resolution_to_short_side
 
     if wan_arch is not None:
         family = get_family(WAN if wan_arch == "wan21-14b" else WAN22_TI2V)

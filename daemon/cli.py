@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import json
 import os
 import shutil
@@ -217,11 +218,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.service.check import run_checks
+    from daemon.service.check import local_checks, run_checks
 
     path, settings = _settings(args)
+    if settings.cluster.backend == "ray":
+        from daemon.cluster.check import cluster_checks
+
+        machine_checks = cluster_checks
+    else:
+        machine_checks = functools.partial(local_checks, load_generator=_load_generator)
     ok = True
-    for passed, what, detail in run_checks(settings, _load_generator, config=path):
+    for passed, what, detail in run_checks(settings, machine_checks, config=path):
         ok &= passed
         print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}", file=args.out, flush=True)
     return EXIT_OK if ok else EXIT_FAILED

@@ -31,6 +31,7 @@ from daemon.engine.choices import (
     Quantize,
     check_device,
 )
+from daemon.sizing import resolution_to_short_side
 
 RESOLUTIONS = ("512p", "768p", "1024p")
 
@@ -142,9 +143,8 @@ class ModelConfig(_Section):
     @field_validator("oom_resolutions")
     @classmethod
     def _oom_resolutions(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if not (r.endswith("p") and r[:-1].isdigit() and 64 <= int(r[:-1]) <= 4096)]
-        if bad:
-            raise ValueError(f'{", ".join(map(repr, bad))}: write resolutions like "512p" (64p to 4096p)')
+        for r in v:
+            resolution_to_short_side(r)  # raises ValueError naming the expected form
         return v
 
 
@@ -285,6 +285,19 @@ class OutputConfig(_Section):
         return path
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """The metrics address: ``"127.0.0.1:9310"``, ``"[::1]:9310"`` or ``":9310"`` (every
+    interface) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: write it as HOST:PORT, for example 127.0.0.1:9310")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, for example [::1]:9310")
+    return host or "0.0.0.0", int(port_text)
+
+
 class MetricsConfig(_Section):
     # "HOST:PORT" ("127.0.0.1:9310", "[::1]:9310", ":9310" for every interface); "" is off.
     address: str = ""
@@ -293,8 +306,6 @@ class MetricsConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         if v:
-            from daemon.listeners.metrics import parse_address
-
             parse_address(v)  # raises ValueError naming the expected form
         return v
 

@@ -31,8 +31,8 @@ from daemon.engine.stub import StubGenerator
 from daemon.errors import GenerationError
 from daemon.folders.jobs import Job
 from daemon.job.describe import Generated, describe
-from daemon.job.image import fit_to
 from daemon.job.prepare import prepare
+from daemon.sizing import fit_to
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def test_run_and_check_refuse_in_one_line_with_exit_2(tmp_path: Path) -> None:
     state = tmp_path / ".i2vd"
     state.mkdir()
     os.chown(state, STRANGER, -1)
-    checks = list(itertools.islice(run_checks(load_settings(config), lambda s: None, config=config), 3))
+    checks = list(itertools.islice(run_checks(load_settings(config), lambda s: iter(()), config=config), 3))
     assert checks[1][:2] == (True, "config file")
     assert checks[2][:2] == (False, "state folder") and f"chown root {state}" in checks[2][2]
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from daemon.engine.family import Family, StepCallback
 from daemon.errors import GenerationError
-from daemon.job.image import clip_size, fit_to, resolution_to_short_side
+from daemon.sizing import clip_size, fit_to, resolution_to_short_side
 
 
 @dataclass(frozen=True)

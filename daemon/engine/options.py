@@ -39,8 +39,9 @@ from daemon.engine.choices import (
     QUANTIZE_CHOICES,
 )
 from daemon.engine.family import Family
-from daemon.engine.oom import Ladder, first_line, parse_short_sides
+from daemon.engine.oom import Ladder, first_line
 from daemon.engine.quantize import quantize_denoisers
+from daemon.sizing import resolution_to_short_side
 
 # torch.compile keeps one compiled graph per clip shape; its default limit of 8 would silently fall
 # back to eager for the ninth aspect ratio. Sizes are bucketed, so a daemon sees a bounded set.
@@ -108,7 +109,7 @@ class EngineOptions:
             decode_chunk_size=model.decode_chunk_size,
             ladder=Ladder(
                 rungs=tuple(model.oom_ladder),
-                short_sides=parse_short_sides(model.oom_resolutions),
+                short_sides=tuple(map(resolution_to_short_side, model.oom_resolutions)),
                 min_frames=model.oom_min_frames,
             ),
             quantize=model.quantize,

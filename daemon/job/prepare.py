@@ -22,9 +22,10 @@ from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
 from daemon.folders.names import RAW_EXTS, sort_inputs, split_name
-from daemon.job.image import fit_to, load_image
+from daemon.job.image import load_image
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
+from daemon.sizing import fit_to
 
 
 @dataclass

@@ -15,24 +15,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__, logs
+from daemon.config_sections import parse_address
 from daemon.listeners.events import JobFinished
 
 # A tiny model on a CPU takes seconds, i2vgen-xl at 1024p on a GPU minutes.
 GENERATE_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
 # The master clip and a few recipes: well under a second to a few minutes for long GIFs.
 ENCODE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9310"``, ``"[::1]:9310"`` or ``":9310"`` (every interface) -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: write it as HOST:PORT, for example 127.0.0.1:9310")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: put an IPv6 address in brackets, for example [::1]:9310")
-    return host or "0.0.0.0", int(port_text)
 
 
 class MetricsListener:

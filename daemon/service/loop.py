@@ -40,7 +40,6 @@ from daemon.folders.scan import InboxScanner
 from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Result
-from daemon.job.image import resolution_to_short_side
 from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
@@ -54,6 +53,7 @@ from daemon.service.publishing import Publisher
 from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
+from daemon.sizing import resolution_to_short_side
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
