@@ -66,7 +66,7 @@ def describe(gen: Generated) -> JobRecord:
         guidance_scale=asked.guidance_scale,
         guidance_scale_from=p.effective.guidance_scale_from if p.effective else None,
         seed=asked.seed,
-        seed_from="sidecar" if p.params.seed is not None else "random",
+        seed_from=p.effective.seed_from if p.effective else None,
         loras=(list(p.effective.loras) or None) if p.effective else None,
     )
     record.timings.generated = datetime.now().astimezone().isoformat(timespec="seconds")

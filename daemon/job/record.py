@@ -45,7 +45,7 @@ class Parameters(_Part):
     guidance_scale: float | None = None
     guidance_scale_from: str | None = None
     seed: int | None = None
-    seed_from: str | None = None  # "sidecar" or "random"
+    seed_from: str | None = None  # "sidecar", "config" ([generation] seed) or "random"
     # LoRA adapters in force: the always-on ones ([model] loras), then the job's own.
     loras: list[str] | None = None
 
