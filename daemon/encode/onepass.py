@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,17 @@ class RecipeOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "path": str(self.path) if self.path else None, "error": self.error}
+
+    def moved_to(self, folder: Path | None) -> RecipeOutcome:
+        """The same outcome with its file in ``folder`` (None: the bare file name, to send it)."""
+        if self.path is None or not self.ok:
+            return replace(self, path=None)
+        return replace(self, path=folder / self.path.name if folder is not None else Path(self.path.name))
+
+    @property
+    def file(self) -> str | None:
+        """The file's name (what ``JOB.json`` records), None when the recipe failed."""
+        return self.path.name if self.ok and self.path is not None else None
 
 
 @dataclass(frozen=True)

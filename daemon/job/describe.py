@@ -17,7 +17,7 @@ from daemon.folders import fsops
 from daemon.folders.jobs import Job
 from daemon.job.encoded import EncodedFiles
 from daemon.job.prepare import Prepared
-from daemon.job.record import JobRecord, Parameters, RecipeOutcome, Worker
+from daemon.job.record import JobRecord, Parameters, RecipeEntry, Worker
 
 
 @dataclass
@@ -110,8 +110,7 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     record.versions = {**record.versions, "ffmpeg": ffmpeg_version}
     record.master = enc.master.name
     record.recipes = {
-        name: RecipeOutcome(ok=r.ok, file=r.path.name if r.path else None, error=r.error)
-        for name, r in enc.recipes.items()
+        name: RecipeEntry(ok=r.ok, file=r.file, error=r.error) for name, r in enc.recipes.items()
     }
     record.timings.finished = datetime.now().astimezone().isoformat(timespec="seconds")
     record.timings.encode_seconds = round(enc.seconds, 3)

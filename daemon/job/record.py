@@ -78,7 +78,9 @@ class Timings(_Part):
     encode_seconds: float | None = None
 
 
-class RecipeOutcome(_Part):
+class RecipeEntry(_Part):
+    """A recipe's ``encode.onepass.RecipeOutcome`` as JOB.json keeps it (its file by name)."""
+
     ok: bool = False
     file: str | None = None
     error: str | None = None
@@ -101,7 +103,7 @@ class JobRecord(_Part):
     # What the engine really ran: family, sizes, offload, engine settings, every OOM attempt.
     generation: dict[str, Any] | None = None
     master: str | None = None
-    recipes: dict[str, RecipeOutcome] = Field(default_factory=dict)
+    recipes: dict[str, RecipeEntry] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
