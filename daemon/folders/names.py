@@ -29,6 +29,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 ERROR_FILE = "error.txt"
@@ -142,9 +143,28 @@ def job_time(name: str) -> tuple[str, str, int] | None:
     return m["date"], m["time"], int(m["clash"] or 1)
 
 
-def job_files(job: str) -> tuple[str, ...]:
-    """The files named after a job that it may leave beside the user's inputs."""
-    return (f"{job}.log", f"{job}.json", f"{job}.recipe-errors.txt")
+# The daemon's own files named after a job, by kind (``own_file_kind`` tells them by these).
+_OWN_SUFFIXES = {"log": ".log", "record": ".json", "recipe-errors": ".recipe-errors.txt"}
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The names of the files a job makes beside its clip; the only place they are formed."""
+
+    master: str  # JOB.mp4, the clip
+    log: str  # JOB.log
+    record: str  # JOB.json
+    recipe_errors: str  # JOB.recipe-errors.txt, when some extra versions failed
+
+    def own(self) -> tuple[str, ...]:
+        """The files it may leave beside the user's inputs (all but the clip)."""
+        return (self.log, self.record, self.recipe_errors)
+
+
+def job_files(job: str) -> JobFiles:
+    """The names of ``job``'s own files."""
+    own = {kind: f"{job}{suffix}" for kind, suffix in _OWN_SUFFIXES.items()}
+    return JobFiles(f"{job}.mp4", own["log"], own["record"], own["recipe-errors"])
 
 
 def own_file_kind(name: str, head: bytes | None) -> str | None:
@@ -157,7 +177,7 @@ def own_file_kind(name: str, head: bytes | None) -> str | None:
     if name == ERROR_FILE:
         text = (head or b"").decode("utf-8", "replace")
         return "error" if any(a in text for a in (RETRY_ADVICE, *_OLD_RETRY_ADVICE)) else None
-    for suffix, kind in ((".recipe-errors.txt", "recipe-errors"), (".log", "log"), (".json", "record")):
+    for kind, suffix in sorted(_OWN_SUFFIXES.items(), key=lambda ks: -len(ks[1])):  # longest first
         if name.endswith(suffix) and is_job_name(name[: -len(suffix)]):
             if kind != "record":
                 return kind

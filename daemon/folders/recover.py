@@ -252,7 +252,7 @@ def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
         # go; the log stays, so it tells every attempt.
         job.attempts += 1
         for entry in os.scandir(job.out):
-            if entry.name != f"{job.name}.log":
+            if entry.name != names.job_files(job.name).log:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
                 else:

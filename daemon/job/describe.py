@@ -15,6 +15,7 @@ from daemon.encode.onepass import EncodeResult, encode_job
 from daemon.engine.interface import GenerationResult
 from daemon.folders import fsops
 from daemon.folders.jobs import Job
+from daemon.folders.names import job_files
 from daemon.job.encoded import EncodedFiles
 from daemon.job.prepare import Prepared
 from daemon.job.record import JobRecord, Parameters, RecipeEntry, Worker
@@ -114,13 +115,14 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     }
     record.timings.finished = datetime.now().astimezone().isoformat(timespec="seconds")
     record.timings.encode_seconds = round(enc.seconds, 3)
+    names = job_files(job.name)
     if recipe_errors:
         lines = [f"{name}: {err}" for name, err in recipe_errors.items()]
         fsops.write_atomic(
-            job.out / f"{job.name}.recipe-errors.txt",
+            job.out / names.recipe_errors,
             (
                 "The clip was made, but these extra versions of it failed:\n" + "\n".join(lines) + "\n"
             ).encode(),
         )
-    fsops.write_json_atomic(job.out / f"{job.name}.json", record.to_json())
+    fsops.write_json_atomic(job.out / names.record, record.to_json())
     return Result(job, ok=True, recipe_errors=recipe_errors, record=record)

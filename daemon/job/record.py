@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import __version__
+from daemon.folders.names import job_files
 
 
 class _Part(BaseModel):
@@ -111,7 +112,7 @@ class JobRecord(_Part):
     @classmethod
     def read(cls, folder: Path) -> JobRecord:
         """The record in ``outputs/REL/JOB`` (``JOB.json``); ValueError or OSError if unreadable."""
-        return cls.model_validate_json((folder / f"{folder.name}.json").read_bytes())
+        return cls.model_validate_json((folder / job_files(folder.name).record).read_bytes())
 
 
 @functools.cache

@@ -167,9 +167,9 @@ def _read_record(base: Path, rel: Path) -> JobRecord:
     """``JOB.json`` of ``base/REL/JOB`` (``rel``), reached without following a link; ValueError or
     OSError if it is unreadable, not a plain file, or larger than any record the daemon writes."""
     with safe_dirs.opened(base, rel) as fd:
-        data, _ = safe_dirs.read_file_at(fd, f"{rel.name}.json", MAX_RECORD_BYTES + 1)
+        data, _ = safe_dirs.read_file_at(fd, names.job_files(rel.name).record, MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
-        raise ValueError(f"{rel.name}.json is larger than a job record")
+        raise ValueError(f"{names.job_files(rel.name).record} is larger than a job record")
     return JobRecord.model_validate_json(data)
 
 

@@ -23,7 +23,7 @@ from daemon.config import Settings
 from daemon.errors import JobError
 from daemon.folders.claim import release
 from daemon.folders.jobs import Folders, Job
-from daemon.folders.names import ERROR_FILE
+from daemon.folders.names import ERROR_FILE, job_files
 from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.describe import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
@@ -128,7 +128,7 @@ class Filer:
         """
         if not job.out.is_dir():
             return False
-        for name in (ERROR_FILE, f"{job.name}.log"):
+        for name in (ERROR_FILE, job_files(job.name).log):
             if name not in job.files:
                 (job.inputs / name).unlink(missing_ok=True)
         if not release(self.folders, job):
@@ -187,7 +187,7 @@ class Filer:
                     "could not put the job back in the inbox; it stays claimed and resumes at next start"
                 )
             return
-        folder = finish_failed(self.folders, job, item.error, job.out / f"{job.name}.log")
+        folder = finish_failed(self.folders, job, item.error, job.out / job_files(job.name).log)
         # The text written, not read back: the folder is the share users' from here on, and
         # its error.txt may already be a link to a file the page and webhooks must never show.
         self._finished(

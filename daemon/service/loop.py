@@ -35,6 +35,7 @@ from daemon.errors import JobError
 from daemon.folders import fsops
 from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
+from daemon.folders.names import job_files
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.trust import Untrusted
@@ -386,7 +387,7 @@ class Service:
     def _start(self, job: Job, queued_at: datetime) -> None:
         """Check and size a claimed job and submit it; a job with bad input is filed as failed."""
         log = self.log.bind(job=job.name)
-        logs.open_job_log(job.name, job.out / f"{job.name}.log")
+        logs.open_job_log(job.name, job.out / job_files(job.name).log)
         try:
             prepared = prepare(job, self.settings, self.executor.model, log, queued_at=queued_at)
         except JobError as e:
