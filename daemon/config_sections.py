@@ -31,7 +31,12 @@ from daemon.engine.choices import (
     Quantize,
     check_device,
 )
+from daemon.engine.options import EngineOptions
 from daemon.sizing import resolution_to_short_side
+
+# The engine's option defaults: [model]'s speed and memory keys take theirs from here, so the
+# config and the code cannot disagree.
+_ENGINE = EngineOptions()
 
 RESOLUTIONS = ("512p", "768p", "1024p")
 
@@ -94,32 +99,31 @@ class ModelConfig(_Section):
     cache_dir: Path | None = None
     # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
     family: FamilyChoice = "auto"
-    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
-    # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
-    attention: Attention = "auto"
-    compile: bool | Literal["auto"] = "auto"
-    compile_mode: CompileMode = "default"
-    compile_scope: CompileScope = "regional"
+    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Their
+    # defaults are the engine's own (``EngineOptions``), declared once there; they suit one 24 GB+
+    # GPU; options that need CUDA are ignored, with a log line, on a CPU.
+    attention: Attention = _ENGINE.attention  # type: ignore[assignment]
+    compile: bool | Literal["auto"] = _ENGINE.compile  # type: ignore[assignment]
+    compile_mode: CompileMode = _ENGINE.compile_mode  # type: ignore[assignment]
+    compile_scope: CompileScope = _ENGINE.compile_scope  # type: ignore[assignment]
     # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
-    cache: Cache = "none"
-    cache_threshold: float = Field(0.05, gt=0, le=1)
-    cache_interval: int = Field(2, ge=2, le=10)
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    offload: Offload = "none"
-    channels_last: bool = False
-    decode_chunk_size: int = Field(8, ge=1, le=256)
+    cache: Cache = _ENGINE.cache  # type: ignore[assignment]
+    cache_threshold: float = Field(_ENGINE.cache_threshold, gt=0, le=1)
+    cache_interval: int = Field(_ENGINE.cache_interval, ge=2, le=10)
+    vae_slicing: bool = _ENGINE.vae_slicing
+    vae_tiling: bool = _ENGINE.vae_tiling
+    offload: Offload = _ENGINE.offload  # type: ignore[assignment]
+    channels_last: bool = _ENGINE.channels_last
+    decode_chunk_size: int = Field(_ENGINE.decode_chunk_size, ge=1, le=256)
     warmup: bool = True
-    # Out of memory: retry smaller, rung by rung (daemon/oom.py), before failing the job.
-    oom_ladder: list[OomRung] = Field(
-        default_factory=lambda: ["lower_resolution", "fewer_frames", "cpu_offload"]
-    )
-    oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
-    oom_min_frames: int = Field(8, ge=1)
+    # Out of memory: retry smaller, rung by rung (daemon/engine/oom.py), before failing the job.
+    oom_ladder: list[OomRung] = Field(default_factory=lambda: list(_ENGINE.ladder.rungs))
+    oom_resolutions: list[str] = Field(default_factory=lambda: [f"{s}p" for s in _ENGINE.ladder.short_sides])
+    oom_min_frames: int = Field(_ENGINE.ladder.min_frames, ge=1)
     # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
     loras: list[AdapterName] = Field(default_factory=list)
     # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
-    quantize: Quantize = "none"
+    quantize: Quantize = _ENGINE.quantize  # type: ignore[assignment]
 
     @field_validator("loras")
     @classmethod
