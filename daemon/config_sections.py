@@ -25,12 +25,12 @@ from daemon.engine.choices import (
     Cache,
     CompileMode,
     CompileScope,
-    FamilyChoice,
     Offload,
     OomRung,
     Quantize,
     check_device,
 )
+from daemon.engine.detect import FAMILY_CHOICES
 from daemon.engine.options import EngineOptions
 from daemon.sizing import resolution_to_short_side
 
@@ -98,7 +98,7 @@ class ModelConfig(_Section):
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
     # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
-    family: FamilyChoice = "auto"
+    family: str = "auto"
     # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Their
     # defaults are the engine's own (``EngineOptions``), declared once there; they suit one 24 GB+
     # GPU; options that need CUDA are ignored, with a log line, on a CPU.
@@ -131,6 +131,13 @@ class ModelConfig(_Section):
         if len(set(v)) != len(v):
             raise ValueError("each adapter may appear only once")
         return v
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        if v.strip().lower() not in FAMILY_CHOICES:
+            raise ValueError(f"must be one of {', '.join(FAMILY_CHOICES)}")
+        return v.strip().lower()
 
     @field_validator("device")
     @classmethod

@@ -23,7 +23,7 @@ from typing import Any
 from daemon.engine.family import Family
 from daemon.engine.ltx2 import ltx2_kwargs
 
-# Names accepted by ``[model] family``.
+# Names accepted by ``[model] family`` (besides "auto"): the keys of ``FAMILIES``, nowhere else.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
 # Wan 2.2 runs through the same diffusers pipeline class as Wan 2.1, but its models differ in what
 # they take and in their published settings: A14B has two expert denoisers switched at
@@ -103,6 +103,7 @@ FAMILIES: dict[str, Family] = {
         I2VGENXL,
         "daemon.engine.i2vgenxl:DaemonI2VGenXLPipeline",
         "I2VGen-XL",
+        index_names=("I2VGenXLPipeline",),
         denoiser="unet",
         size_multiple=8,
         typical_frames=16,
@@ -120,6 +121,7 @@ FAMILIES: dict[str, Family] = {
         SVD,
         "StableVideoDiffusionPipeline",
         "Stable Video Diffusion",
+        index_names=("StableVideoDiffusionPipeline",),
         denoiser="unet",
         takes_prompt=False,
         size_multiple=8,
@@ -138,6 +140,7 @@ FAMILIES: dict[str, Family] = {
         LTX,
         "LTXImageToVideoPipeline",
         "LTX-Video",
+        index_names=("LTXImageToVideoPipeline", "LTXPipeline", "LTXConditionPipeline"),
         size_multiple=32,
         frame_step=8,
         typical_frames=97,
@@ -153,6 +156,7 @@ FAMILIES: dict[str, Family] = {
         WAN,
         "WanImageToVideoPipeline",
         "Wan 2.1",
+        index_names=("WanImageToVideoPipeline", "WanPipeline"),
         size_multiple=16,
         frame_step=4,
         typical_frames=81,
@@ -200,6 +204,7 @@ FAMILIES: dict[str, Family] = {
         HUNYUAN_I2V,
         "HunyuanVideoImageToVideoPipeline",
         "HunyuanVideo-I2V",
+        index_names=("HunyuanVideoImageToVideoPipeline",),
         size_multiple=16,
         frame_step=4,
         typical_frames=129,
@@ -217,6 +222,7 @@ FAMILIES: dict[str, Family] = {
         HUNYUAN15_I2V,
         "daemon.engine.hunyuan15:DaemonHunyuanVideo15ImageToVideoPipeline",
         "HunyuanVideo 1.5",
+        index_names=("HunyuanVideo15ImageToVideoPipeline",),
         size_multiple=16,
         frame_step=4,
         typical_frames=121,
@@ -235,6 +241,7 @@ FAMILIES: dict[str, Family] = {
         COGVIDEOX,
         "CogVideoXImageToVideoPipeline",
         "CogVideoX",
+        index_names=("CogVideoXImageToVideoPipeline", "CogVideoXPipeline"),
         size_multiple=16,
         frame_step=8,
         typical_frames=49,
@@ -252,6 +259,8 @@ FAMILIES: dict[str, Family] = {
         LTX2,
         "LTX2ImageToVideoPipeline",
         "LTX-2",
+        # LTX-2's published folders name its text-to-video pipeline; the image-to-video one loads them.
+        index_names=("LTX2ImageToVideoPipeline", "LTX2Pipeline"),
         size_multiple=32,
         frame_step=8,
         typical_frames=121,
