@@ -97,7 +97,7 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
-    # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
+    # Model family: "auto" reads model_index.json (daemon/engine/detect.py); or force one.
     family: str = "auto"
     # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Their
     # defaults are the engine's own (``EngineOptions``), declared once there; they suit one 24 GB+

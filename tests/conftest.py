@@ -20,9 +20,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny I2VGen-XL, built once per test session (a few seconds)."""
-    from daemon.engine.tiny import TINY_VERSION, build_tiny
+    from daemon.engine.tiny.i2vgenxl import FOLDER, build_tiny
 
-    return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
+    return build_tiny(tmp_path_factory.mktemp("models") / FOLDER)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +81,7 @@ def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
 @pytest.fixture(scope="session")
 def random_lora(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``random_lora(model_id, seed)``: a random LoRA file for that tiny build, made once per session."""
-    from daemon.engine.tiny_families import make_random_lora
+    from daemon.engine.tiny.lora import make_random_lora
 
     folder = tmp_path_factory.mktemp("loras")
     made: dict[tuple[str, int], Path] = {}

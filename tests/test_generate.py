@@ -24,7 +24,8 @@ from daemon.engine.oom import Ladder
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
 from daemon.engine.stub import StubGenerator
-from daemon.engine.tiny import MARKER, build_tiny
+from daemon.engine.tiny.building import MARKER
+from daemon.engine.tiny.i2vgenxl import build_tiny
 from daemon.errors import GenerationError
 
 

@@ -86,20 +86,10 @@ def run_checks(
 def local_checks(settings: Settings, load_generator: Callable[[Settings], Any]) -> Iterator[Check]:
     """The device and the model on this machine (``[cluster] backend = "local"``)."""
     try:
-        import torch
+        from daemon.engine.load import device_summary  # imports torch: only when the model runs here
 
-        want = settings.model.device
-        if want.startswith("cuda") and not torch.cuda.is_available():
-            yield False, "device", f"model.device is {want!r} but no CUDA GPU is visible to torch"
-        elif torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            yield (
-                True,
-                "device",
-                f"{torch.cuda.get_device_name()} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)",
-            )
-        else:
-            yield True, "device", f"cpu ({os.cpu_count()} cores; no CUDA GPU visible)"
+        passed, detail = device_summary(settings.model.device)
+        yield passed, "device", detail
     except Exception as e:
         yield False, "device", str(e)
 
