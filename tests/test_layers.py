@@ -17,7 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "daemon"
 
 FLOORS: list[list[str]] = [
-    ["daemon", "daemon.errors", "daemon.logs", "daemon.sizing"],  # the ground: no other floor
+    [
+        "daemon",
+        "daemon.errors",
+        "daemon.logs",
+        "daemon.sizing",
+        "daemon.states",
+    ],  # the ground: no other floor
     ["daemon.folders"],  # the Maildir part: files and folders only
     ["daemon.engine", "daemon.encode"],  # frames from an image; files from frames
     ["daemon.settings"],  # config.py and config_sections.py (they check values the two above know)

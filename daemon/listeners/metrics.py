@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from daemon import __version__, logs
 from daemon.config_sections import parse_address
 from daemon.listeners.events import JobFinished
+from daemon.states import UP, Outcome
 
 # A tiny model on a CPU takes seconds, i2vgen-xl at 1024p on a GPU minutes.
 GENERATE_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
@@ -135,7 +136,7 @@ class MetricsListener:
         steps = {r.get("worker"): r for r in running if r.get("worker")} if isinstance(running, list) else {}
         for w in status.get("workers") or []:
             name = str(w.get("name"))
-            up = w.get("state") in ("idle", "busy")
+            up = w.get("state") in UP
             self.worker_up.labels(worker=name, host=str(w.get("host")), device=str(w.get("device"))).set(up)
             run = steps.get(name) or {}
             self.worker_step.labels(worker=name).set(float(run.get("step") or 0))
@@ -153,7 +154,7 @@ class MetricsListener:
             if record.timings.encode_seconds is not None:
                 self.encode_seconds.observe(record.timings.encode_seconds)
             for name, result in record.recipes.items():
-                self.recipes.labels(recipe=name, outcome="done" if result.ok else "failed").inc()
+                self.recipes.labels(recipe=name, outcome=Outcome.DONE if result.ok else Outcome.FAILED).inc()
         except Exception as e:
             logs.get().warning("metrics update failed", job=event.job, error=str(e))
 

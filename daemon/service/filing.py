@@ -28,6 +28,7 @@ from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.describe import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
+from daemon.states import Outcome
 
 INTERNAL_ERROR = (
     "Something went wrong inside the video daemon while making this clip; it is not a problem with "
@@ -178,7 +179,7 @@ class Filer:
                     folder = finish_done(self.folders, job)
                     if self._disk is not None:
                         self._disk.written()
-                    self._finished(result, JobFinished(job.name, "done", folder, result.record, None))
+                    self._finished(result, JobFinished(job.name, Outcome.DONE, folder, result.record, None))
                     return
         logs.close_job_log(job.name)
         if item.error is None:
@@ -192,5 +193,5 @@ class Filer:
         # its error.txt may already be a link to a file the page and webhooks must never show.
         self._finished(
             Result(job, ok=False, error=item.error),
-            JobFinished(job.name, "failed", folder, None, error_text(item.error)),
+            JobFinished(job.name, Outcome.FAILED, folder, None, error_text(item.error)),
         )

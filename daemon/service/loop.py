@@ -55,6 +55,7 @@ from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
 from daemon.sizing import resolution_to_short_side
+from daemon.states import DaemonState, Outcome
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
@@ -260,7 +261,7 @@ class Service:
         self.filer.stop()
         self.executor.close()
         if self._lock is not None:
-            self.publish_status("stopped")
+            self.publish_status(DaemonState.STOPPED)
             self._lock.close()
             self._lock = None
         for listener in self.listeners:
@@ -421,7 +422,7 @@ class Service:
     def _status(self, state: str | None, now: float) -> dict[str, Any]:
         queue, ready = self.monitor.queued()
         return build_status(
-            state=state or ("busy" if self.flights else "idle"),
+            state=state or (DaemonState.BUSY if self.flights else DaemonState.IDLE),
             model=self.executor.model.model_id,
             workers=self.executor.board.snapshot(),
             in_flight=self.flights.names(),
@@ -432,7 +433,7 @@ class Service:
             recent=[
                 {
                     "job": r.job.name,
-                    "outcome": "done" if r.ok else "failed",
+                    "outcome": Outcome.DONE if r.ok else Outcome.FAILED,
                     "error": r.error,
                     # Under outputs/ or failed/: `i2vd status` leaves out a folder no longer there.
                     "folder": (r.job.rel_dir / r.job.name).as_posix(),
