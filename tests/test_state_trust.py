@@ -35,7 +35,7 @@ from daemon.folders import trust
 from daemon.folders.claim import claim
 from daemon.folders.jobs import RECORD, Folders, Job
 from daemon.folders.scan import Group
-from daemon.job.describe import Result
+from daemon.job.finish import Result
 from daemon.job.prepare import prepare
 from daemon.service.check import run_checks
 from daemon.service.lock import DaemonLocked, take_lock

@@ -7,7 +7,7 @@ decode, with the frames it should have) and renamed into place only then, so not
 half-written or empty. When the combined run fails, the master and then each failed recipe are
 retried alone, so one broken recipe costs only its own file.
 
-The graph is built in ``daemon.encode.graph`` and run and checked in ``daemon.encode.ffmpeg_run``;
+The graph is built in ``daemon.encode.onepass_graph`` and run and checked in ``daemon.encode.ffmpeg_run``;
 which ffmpeg runs, and the read-back check, are in ``daemon.encode.ffmpeg``. This module is the
 job's encode: its inputs checked, the retries, and the result.
 """
@@ -27,7 +27,7 @@ import numpy as np
 from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.encode.ffmpeg_run import run_targets
-from daemon.encode.graph import MASTER_KEY, job_targets
+from daemon.encode.onepass_graph import MASTER_KEY, job_targets
 from daemon.encode.recipes import RecipeConfig
 from daemon.errors import EncodeError
 from daemon.folders.fsops import fsync_dir

@@ -2,7 +2,7 @@
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it; see ``daemon.engine.detect``). Each entry in ``FAMILIES`` is a ``Family``
-(``daemon.engine.family``) that says what differs between them, and nothing else:
+(``daemon.engine.family_spec``) that says what differs between them, and nothing else:
 
 - its diffusers pipeline class and the name of its denoiser (``unet`` or ``transformer``);
 - the clip sizes and frame counts it can take, checked before any model work;
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.ltx2 import ltx2_kwargs
 
 # Names accepted by ``[model] family`` (besides "auto"): the keys of ``FAMILIES``, nowhere else.

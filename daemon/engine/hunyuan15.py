@@ -22,7 +22,7 @@ from typing import Any
 from diffusers import HunyuanVideo15ImageToVideoPipeline
 from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 
-from daemon.engine.family import StepCallback
+from daemon.engine.family_spec import StepCallback
 from daemon.engine.i2vgenxl import _StepReporter
 
 

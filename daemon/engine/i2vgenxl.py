@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers import I2VGenXLPipeline
 
-from daemon.engine.family import StepCallback
+from daemon.engine.family_spec import StepCallback
 
 
 class _StepReporter:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from daemon.engine.family import Family, StepCallback
+from daemon.engine.family_spec import Family, StepCallback
 from daemon.errors import GenerationError
 from daemon.sizing import clip_size, fit_to, resolution_to_short_side
 

@@ -38,7 +38,7 @@ from daemon.engine.choices import (
     OFFLOAD_CHOICES,
     QUANTIZE_CHOICES,
 )
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.oom import Ladder, first_line
 from daemon.engine.quantize import quantize_denoisers
 from daemon.sizing import resolution_to_short_side

@@ -17,7 +17,7 @@ from PIL import Image
 
 from daemon.config import Settings
 from daemon.encode.recipes import RecipeConfig
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record

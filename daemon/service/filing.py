@@ -25,7 +25,7 @@ from daemon.folders.claim import release
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.names import ERROR_FILE, job_files
 from daemon.folders.publish import error_text, finish_done, finish_failed
-from daemon.job.describe import Generated, Result, encode_and_record
+from daemon.job.finish import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
 from daemon.states import Outcome

@@ -19,7 +19,7 @@ from daemon import logs
 from daemon.engine.interface import GenerationResult
 from daemon.errors import JobError
 from daemon.folders.jobs import Job, count_attempt
-from daemon.job.describe import Generated
+from daemon.job.finish import Generated
 from daemon.job.prepare import Prepared
 from daemon.job.record import Worker
 from daemon.service.executor import Cancelled, Executor, WorkerLost

@@ -40,7 +40,7 @@ from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
-from daemon.job.describe import Result
+from daemon.job.finish import Result
 from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
