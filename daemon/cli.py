@@ -296,7 +296,7 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.errors import JobError
-    from daemon.folders import fsops
+    from daemon.folders import moves
     from daemon.job.image import load_image
     from daemon.job.sidecar import read_sidecar
 
@@ -346,8 +346,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 break
             n += 1
         # The image first, then the sidecar: the pair is complete only once both renames are done.
-        fsops.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
-        fsops.move(sidecar_tmp, inbox / f"{name}.json")
+        moves.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
+        moves.move(sidecar_tmp, inbox / f"{name}.json")
     print(inbox / f"{name}{image.suffix.lower()}", file=args.out)
     return EXIT_OK
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names, safe_dirs
+from daemon.folders import fsops, moves, names, safe_dirs
 from daemon.folders.jobs import Folders, Job, JobState
 from daemon.folders.names import ERROR_FILE
 
@@ -93,9 +93,9 @@ def _file(base: Path, job: Job, src: Path) -> Path:
     try:
         for name in _names(job.name):
             try:
-                fsops.move_at(None, src, fd, name)
+                moves.move_at(None, src, fd, name)
             except FileExistsError:
-                if fsops.copied_whole_at(src, fd, name):
+                if moves.copied_whole_at(src, fd, name):
                     shutil.rmtree(src)
                     return base / rel / name
                 continue
