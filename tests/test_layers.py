@@ -23,6 +23,7 @@ FLOORS: list[list[str]] = [
         "daemon.logs",
         "daemon.sizing",
         "daemon.states",
+        "daemon.messages",
     ],  # the ground: no other floor
     ["daemon.folders"],  # the Maildir part: files and folders only
     ["daemon.engine", "daemon.encode"],  # frames from an image; files from frames

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from daemon.messages import OLD_RETRY_ADVICE, RETRY_ADVICE
+
 ERROR_FILE = "error.txt"
 LOCK_FILE = "daemon.lock"
 
@@ -40,15 +42,6 @@ STAMP_FORMAT = "_%Y%m%d_%H%M%S"
 STAMP_BYTES = len("_20261122_143005")
 JOB_NAME = re.compile(r"(?P<stem>.+)_(?P<date>\d{8})_(?P<time>\d{6})(?:-(?P<clash>\d+))?")
 
-# The last paragraph of every error.txt: how to retry. Recognising an error.txt by it (not by
-# its name alone) keeps a user's own error.png + error.txt pair a normal job.
-RETRY_ADVICE = (
-    "To try again: fix the problem, then drag this whole folder back into the inbox folder it "
-    "came from (or move the image and its prompt file back there). The daemon ignores this "
-    "error.txt and its .log file."
-)
-# What error.txt files of earlier releases ended with; they may still sit in failed/.
-_OLD_RETRY_ADVICE = ("To try again, fix the problem and move the files back into the inbox.",)
 
 # Bytes read of a file that might be ours; an error.txt is never larger than a few KiB.
 _SNIFF_BYTES = 64 * 1024
@@ -176,7 +169,7 @@ def own_file_kind(name: str, head: bytes | None) -> str | None:
     """
     if name == ERROR_FILE:
         text = (head or b"").decode("utf-8", "replace")
-        return "error" if any(a in text for a in (RETRY_ADVICE, *_OLD_RETRY_ADVICE)) else None
+        return "error" if any(a in text for a in (RETRY_ADVICE, *OLD_RETRY_ADVICE)) else None
     for kind, suffix in sorted(_OWN_SUFFIXES.items(), key=lambda ks: -len(ks[1])):  # longest first
         if name.endswith(suffix) and is_job_name(name[: -len(suffix)]):
             if kind != "record":

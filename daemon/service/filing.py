@@ -27,14 +27,9 @@ from daemon.folders.names import ERROR_FILE, job_files
 from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.finish import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
+from daemon.messages import INTERNAL_ERROR
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
 from daemon.states import Outcome
-
-INTERNAL_ERROR = (
-    "Something went wrong inside the video daemon while making this clip; it is not a problem with "
-    "your files as far as we can tell. Move the files back into the inbox to try again, and if it "
-    "fails again tell the operator (the details are in the log beside this file)."
-)
 
 
 @dataclass
@@ -43,6 +38,20 @@ class Failed:
 
     job: Job
     error: str | None  # None: interrupted, its files go back to the inbox
+
+
+def fail_job(job: Job, error: BaseException, log: Any, folder: str) -> Failed:
+    """The one way a job that raised ``error`` is failed.
+
+    1. a ``JobError`` is the user's problem: its message is their explanation, logged as a warning;
+    2. anything else is the daemon's: logged with its traceback, and the user told so
+       (``INTERNAL_ERROR``).
+    """
+    if isinstance(error, JobError):
+        log.warning("job failed", reason=str(error), folder=folder)
+        return Failed(job, str(error))
+    log.error("internal error", error=repr(error), folder=folder, exc_info=error)
+    return Failed(job, INTERNAL_ERROR)
 
 
 _STOP = object()
@@ -162,12 +171,7 @@ class Filer:
                 except Exception as e:
                     if room_problem(e) is not None:
                         raise  # back to the inbox (``_file_safely``), not failed
-                    if not isinstance(e, JobError):
-                        log.exception("internal error", folder=failed_at)
-                        item = Failed(job, INTERNAL_ERROR)
-                    else:
-                        log.warning("job failed", reason=str(e), folder=failed_at)
-                        item = Failed(job, str(e))
+                    item = fail_job(job, e, log, failed_at)
                 else:
                     log.info(
                         "job done",

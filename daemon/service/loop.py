@@ -31,7 +31,6 @@ from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
 from daemon.engine.interface import Generator
-from daemon.errors import JobError
 from daemon.folders import fsops
 from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
@@ -45,9 +44,10 @@ from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
+from daemon.messages import CRASH_LOOP_ERROR
 from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
-from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
+from daemon.service.filing import Failed, Filer, fail_job
 from daemon.service.flights import Flights
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.publishing import Publisher
@@ -58,12 +58,6 @@ from daemon.sizing import resolution_to_short_side
 from daemon.states import DaemonState, Outcome
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
-
-CRASH_LOOP_ERROR = (
-    "Making this clip stopped the video daemon {crashes} times in a row, so it was set aside to "
-    "protect the other jobs. Try a smaller resolution or fewer frames, or ask the operator to look "
-    "at the daemon's log."
-)
 
 
 class StartupError(Exception):
@@ -391,12 +385,8 @@ class Service:
         logs.open_job_log(job.name, job.out / job_files(job.name).log)
         try:
             prepared = prepare(job, self.settings, self.executor.model, log, queued_at=queued_at)
-        except JobError as e:
-            log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
-            self.filer.put(Failed(job, str(e)))
-        except Exception:
-            log.exception("internal error", folder=self._where(self.folders.failed, job))
-            self.filer.put(Failed(job, INTERNAL_ERROR))
+        except Exception as e:
+            self.filer.put(fail_job(job, e, log, self._where(self.folders.failed, job)))
         else:
             self.flights.submit(prepared)
         self._want_status()
