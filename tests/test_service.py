@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from helpers import drop
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
@@ -30,13 +30,6 @@ def config(tmp_path: Path, extra: str = "") -> Settings:
         "[generation]\nnum_frames = 4\nsteps = 4\nfps = 8\n" + extra
     )
     return load_settings(path)
-
-
-def drop(inbox: Path, name: str, prompt: str = "waves") -> dict[str, str]:
-    inbox.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / f"{name}.png")
-    (inbox / f"{name}.txt").write_text(prompt)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.glob(f"{name}.*")}
 
 
 class RecordingStub(StubGenerator):
