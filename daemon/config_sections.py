@@ -102,17 +102,17 @@ class ModelConfig(_Section):
     # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Their
     # defaults are the engine's own (``EngineOptions``), declared once there; they suit one 24 GB+
     # GPU; options that need CUDA are ignored, with a log line, on a CPU.
-    attention: Attention = _ENGINE.attention  # type: ignore[assignment]
-    compile: bool | Literal["auto"] = _ENGINE.compile  # type: ignore[assignment]
-    compile_mode: CompileMode = _ENGINE.compile_mode  # type: ignore[assignment]
-    compile_scope: CompileScope = _ENGINE.compile_scope  # type: ignore[assignment]
+    attention: Attention = _ENGINE.attention
+    compile: bool | Literal["auto"] = _ENGINE.compile
+    compile_mode: CompileMode = _ENGINE.compile_mode
+    compile_scope: CompileScope = _ENGINE.compile_scope
     # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
-    cache: Cache = _ENGINE.cache  # type: ignore[assignment]
+    cache: Cache = _ENGINE.cache
     cache_threshold: float = Field(_ENGINE.cache_threshold, gt=0, le=1)
     cache_interval: int = Field(_ENGINE.cache_interval, ge=2, le=10)
     vae_slicing: bool = _ENGINE.vae_slicing
     vae_tiling: bool = _ENGINE.vae_tiling
-    offload: Offload = _ENGINE.offload  # type: ignore[assignment]
+    offload: Offload = _ENGINE.offload
     channels_last: bool = _ENGINE.channels_last
     decode_chunk_size: int = Field(_ENGINE.decode_chunk_size, ge=1, le=256)
     warmup: bool = True
@@ -123,7 +123,7 @@ class ModelConfig(_Section):
     # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
     loras: list[AdapterName] = Field(default_factory=list)
     # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
-    quantize: Quantize = _ENGINE.quantize  # type: ignore[assignment]
+    quantize: Quantize = _ENGINE.quantize
 
     @field_validator("loras")
     @classmethod
