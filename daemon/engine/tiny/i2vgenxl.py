@@ -12,8 +12,6 @@ import json
 import tempfile
 from pathlib import Path
 
-from daemon.engine.tiny.building import build_once
-
 # Bump whenever the recipe below changes: the cache folder name and the marker carry it, so an
 # old build on disk is rebuilt instead of silently reused.
 TINY_VERSION = 1
@@ -156,11 +154,3 @@ def build_i2vgenxl():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers a
         unet=unet,
         scheduler=scheduler,
     )
-
-
-def build_tiny(dest: Path) -> Path:
-    """Build the tiny model into ``dest`` (atomically) unless a complete build is already there.
-
-    Returns ``dest``, loadable with ``I2VGenXLPipeline.from_pretrained(dest)``.
-    """
-    return build_once(dest, build_i2vgenxl, {"version": TINY_VERSION, "seed": SEED})

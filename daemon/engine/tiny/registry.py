@@ -79,10 +79,6 @@ def recorded_version(model_id: str) -> str:
     return f"v{_entry(model_id).version}"
 
 
-def is_complete(folder: Path, model_id: str = "tiny-wan") -> bool:
-    return building.is_complete(folder, _entry(model_id).version)
-
-
 def make_pipeline(model_id: str) -> Any:
     """Tiny ``model_id`` in memory, not saved (benchmarks, random adapters)."""
     return _entry(model_id).make()
