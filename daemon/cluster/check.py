@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from daemon.config import Settings
 from daemon.service.check import Check
+from daemon.states import UP
 
 
 def cluster_checks(settings: Settings) -> Iterator[Check]:
@@ -31,7 +32,7 @@ def cluster_checks(settings: Settings) -> Iterator[Check]:
             return
         yield True, "cluster", executor.describe_cluster()
         for name, state, info in executor.workers():
-            yield state in ("idle", "busy"), f"worker {name}", _describe(state, info)
+            yield state in UP, f"worker {name}", _describe(state, info)
     finally:
         executor.close()
 
