@@ -40,8 +40,8 @@ from daemon.config_sections import OutputConfig
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES
 from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import ffmpeg_exe, select_ffmpeg
-from daemon.encode.graph import MASTER_OPTIONS
 from daemon.encode.onepass import encode_job
+from daemon.encode.onepass_graph import MASTER_OPTIONS
 from daemon.encode.recipes import RecipeConfig
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.stub import StubGenerator

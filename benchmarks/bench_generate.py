@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from daemon.engine.tiny_families import BUILDERS
+from daemon.engine.tiny.registry import BUILDS
 
 REFERENCE = "RTX 4090, as published by a popular I2VGen-XL web front end"
 REFERENCE_SECONDS, REFERENCE_GB = 52.0, 13.6
@@ -210,10 +210,10 @@ def build_real(device: Any, dtype: Any) -> Any:
     )
 
     from daemon.engine.i2vgenxl import DaemonI2VGenXLPipeline
-    from daemon.engine.tiny import _write_tokenizer_files
+    from daemon.engine.tiny.i2vgenxl import write_tokenizer_files
 
     with tempfile.TemporaryDirectory() as tok_dir:
-        _write_tokenizer_files(Path(tok_dir))  # a small BPE vocabulary laid out like CLIP's
+        write_tokenizer_files(Path(tok_dir))  # a small BPE vocabulary laid out like CLIP's
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id,
@@ -257,7 +257,7 @@ def build_wan(arch: str, device: Any, dtype: Any) -> Any:
         UMT5EncoderModel,
     )
 
-    from daemon.engine.tiny_parts import t5_tokenizer as _t5_tokenizer
+    from daemon.engine.tiny.parts import t5_tokenizer as _t5_tokenizer
 
     spec = WAN_ARCHS[arch]
     torch.manual_seed(0)
@@ -292,15 +292,13 @@ def build_wan(arch: str, device: Any, dtype: Any) -> Any:
 
 
 def build_tiny(device: Any, dtype: Any, model: str = "tiny") -> Any:
-    """A built-in tiny model (daemon/engine/tiny.py, daemon/tiny_families.py), in memory."""
+    """A built-in tiny model (daemon/engine/tiny/), in memory."""
     import torch
 
-    from daemon.engine import tiny_families
-    from daemon.engine.families import I2VGENXL, get_family, pipeline_class
-    from daemon.engine.tiny import _build_pipeline
+    from daemon.engine.families import get_family, pipeline_class
 
-    family, build = (I2VGENXL, _build_pipeline) if model == "tiny" else tiny_families.BUILDERS[model]
-    pipe = build()
+    family = BUILDS[model].family
+    pipe = BUILDS[model].make()
     # I2VGen-XL and HunyuanVideo 1.5 run as our subclasses of diffusers' pipelines (a repair; the
     # size and guidance i2vd asks for), the rest as built.
     cls = pipeline_class(get_family(family))
@@ -348,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default=None,
         choices=[
-            "tiny",
-            *BUILDERS,
+            *BUILDS,
             *WAN_ARCHS,
         ],
         help="a tiny build of a family (implies --tiny), or a full-size Wan architecture (GPU)",
@@ -393,12 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.engine.options import EngineOptions
     from daemon.engine.runner import DiffusersGenerator
     from daemon.errors import GenerationError
-    from daemon.job.image import resolution_to_short_side
+    from daemon.sizing import resolution_to_short_side
 
     if wan_arch is not None:
         family = get_family(WAN if wan_arch == "wan21-14b" else WAN22_TI2V)
     else:
-        family = get_family(BUILDERS[model_name][0] if args.tiny and model_name in BUILDERS else I2VGENXL)
+        family = get_family(BUILDS[model_name].family if args.tiny and model_name in BUILDS else I2VGENXL)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device, family)
     published = WAN_ARCHS[wan_arch]["job"] if wan_arch else None
@@ -444,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     lora_file: Path | None = None
     lora_dir = tempfile.TemporaryDirectory()
     if args.lora == "random":
-        from daemon.engine.tiny_families import random_lora_for
+        from daemon.engine.tiny.lora import random_lora_for
 
         lora_file = random_lora_for(
             pipe, Path(lora_dir.name) / "random.safetensors", rank=64 if wan_arch else 4

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.engine.options import EngineOptions
     from daemon.engine.runner import DiffusersGenerator
     from daemon.errors import GenerationError
-    from daemon.job.image import MAX_ASPECT, clip_size, resolution_to_short_side
+    from daemon.sizing import MAX_ASPECT, clip_size, resolution_to_short_side
 
     family = get_family(I2VGENXL)
     device = resolve_device(args.device)

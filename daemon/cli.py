@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import json
 import os
 import shutil
@@ -217,11 +218,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.service.check import run_checks
+    from daemon.service.check import local_checks, run_checks
 
     path, settings = _settings(args)
+    if settings.cluster.backend == "ray":
+        from daemon.cluster.check import cluster_checks
+
+        machine_checks = cluster_checks
+    else:
+        machine_checks = functools.partial(local_checks, load_generator=_load_generator)
     ok = True
-    for passed, what, detail in run_checks(settings, _load_generator, config=path):
+    for passed, what, detail in run_checks(settings, machine_checks, config=path):
         ok &= passed
         print(f"{'ok  ' if passed else 'FAIL'}  {what}: {detail}", file=args.out, flush=True)
     return EXIT_OK if ok else EXIT_FAILED
@@ -336,7 +343,7 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.errors import JobError
-    from daemon.folders import fsops
+    from daemon.folders import moves
     from daemon.folders.names import IMAGE_EXTS, LAST_MARK
     from daemon.job.image import load_image
     from daemon.job.sidecar import read_sidecar
@@ -397,10 +404,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 break
             n += 1
         # The images first, then the sidecar: the pair is complete only once every rename is done.
-        fsops.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
+        moves.move(image_tmp, inbox / f"{name}{image.suffix.lower()}")
         if last is not None and last_tmp is not None:
-            fsops.move(last_tmp, inbox / f"{name}{LAST_MARK}{last.suffix.lower()}")
-        fsops.move(sidecar_tmp, inbox / f"{name}.json")
+            moves.move(last_tmp, inbox / f"{name}{LAST_MARK}{last.suffix.lower()}")
+        moves.move(sidecar_tmp, inbox / f"{name}.json")
     print(inbox / f"{name}{image.suffix.lower()}", file=args.out)
     return EXIT_OK
 

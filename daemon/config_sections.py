@@ -25,12 +25,18 @@ from daemon.engine.choices import (
     Cache,
     CompileMode,
     CompileScope,
-    FamilyChoice,
     Offload,
     OomRung,
     Quantize,
     check_device,
 )
+from daemon.engine.detect import FAMILY_CHOICES
+from daemon.engine.options import EngineOptions
+from daemon.sizing import resolution_to_short_side
+
+# The engine's option defaults: [model]'s speed and memory keys take theirs from here, so the
+# config and the code cannot disagree.
+_ENGINE = EngineOptions()
 
 RESOLUTIONS = ("512p", "768p", "1024p")
 
@@ -91,34 +97,33 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # None: ``models`` inside the state folder (the built-in ``tiny`` is built there too).
     cache_dir: Path | None = None
-    # Model family: "auto" reads model_index.json (daemon/families.py); or force one.
-    family: FamilyChoice = "auto"
-    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Defaults
-    # suit one 24 GB+ GPU; options that need CUDA are ignored, with a log line, on a CPU.
-    attention: Attention = "auto"
-    compile: bool | Literal["auto"] = "auto"
-    compile_mode: CompileMode = "default"
-    compile_scope: CompileScope = "regional"
+    # Model family: "auto" reads model_index.json (daemon/engine/detect.py); or force one.
+    family: str = "auto"
+    # Speed and memory (applied by daemon.engine.runner; config.example.toml explains each). Their
+    # defaults are the engine's own (``EngineOptions``), declared once there; they suit one 24 GB+
+    # GPU; options that need CUDA are ignored, with a log line, on a CPU.
+    attention: Attention = _ENGINE.attention
+    compile: bool | Literal["auto"] = _ENGINE.compile
+    compile_mode: CompileMode = _ENGINE.compile_mode
+    compile_scope: CompileScope = _ENGINE.compile_scope
     # diffusers' caching methods, for the transformer families (LTX-Video, Wan, CogVideoX).
-    cache: Cache = "none"
-    cache_threshold: float = Field(0.05, gt=0, le=1)
-    cache_interval: int = Field(2, ge=2, le=10)
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    offload: Offload = "none"
-    channels_last: bool = False
-    decode_chunk_size: int = Field(8, ge=1, le=256)
+    cache: Cache = _ENGINE.cache
+    cache_threshold: float = Field(_ENGINE.cache_threshold, gt=0, le=1)
+    cache_interval: int = Field(_ENGINE.cache_interval, ge=2, le=10)
+    vae_slicing: bool = _ENGINE.vae_slicing
+    vae_tiling: bool = _ENGINE.vae_tiling
+    offload: Offload = _ENGINE.offload
+    channels_last: bool = _ENGINE.channels_last
+    decode_chunk_size: int = Field(_ENGINE.decode_chunk_size, ge=1, le=256)
     warmup: bool = True
-    # Out of memory: retry smaller, rung by rung (daemon/oom.py), before failing the job.
-    oom_ladder: list[OomRung] = Field(
-        default_factory=lambda: ["lower_resolution", "fewer_frames", "cpu_offload"]
-    )
-    oom_resolutions: list[str] = Field(default_factory=lambda: ["768p", "640p", "512p", "384p"])
-    oom_min_frames: int = Field(8, ge=1)
+    # Out of memory: retry smaller, rung by rung (daemon/engine/oom.py), before failing the job.
+    oom_ladder: list[OomRung] = Field(default_factory=lambda: list(_ENGINE.ladder.rungs))
+    oom_resolutions: list[str] = Field(default_factory=lambda: [f"{s}p" for s in _ENGINE.ladder.short_sides])
+    oom_min_frames: int = Field(_ENGINE.ladder.min_frames, ge=1)
     # Adapters (defined under [loras.NAME]) on for every job, fused into the weights at load.
     loras: list[AdapterName] = Field(default_factory=list)
     # Weight quantization of the denoiser(s) with torchao (daemon/engine/quantize.py).
-    quantize: Quantize = "none"
+    quantize: Quantize = _ENGINE.quantize
 
     @field_validator("loras")
     @classmethod
@@ -126,6 +131,13 @@ class ModelConfig(_Section):
         if len(set(v)) != len(v):
             raise ValueError("each adapter may appear only once")
         return v
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        if v.strip().lower() not in FAMILY_CHOICES:
+            raise ValueError(f"must be one of {', '.join(FAMILY_CHOICES)}")
+        return v.strip().lower()
 
     @field_validator("device")
     @classmethod
@@ -142,9 +154,8 @@ class ModelConfig(_Section):
     @field_validator("oom_resolutions")
     @classmethod
     def _oom_resolutions(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if not (r.endswith("p") and r[:-1].isdigit() and 64 <= int(r[:-1]) <= 4096)]
-        if bad:
-            raise ValueError(f'{", ".join(map(repr, bad))}: write resolutions like "512p" (64p to 4096p)')
+        for r in v:
+            resolution_to_short_side(r)  # raises ValueError naming the expected form
         return v
 
 
@@ -285,6 +296,19 @@ class OutputConfig(_Section):
         return path
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """The metrics address: ``"127.0.0.1:9310"``, ``"[::1]:9310"`` or ``":9310"`` (every
+    interface) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: write it as HOST:PORT, for example 127.0.0.1:9310")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, for example [::1]:9310")
+    return host or "0.0.0.0", int(port_text)
+
+
 class MetricsConfig(_Section):
     # "HOST:PORT" ("127.0.0.1:9310", "[::1]:9310", ":9310" for every interface); "" is off.
     address: str = ""
@@ -293,8 +317,6 @@ class MetricsConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         if v:
-            from daemon.listeners.metrics import parse_address
-
             parse_address(v)  # raises ValueError naming the expected form
         return v
 

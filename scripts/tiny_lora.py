@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon import logs
 from daemon.engine.families import FAMILIES
-from daemon.engine.tiny_families import BUILDERS, make_random_lora
+from daemon.engine.tiny.lora import make_random_lora
+from daemon.engine.tiny.registry import BUILDS
 
 
 def main() -> int:
-    taking = [name for name, (family, _) in BUILDERS.items() if FAMILIES[family].takes_lora]
+    taking = [name for name, build in BUILDS.items() if FAMILIES[build.family].takes_lora]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -20,9 +20,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny I2VGen-XL, built once per test session (a few seconds)."""
-    from daemon.engine.tiny import TINY_VERSION, build_tiny
+    from daemon.engine.tiny.i2vgenxl import FOLDER
+    from daemon.engine.tiny.registry import build_into
 
-    return build_tiny(tmp_path_factory.mktemp("models") / f"tiny-i2vgenxl-v{TINY_VERSION}")
+    return build_into("tiny", tmp_path_factory.mktemp("models") / FOLDER)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def tiny_generator(tiny_model_dir: Path) -> DiffusersGenerator:
     from daemon.engine.generator import load_generator
     from daemon.engine.runner import DiffusersGenerator
 
-    # "tiny" with the session build's parent as cache: the id -> build_tiny path, reusing the build.
+    # "tiny" with the session build's parent as cache: the registry finds the build and reuses it.
     gen = load_generator("tiny", revision=None, device="cpu", dtype="auto", cache_dir=tiny_model_dir.parent)
     assert isinstance(gen, DiffusersGenerator)
     return gen
@@ -81,7 +82,7 @@ def ffmpeg_binary(request: pytest.FixtureRequest) -> FFmpeg:
 @pytest.fixture(scope="session")
 def random_lora(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``random_lora(model_id, seed)``: a random LoRA file for that tiny build, made once per session."""
-    from daemon.engine.tiny_families import make_random_lora
+    from daemon.engine.tiny.lora import make_random_lora
 
     folder = tmp_path_factory.mktemp("loras")
     made: dict[tuple[str, int], Path] = {}

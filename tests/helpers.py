@@ -7,8 +7,9 @@ import hashlib
 import io
 import json
 import os
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def drop(inbox: Path, name: str, *, seed: int = 0, prompt: str = "the sea moves") -> dict[str, str]:
+    """An image and its prompt file dropped into ``inbox`` as a user would; their SHA-256 by name."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / f"{name}.png").write_bytes(png_bytes(seed=seed, size=(96, 64)))
+    (inbox / f"{name}.txt").write_text(prompt)
+    return {p.name: digest(p) for p in inbox.glob(f"{name}.*")}
+
+
+def wait_for(what: Callable[[], Any], timeout: float, message: str) -> Any:
+    """Poll ``what`` until it returns something true, and return that; fail naming ``message``."""
+    deadline = time.monotonic() + timeout
+    while not (found := what()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for: {message}")
+        time.sleep(0.05)
+    return found
 
 
 def request(width: int = 64, height: int = 96, **changes: object) -> Any:

@@ -18,11 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Clock, digest, png_bytes, write_config
+from helpers import Clock, digest, drop, wait_for, write_config
 
 from daemon.folders import fsops
 from daemon.service.disk_room import CHECK_EVERY, HOLD_FIRST, DiskRoom, free_mb
@@ -75,22 +75,6 @@ def fill(path: Path) -> Path:
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path.parent if path.is_file() else path)
     return st.f_bavail * st.f_frsize
-
-
-def drop(inbox: Path, name: str, seed: int = 0) -> dict[str, str]:
-    inbox.mkdir(parents=True, exist_ok=True)
-    (inbox / f"{name}.png").write_bytes(png_bytes(seed=seed, size=(96, 64)))
-    (inbox / f"{name}.txt").write_text("the sea moves")
-    return {p.name: digest(p) for p in inbox.glob(f"{name}.*")}
-
-
-def wait_for(what: Callable[[], object], timeout: float, message: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := what()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for: {message}")
-        time.sleep(0.2)
-    return found
 
 
 def env(**overrides: str) -> dict[str, str]:

@@ -14,12 +14,12 @@ import pytest
 import structlog
 import torch
 
-from daemon.engine import tiny_families
 from daemon.engine.families import get_family
 from daemon.engine.generator import load_generator
 from daemon.engine.oom import InjectOOM, Ladder
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
+from daemon.engine.tiny import registry as tiny_registry
 from daemon.errors import GenerationError
 
 # model id -> (width, height, frames): a small clip each family takes.
@@ -200,7 +200,7 @@ CACHE_METHODS = {"first_block": {"cache_threshold": 1.0}, "pyramid": {}, "taylor
 
 
 def _takes(model_id: str, method: str) -> bool:
-    methods = get_family(tiny_families.BUILDERS[model_id][0]).cache_methods
+    methods = get_family(tiny_registry.BUILDS[model_id].family).cache_methods
     return methods is None or method in methods
 
 

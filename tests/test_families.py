@@ -1,5 +1,5 @@
 """Model families besides I2VGen-XL (daemon/families.py) on their tiny random-weight builds
-(daemon/tiny_families.py): detection, the per-family checks, frames, seeds, SVD's missing prompt."""
+(daemon/engine/tiny/): detection, the per-family checks, frames, seeds, SVD's missing prompt."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from daemon.engine.detect import detect_family, family_from_index
 from daemon.engine.generator import load_generator
 from daemon.engine.interface import GenerationRequest
 from daemon.engine.runner import DiffusersGenerator
-from daemon.engine.tiny_families import BUILDERS, MARKER, TINY_FAMILIES_VERSION, build, folder_name
+from daemon.engine.tiny.registry import BUILDS, MARKER, TINY_FAMILIES_VERSION, build_into, folder_name
 from daemon.errors import GenerationError
 
 # model id -> (family, width, height, frames that suit it, multiple)
@@ -172,7 +172,7 @@ def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str,
     with pytest.raises(ValueError, match=r"model\.family"):
         detect_family(str(tmp_path), family="sora")
     # tiny-wan-flf2v makes clips between two frames only: tests/test_last_frame.py covers it.
-    assert set(BUILDERS) == set(CASES) | {"tiny-wan-flf2v"}
+    assert set(BUILDS) - {"tiny"} == set(CASES) | {"tiny-wan-flf2v"}
 
 
 def test_load_generator_dispatches_by_family(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
@@ -195,7 +195,7 @@ def test_tiny_still_is_i2vgenxl(tiny_model_dir: Path) -> None:
 def test_build_is_reused(cache: Path, generators: dict[str, DiffusersGenerator]) -> None:
     dest = cache / folder_name("tiny-svd")
     before = (dest / MARKER).stat().st_mtime_ns
-    assert build("tiny-svd", dest) == dest
+    assert build_into("tiny-svd", dest) == dest
     assert (dest / MARKER).stat().st_mtime_ns == before
 
 

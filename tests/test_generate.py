@@ -24,7 +24,8 @@ from daemon.engine.oom import Ladder
 from daemon.engine.options import EngineOptions
 from daemon.engine.runner import DiffusersGenerator
 from daemon.engine.stub import StubGenerator
-from daemon.engine.tiny import MARKER, build_tiny
+from daemon.engine.tiny.building import MARKER
+from daemon.engine.tiny.registry import build_into
 from daemon.errors import GenerationError
 
 
@@ -137,14 +138,14 @@ def test_build_tiny_is_idempotent_deterministic_and_replaces_a_broken_build(
 ) -> None:
     weights = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
     before = (weights.stat().st_mtime_ns, (tiny_model_dir / MARKER).stat().st_mtime_ns)
-    assert build_tiny(tiny_model_dir) == tiny_model_dir
+    assert build_into("tiny", tiny_model_dir) == tiny_model_dir
     assert (weights.stat().st_mtime_ns, (tiny_model_dir / MARKER).stat().st_mtime_ns) == before
 
     # A half-copied folder (no marker) is rebuilt, and the rebuild is byte-identical.
     broken = tmp_path / "tiny"
     shutil.copytree(tiny_model_dir / "unet", broken / "unet")
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
-    assert build_tiny(broken) == broken
+    assert build_into("tiny", broken) == broken
     assert (broken / MARKER).is_file()
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         assert (broken / part).read_bytes() == (tiny_model_dir / part).read_bytes()
@@ -199,7 +200,6 @@ def test_options_come_from_the_model_config_and_bad_values_are_refused() -> None
         "auto",
     )
     assert opts.ladder == Ladder(("fewer_frames", "lower_resolution"), (720, 480), 4)
-    assert EngineOptions.from_config(ModelConfig()) == EngineOptions()  # config and code defaults agree
     for bad in (
         {"offload": "gpu"},
         {"attention": "flash"},

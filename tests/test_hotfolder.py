@@ -17,14 +17,14 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import helpers
 import pytest
 import structlog
-from helpers import digest, png_bytes
+from helpers import digest, png_bytes, wait_for
 
 from daemon.config import Settings, load_settings
 from daemon.config_sections import DEFAULT_IGNORE
@@ -77,14 +77,6 @@ def filed(base: Path) -> dict[str, list[Path]]:
 def entries(base: Path) -> list[Path]:
     """What is in ``base``; nothing while the daemon has not made it yet."""
     return list(base.iterdir()) if base.exists() else []
-
-
-def wait_for(what: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for: {message}")
-        time.sleep(0.05)
 
 
 class Running:

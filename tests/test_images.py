@@ -15,14 +15,8 @@ from pydantic import ValidationError
 
 from daemon.config_sections import IMAGE_FORMATS, LimitsConfig
 from daemon.errors import ImageError
-from daemon.job.image import (
-    IMAGE_EXTS,
-    MAX_ASPECT,
-    clip_size,
-    fit_to,
-    load_image,
-    resolution_to_short_side,
-)
+from daemon.job.image import IMAGE_EXTS, load_image
+from daemon.sizing import MAX_ASPECT, clip_size, fit_to, resolution_to_short_side
 
 BIG = 10**9
 
@@ -619,12 +613,14 @@ def test_fit_to_same_aspect_only_scales() -> None:
 # --- resolution_to_short_side -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("res, side", [("512p", 512), ("768p", 768), ("1024p", 1024)])
+@pytest.mark.parametrize(
+    "res, side", [("512p", 512), ("768p", 768), ("1024p", 1024), (" 64P", 64), ("4096p", 4096)]
+)
 def test_resolution_to_short_side(res: str, side: int) -> None:
     assert resolution_to_short_side(res) == side
 
 
-@pytest.mark.parametrize("bad", ["512", "p", "abc", "-512p", "0p", "512px"])
+@pytest.mark.parametrize("bad", ["512", "p", "abc", "-512p", "0p", "512px", "8p", "8192p"])
 def test_resolution_to_short_side_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         resolution_to_short_side(bad)

@@ -13,31 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import digest, png_bytes, request, write_config
+from helpers import digest, drop, request, wait_for, write_config
 
 from daemon.service.executor import JobStopped, ThreadExecutor
 
 CLI = [sys.executable, "-m", "daemon.cli"]
-
-
-def wait_for(what: Callable[[], object], timeout: float, message: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := what()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for: {message}")
-        time.sleep(0.2)
-    return found
-
-
-def drop(inbox: Path, name: str, seed: int) -> dict[str, str]:
-    (inbox / f"{name}.png").write_bytes(png_bytes(seed=seed, size=(96, 64)))
-    (inbox / f"{name}.txt").write_text("the sea moves")
-    return {p.name: digest(p) for p in inbox.glob(f"{name}.*")}
 
 
 def failed_jobs(tmp_path: Path) -> dict[str, Path]:

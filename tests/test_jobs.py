@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import digest
 
-from daemon.folders import fsops
+from daemon.folders import fsops, moves
 from daemon.folders.claim import claim, release
 from daemon.folders.jobs import RECORD, Folders
 from daemon.folders.publish import finish_done, finish_failed
@@ -107,7 +107,7 @@ def test_recover_gives_up_after_max_attempts(folders: Folders) -> None:
 def test_recover_finishes_a_job_whose_outputs_were_published(folders: Folders) -> None:
     job = claim(folders, drop(folders), WHEN)
     assert job is not None
-    fsops.move(job.out, folders.outputs / job.name)  # crash right after step 1 of finish_done
+    moves.move(job.out, folders.outputs / job.name)  # crash right after step 1 of finish_done
     again, exhausted = recover(folders, max_attempts=3)
     assert not again and not exhausted
     assert sorted(p.name for p in (folders.done / job.name).iterdir()) == ["cat.png", "cat.txt"]
@@ -131,7 +131,7 @@ def test_move_across_filesystems_copies_then_removes(tmp_path: Path) -> None:
         (src / "sub").mkdir(parents=True)
         (src / "sub" / "a.bin").write_bytes(os.urandom(3000))
         expect = digest(src / "sub" / "a.bin")
-        fsops.move(src, tmp_path / "tree")
+        moves.move(src, tmp_path / "tree")
         assert digest(tmp_path / "tree" / "sub" / "a.bin") == expect
         assert not src.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary left behind"
@@ -141,5 +141,5 @@ def test_move_refuses_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("a")
     (tmp_path / "b").write_text("b")
     with pytest.raises(FileExistsError):
-        fsops.move(tmp_path / "a", tmp_path / "b")
+        moves.move(tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "b").read_text() == "b"

@@ -31,7 +31,7 @@ from PIL import Image
 
 from daemon.config import load_settings
 from daemon.engine.stub import StubGenerator
-from daemon.folders import fsops
+from daemon.folders import fsops, moves
 from daemon.folders.claim import claim, release
 from daemon.folders.jobs import RECORD, RETURNING, Folders
 from daemon.folders.publish import finish_done
@@ -308,7 +308,7 @@ def test_crash_between_publishing_outputs_and_filing_inputs(folders: Folders, tm
     job = claim(folders, group, WHEN)
     assert job is not None
     (job.out / f"{job.name}.mp4").write_bytes(b"clip")
-    fsops.move(job.out, folders.outputs / job.name)  # step 1 of finish_done, then the kill
+    moves.move(job.out, folders.outputs / job.name)  # step 1 of finish_done, then the kill
     run_recovered(folders, tmp_path)
     assert_done_once(folders, before)
     assert (folders.outputs / job.name / f"{job.name}.mp4").read_bytes() == b"clip"
@@ -337,8 +337,8 @@ def test_crash_mid_move_across_filesystems_keeps_exactly_one_copy(folders: Folde
         job2 = claim(split, group, WHEN)
         assert job2 is not None
         (job2.out / f"{job2.name}.mp4").write_bytes(b"clip")
-        fsops.move(job2.out, split.outputs / job2.name)
-        fsops._copy_tree_synced(job2.inputs, split.done / job2.name)
+        moves.move(job2.out, split.outputs / job2.name)
+        moves._copy_tree_synced(job2.inputs, split.done / job2.name)
         (split.done / f".{job2.name}.0123abcd.tmp").mkdir()
         recover(split, max_attempts=3)
         assert {p.name: digest(p) for p in (split.done / job2.name).iterdir()} == before2

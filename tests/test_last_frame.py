@@ -27,7 +27,7 @@ from daemon.engine.detect import detect_family
 from daemon.engine.families import FAMILIES, end_frame_families
 from daemon.engine.generator import load_generator
 from daemon.engine.runner import DiffusersGenerator
-from daemon.engine.tiny_families import folder_name
+from daemon.engine.tiny.registry import folder_name
 from daemon.errors import GenerationError
 from daemon.folders import names
 from daemon.folders.scan import InboxScanner

@@ -98,6 +98,20 @@ def test_status_lines() -> None:
     assert notify.status_line(encoding) == "encoding a_1 (+1 more), 0 queued"
 
 
+def test_progress_reads_the_same_in_the_journal_and_in_i2vd_status() -> None:
+    """One formatter: a step before the total is known is not hidden behind "starting"."""
+    from daemon.service.status_file import render
+
+    status = {
+        "running": True,
+        "state": "busy",
+        "queue_length": 0,
+        "current": {"job": "j", "step": 3, "total": None},
+    }
+    assert "step 3/?" in notify.status_line(status)
+    assert "step 3/?" in render(status)
+
+
 def test_listener_throttles_steps_but_not_state_changes(manager: socket.socket) -> None:
     now = [100.0]
     listener = notify.SystemdListener(clock=lambda: now[0])

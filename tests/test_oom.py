@@ -30,9 +30,9 @@ from daemon.engine.runner import DiffusersGenerator
 from daemon.engine.stub import StubGenerator
 from daemon.errors import GenerationError
 from daemon.folders.jobs import Job
-from daemon.job.describe import Generated, describe
-from daemon.job.image import fit_to
+from daemon.job.finish import Generated, describe
 from daemon.job.prepare import prepare
+from daemon.sizing import fit_to
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
 from daemon.encode.clip import ClipInfo, FrameCount
-from daemon.encode.filtergraph import RecipeError, filter_names
+from daemon.encode.filter_text import RecipeError, filter_names
 from daemon.encode.recipes import RecipeConfig, RecipeName, check_recipe_name
 
 CLIP = ClipInfo(frames=16, fps=8, width=512, height=704)

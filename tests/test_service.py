@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from helpers import drop
 from structlog.testing import capture_logs
 
 from daemon.config import Settings, load_settings
@@ -30,13 +30,6 @@ def config(tmp_path: Path, extra: str = "") -> Settings:
         "[generation]\nnum_frames = 4\nsteps = 4\nfps = 8\n" + extra
     )
     return load_settings(path)
-
-
-def drop(inbox: Path, name: str, prompt: str = "waves") -> dict[str, str]:
-    inbox.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (96, 64), (30, 90, 150)).save(inbox / f"{name}.png")
-    (inbox / f"{name}.txt").write_text(prompt)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox.glob(f"{name}.*")}
 
 
 class RecordingStub(StubGenerator):
@@ -214,3 +207,24 @@ def test_start_sweeps_temporary_files_a_kill_left_beside_status_page_and_spool(t
     Service(settings, StubGenerator(), watch=False).run_once()
     assert [p for p in left if p.exists()] == []
     assert kept.read_text() == "keep"
+
+
+def test_a_job_fails_one_way_whatever_raised(tmp_path: Path) -> None:
+    """The user's problem is explained in their words; anything else is the daemon's, and says so."""
+    from datetime import datetime
+
+    from daemon import logs
+    from daemon.errors import SidecarError
+    from daemon.folders.jobs import Job
+    from daemon.messages import INTERNAL_ERROR
+    from daemon.service.filing import fail_job
+
+    job = Job("cat_20260101_120000", "cat", Path("."), tmp_path, ["cat.png"], datetime.now())
+    with capture_logs() as logged:
+        theirs = fail_job(job, SidecarError("'prompt' is missing"), logs.get(), "failed/cat_20260101_120000")
+        ours = fail_job(job, KeyError("width"), logs.get(), "failed/cat_20260101_120000")
+    assert (theirs.job, theirs.error, ours.error) == (job, "'prompt' is missing", INTERNAL_ERROR)
+    assert [(e["event"], e["log_level"]) for e in logged] == [
+        ("job failed", "warning"),
+        ("internal error", "error"),
+    ]

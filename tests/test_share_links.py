@@ -24,12 +24,12 @@ from daemon.config_sections import DEFAULT_IGNORE
 from daemon.folders import safe_dirs
 from daemon.folders.claim import claim, release
 from daemon.folders.jobs import Folders
-from daemon.folders.names import RETRY_ADVICE
 from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.folders.recover import recover
 from daemon.folders.scan import Group, InboxScanner
 from daemon.listeners.events import JobFinished
 from daemon.listeners.share_page import PAGE, SharePage
+from daemon.messages import RETRY_ADVICE
 from daemon.service.loop import Service
 
 WHEN = datetime(2026, 11, 22, 14, 30, 5)

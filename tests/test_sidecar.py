@@ -185,7 +185,7 @@ EXPECTED = JobParams(
     seed=1234,
     recipes=("vertical", "gif"),
     loras=("watercolour",),
-    from_sidecar=frozenset({"steps", "guidance_scale"}),
+    from_sidecar=frozenset({"steps", "guidance_scale", "seed"}),
 )
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from daemon.folders import trust
 from daemon.folders.claim import claim
 from daemon.folders.jobs import RECORD, Folders, Job
 from daemon.folders.scan import Group
-from daemon.job.describe import Result
+from daemon.job.finish import Result
 from daemon.job.prepare import prepare
 from daemon.service.check import run_checks
 from daemon.service.lock import DaemonLocked, take_lock
@@ -170,7 +171,7 @@ def test_run_and_check_refuse_in_one_line_with_exit_2(tmp_path: Path) -> None:
     state = tmp_path / ".i2vd"
     state.mkdir()
     os.chown(state, STRANGER, -1)
-    checks = list(itertools.islice(run_checks(load_settings(config), lambda s: None, config=config), 3))
+    checks = list(itertools.islice(run_checks(load_settings(config), lambda s: iter(()), config=config), 3))
     assert checks[1][:2] == (True, "config file")
     assert checks[2][:2] == (False, "state folder") and f"chown root {state}" in checks[2][2]
 
@@ -363,6 +364,26 @@ def test_a_job_resumed_after_a_crash_keeps_its_seed(folders: Folders, tmp_path: 
     record = json.loads((folders.outputs / JOB / f"{JOB}.json").read_text())
     assert record["attempts"] == 2
     assert (record["parameters"]["seed"], record["parameters"]["seed_from"]) == (drawn, "random")
+
+
+@pytest.mark.parametrize("sidecar, expected", [("a cat yawns", (7, "config")), ("seed = 9", (9, "sidecar"))])
+def test_the_record_says_where_the_seed_came_from(
+    folders: Folders, tmp_path: Path, sidecar: str, expected: tuple[int, str]
+) -> None:
+    """A seed set in [generation] is the config's, not the prompt file's (it was once recorded so)."""
+    group = drop(folders)
+    if sidecar.startswith("seed"):
+        group.sidecars[0].unlink()
+        group = replace(group, sidecars=[group.sidecars[0].with_suffix(".toml")])
+        group.sidecars[0].write_text(f'prompt = "a cat yawns"\n{sidecar}\n')
+    assert claim(folders, group, WHEN) is not None
+    paths = {n: str(getattr(folders, n)) for n in ("inbox", "outputs", "done", "failed", "state")}
+    generation = {"num_frames": 2, "steps": 1, "seed": 7}
+    config = write_config(tmp_path, "stub", generation, paths=paths, output={"default_recipes": []})
+    [result] = restart(config)
+    assert result.ok
+    record = json.loads((folders.outputs / JOB / f"{JOB}.json").read_text())
+    assert (record["parameters"]["seed"], record["parameters"]["seed_from"]) == expected
 
 
 # -- a private Ray's leftovers ------------------------------------------------------------------

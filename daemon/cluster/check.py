@@ -6,15 +6,16 @@ import importlib.util
 from collections.abc import Iterator
 
 from daemon.config import Settings
-
-Check = tuple[bool, str, str]
+from daemon.service.check import Check
+from daemon.states import UP
 
 
 def cluster_checks(settings: Settings) -> Iterator[Check]:
     """Join (or start) the cluster, start the workers as ``i2vd run`` would, list them, let go.
 
-    A cluster without the GPUs (or CPUs) a worker asks for fails at once: check does not wait for
-    machines to join."""
+    The model runs on the workers: this machine needs neither a GPU nor the model. A cluster
+    without the GPUs (or CPUs) a worker asks for fails at once: check does not wait for machines
+    to join."""
     if importlib.util.find_spec("ray") is None:
         yield False, "cluster", 'backend = "ray" but Ray is not installed: pip install "i2v-daemon[cluster]"'
         return
@@ -31,7 +32,7 @@ def cluster_checks(settings: Settings) -> Iterator[Check]:
             return
         yield True, "cluster", executor.describe_cluster()
         for name, state, info in executor.workers():
-            yield state in ("idle", "busy"), f"worker {name}", _describe(state, info)
+            yield state in UP, f"worker {name}", _describe(state, info)
     finally:
         executor.close()
 

@@ -180,9 +180,9 @@ def _device_label(gen: Generator | None) -> str:
     device = gen.info.device if gen is not None else "none"
     if device.startswith("cuda"):
         try:
-            import torch
+            from daemon.engine.load import gpu_name
 
-            return f"{torch.cuda.get_device_name(torch.device(device))} (GPU {ids or device})"
+            return f"{gpu_name(device)} (GPU {ids or device})"
         except Exception:
             pass
     # On a machine without CUDA Ray still hands out the GPUs it was told of (tests fake them).

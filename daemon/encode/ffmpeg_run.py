@@ -1,6 +1,6 @@
 """One ffmpeg run over a set of outputs: the frames piped in, every file checked, the whole ones kept.
 
-``run_targets`` starts ffmpeg on a graph of ``daemon.encode.graph``, writes the raw frames into
+``run_targets`` starts ffmpeg on a graph of ``daemon.encode.onepass_graph``, writes the raw frames into
 its stdin one at a time (its stderr drained on a thread of its own, a timer killing a run that
 hangs), then decodes every file it wrote and counts the frames (``daemon.encode.ffmpeg``) before
 renaming it from its temporary dot-name into place. A failed run publishes nothing, and its
@@ -23,7 +23,7 @@ from typing import IO
 import numpy as np
 
 from daemon.encode.ffmpeg import ADDRESS_RE, NOISE_RE, count_frames
-from daemon.encode.graph import MASTER_KEY, Target, build_command
+from daemon.encode.onepass_graph import MASTER_KEY, Target, build_command
 
 # ffmpeg's last lines of stderr an error message keeps.
 _ERROR_LINES = 4

@@ -7,7 +7,7 @@ decode, with the frames it should have) and renamed into place only then, so not
 half-written or empty. When the combined run fails, the master and then each failed recipe are
 retried alone, so one broken recipe costs only its own file.
 
-The graph is built in ``daemon.encode.graph`` and run and checked in ``daemon.encode.ffmpeg_run``;
+The graph is built in ``daemon.encode.onepass_graph`` and run and checked in ``daemon.encode.ffmpeg_run``;
 which ffmpeg runs, and the read-back check, are in ``daemon.encode.ffmpeg``. This module is the
 job's encode: its inputs checked, the retries, and the result.
 """
@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.encode.ffmpeg_run import run_targets
-from daemon.encode.graph import MASTER_KEY, job_targets
+from daemon.encode.onepass_graph import MASTER_KEY, job_targets
 from daemon.encode.recipes import RecipeConfig
 from daemon.errors import EncodeError
 from daemon.folders.fsops import fsync_dir
@@ -47,6 +47,17 @@ class RecipeOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "path": str(self.path) if self.path else None, "error": self.error}
+
+    def moved_to(self, folder: Path | None) -> RecipeOutcome:
+        """The same outcome with its file in ``folder`` (None: the bare file name, to send it)."""
+        if self.path is None or not self.ok:
+            return replace(self, path=None)
+        return replace(self, path=folder / self.path.name if folder is not None else Path(self.path.name))
+
+    @property
+    def file(self) -> str | None:
+        """The file's name (what ``JOB.json`` records), None when the recipe failed."""
+        return self.path.name if self.ok and self.path is not None else None
 
 
 @dataclass(frozen=True)

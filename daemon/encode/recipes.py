@@ -29,7 +29,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from daemon.encode.clip import ClipInfo, FrameCount
-from daemon.encode.filtergraph import RecipeError, filter_names, prefix_labels
+from daemon.encode.filter_text import RecipeError, filter_names, prefix_labels
 
 RECIPE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 _RECIPE_NAME_RE = re.compile(RECIPE_NAME_PATTERN)

@@ -1,6 +1,6 @@
 """Checking an operator's recipe before any job uses it: run it on a short synthetic clip.
 
-``validate_recipe`` builds the recipe's output as a job's encode would (``daemon.encode.graph``),
+``validate_recipe`` builds the recipe's output as a job's encode would (``daemon.encode.onepass_graph``),
 runs ffmpeg on a few frames of moving gradients and checks the file the same way
 (``daemon.encode.ffmpeg_run``): a recipe this ffmpeg refuses stops the daemon's start and is
 named by ``i2vd check``, instead of failing every job.
@@ -18,7 +18,7 @@ import numpy as np
 from daemon.encode.clip import ClipInfo
 from daemon.encode.ffmpeg import FFmpeg, select_ffmpeg
 from daemon.encode.ffmpeg_run import run_targets
-from daemon.encode.graph import recipe_target
+from daemon.encode.onepass_graph import recipe_target
 from daemon.encode.recipes import RecipeConfig, check_recipe_name
 from daemon.errors import EncodeError
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.families import FAMILIES
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.oom import first_line
 from daemon.errors import GenerationError
 

@@ -18,22 +18,6 @@ OFFLOAD_CHOICES: tuple[str, ...] = get_args(Offload)
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 COMPILE_SCOPES: tuple[str, ...] = get_args(CompileScope)
 CACHE_CHOICES: tuple[str, ...] = get_args(Cache)
-# ``[model] family``; the family table itself is daemon.engine.families.
-FamilyChoice = Literal[
-    "auto",
-    "i2vgenxl",
-    "svd",
-    "ltx",
-    "wan",
-    "wan_flf2v",
-    "wan22_a14b",
-    "wan22_ti2v",
-    "cogvideox",
-    "hunyuan_i2v",
-    "hunyuan15_i2v",
-    "ltx2",
-]
-FAMILY_CHOICES: tuple[str, ...] = get_args(FamilyChoice)
 # ``[model] quantize``: daemon.engine.quantize.
 Quantize = Literal["none", "int8", "fp8"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)

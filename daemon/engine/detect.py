@@ -7,16 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.engine.choices import FAMILY_CHOICES
 from daemon.engine.families import (
-    COGVIDEOX,
     FAMILIES,
-    HUNYUAN15_I2V,
-    HUNYUAN_I2V,
     I2VGENXL,
-    LTX,
-    LTX2,
-    SVD,
     WAN,
     WAN22_A14B,
     WAN22_TI2V,
@@ -24,23 +17,9 @@ from daemon.engine.families import (
     Family,
 )
 
-# model_index.json ``_class_name`` -> family.
-CLASS_NAMES = {
-    "I2VGenXLPipeline": I2VGENXL,
-    "StableVideoDiffusionPipeline": SVD,
-    "LTXImageToVideoPipeline": LTX,
-    "LTXPipeline": LTX,
-    "LTXConditionPipeline": LTX,
-    "WanImageToVideoPipeline": WAN,
-    "WanPipeline": WAN,
-    "CogVideoXImageToVideoPipeline": COGVIDEOX,
-    "CogVideoXPipeline": COGVIDEOX,
-    "HunyuanVideoImageToVideoPipeline": HUNYUAN_I2V,
-    # LTX-2's published folders name its text-to-video pipeline; the image-to-video one loads them.
-    "LTX2ImageToVideoPipeline": LTX2,
-    "LTX2Pipeline": LTX2,
-    "HunyuanVideo15ImageToVideoPipeline": HUNYUAN15_I2V,
-}
+# model_index.json ``_class_name`` -> family, from the table.
+CLASS_NAMES = {index_name: f.name for f in FAMILIES.values() for index_name in f.index_names}
+FAMILY_CHOICES = ("auto", *FAMILIES)
 
 
 def family_from_index(index: dict[str, Any], transformer: dict[str, Any] | None = None) -> str:

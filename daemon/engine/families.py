@@ -2,7 +2,7 @@
 
 A family is detected from the model folder's ``model_index.json`` ``_class_name`` (``[model] family``
 overrides it; see ``daemon.engine.detect``). Each entry in ``FAMILIES`` is a ``Family``
-(``daemon.engine.family``) that says what differs between them, and nothing else:
+(``daemon.engine.family_spec``) that says what differs between them, and nothing else:
 
 - its diffusers pipeline class and the name of its denoiser (``unet`` or ``transformer``);
 - the clip sizes and frame counts it can take, checked before any model work;
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.ltx2 import ltx2_kwargs
 
-# Names accepted by ``[model] family``.
+# Names accepted by ``[model] family`` (besides "auto"): the keys of ``FAMILIES``, nowhere else.
 I2VGENXL, SVD, LTX, WAN, COGVIDEOX = "i2vgenxl", "svd", "ltx", "wan", "cogvideox"
 # Wan 2.2 runs through the same diffusers pipeline class as Wan 2.1, but its models differ in what
 # they take and in their published settings: A14B has two expert denoisers switched at
@@ -123,6 +123,7 @@ FAMILIES: dict[str, Family] = {
         I2VGENXL,
         "daemon.engine.i2vgenxl:DaemonI2VGenXLPipeline",
         "I2VGen-XL",
+        index_names=("I2VGenXLPipeline",),
         denoiser="unet",
         size_multiple=8,
         typical_frames=16,
@@ -140,6 +141,7 @@ FAMILIES: dict[str, Family] = {
         SVD,
         "StableVideoDiffusionPipeline",
         "Stable Video Diffusion",
+        index_names=("StableVideoDiffusionPipeline",),
         denoiser="unet",
         takes_prompt=False,
         size_multiple=8,
@@ -158,6 +160,7 @@ FAMILIES: dict[str, Family] = {
         LTX,
         "LTXImageToVideoPipeline",
         "LTX-Video",
+        index_names=("LTXImageToVideoPipeline", "LTXPipeline", "LTXConditionPipeline"),
         size_multiple=32,
         frame_step=8,
         typical_frames=97,
@@ -177,6 +180,7 @@ FAMILIES: dict[str, Family] = {
         WAN,
         "WanImageToVideoPipeline",
         "Wan 2.1",
+        index_names=("WanImageToVideoPipeline", "WanPipeline"),
         size_multiple=16,
         frame_step=4,
         typical_frames=81,
@@ -243,6 +247,7 @@ FAMILIES: dict[str, Family] = {
         HUNYUAN_I2V,
         "HunyuanVideoImageToVideoPipeline",
         "HunyuanVideo-I2V",
+        index_names=("HunyuanVideoImageToVideoPipeline",),
         size_multiple=16,
         frame_step=4,
         typical_frames=129,
@@ -260,6 +265,7 @@ FAMILIES: dict[str, Family] = {
         HUNYUAN15_I2V,
         "daemon.engine.hunyuan15:DaemonHunyuanVideo15ImageToVideoPipeline",
         "HunyuanVideo 1.5",
+        index_names=("HunyuanVideo15ImageToVideoPipeline",),
         size_multiple=16,
         frame_step=4,
         typical_frames=121,
@@ -278,6 +284,7 @@ FAMILIES: dict[str, Family] = {
         COGVIDEOX,
         "CogVideoXImageToVideoPipeline",
         "CogVideoX",
+        index_names=("CogVideoXImageToVideoPipeline", "CogVideoXPipeline"),
         size_multiple=16,
         frame_step=8,
         typical_frames=49,
@@ -295,6 +302,8 @@ FAMILIES: dict[str, Family] = {
         LTX2,
         "LTX2ImageToVideoPipeline",
         "LTX-2",
+        # LTX-2's published folders name its text-to-video pipeline; the image-to-video one loads them.
+        index_names=("LTX2ImageToVideoPipeline", "LTX2Pipeline"),
         size_multiple=32,
         frame_step=8,
         typical_frames=121,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.engine.adapters import AdapterSpec
-from daemon.engine.tiny import TINY_VERSION, build_tiny
+from daemon.engine.tiny import registry as tiny
 
 
 def _offline() -> bool:
@@ -42,17 +42,12 @@ def fetch_model(
     the ones to fetch ("auto" resolves as the daemon will: float16 when a CUDA GPU is used).
     Raises RuntimeError with a readable reason (offline, unknown model, no such revision, ...).
     """
-    from daemon.engine import tiny_families
-    from daemon.engine.load import TINY_ID
     from daemon.engine.stub import STUB_ID
     from daemon.logs import adopt_model_libraries
 
-    if model_id == TINY_ID or model_id in tiny_families.BUILDERS:
+    if tiny.is_tiny(model_id):
         adopt_model_libraries()  # no "Writing model shards" bars or deprecation notices
-    if model_id == TINY_ID:
-        return build_tiny(Path(cache_dir) / f"tiny-i2vgenxl-v{TINY_VERSION}")
-    if model_id in tiny_families.BUILDERS:
-        return tiny_families.build(model_id, Path(cache_dir) / tiny_families.folder_name(model_id))
+        return tiny.build(model_id, Path(cache_dir))
     if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
         raise RuntimeError(f"model.id {model_id!r} is the stand-in generator: there is nothing to fetch.")
     folder = Path(model_id).expanduser()

@@ -12,7 +12,7 @@ The upstream call differs from the other image-to-video pipelines in three ways,
    with the scale the checkpoint ships) applies it. This class takes ``guidance_scale`` and sets it on
    the guider for the one call. At 1.0 the guider runs one pass per step, not two.
 3. Progress: it has no ``callback_on_step_end``; its loop calls ``progress_bar(...).update()`` after
-   every step, which reports to ``step_callback`` here (as ``daemon.engine.i2vgenxl`` does).
+   every step, which ``daemon.engine.step_progress`` reports to ``step_callback``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 from diffusers import HunyuanVideo15ImageToVideoPipeline
 from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 
-from daemon.engine.family import StepCallback
-from daemon.engine.i2vgenxl import _StepReporter
+from daemon.engine.step_progress import StepProgressMixin
 
 
 class _RequestedSize(HunyuanVideo15ImageProcessor):
@@ -37,16 +36,8 @@ class _RequestedSize(HunyuanVideo15ImageProcessor):
         return self.size
 
 
-class DaemonHunyuanVideo15ImageToVideoPipeline(HunyuanVideo15ImageToVideoPipeline):
+class DaemonHunyuanVideo15ImageToVideoPipeline(StepProgressMixin, HunyuanVideo15ImageToVideoPipeline):
     """Loads any HunyuanVideo 1.5 image-to-video folder (``from_pretrained`` is inherited unchanged)."""
-
-    # Set by the caller around one ``__call__``; called as on_step(completed_steps, total_steps).
-    step_callback: StepCallback | None = None
-
-    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
-        if iterable is not None or total is None:
-            return super().progress_bar(iterable=iterable, total=total)
-        return _StepReporter(total, self.step_callback)
 
     def __call__(  # type: ignore[override]
         self,

@@ -1,54 +1,20 @@
 """diffusers' I2VGenXLPipeline with the changes the daemon needs (imports torch: load lazily).
 
 1. ``encode_prompt`` works with transformers 5.x (see the method's comment).
-2. Per-step progress reporting: the pipeline has no ``callback_on_step_end``, but its denoising loop
-   calls ``progress_bar(total=steps).update()`` after every step, so that is where we hook in.
+2. Per-step progress reporting: the pipeline has no ``callback_on_step_end``
+   (``daemon.engine.step_progress``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from diffusers import I2VGenXLPipeline
 
-from daemon.engine.family import StepCallback
+from daemon.engine.step_progress import StepProgressMixin
 
 
-class _StepReporter:
-    """Stands in for the tqdm bar of the denoising loop: ``update()`` reports the step instead.
-
-    No tqdm at all during generation: the daemon logs to journald, where a redrawn bar is noise.
-    An exception raised by the callback propagates out of the denoising loop, which stops the job.
-    """
-
-    def __init__(self, total: int, on_step: StepCallback | None) -> None:
-        self.total = total
-        self.done = 0
-        self._on_step = on_step
-
-    def __enter__(self) -> _StepReporter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self._on_step is not None:
-            self._on_step(self.done, self.total)
-
-
-class DaemonI2VGenXLPipeline(I2VGenXLPipeline):
+class DaemonI2VGenXLPipeline(StepProgressMixin, I2VGenXLPipeline):
     """Loads any I2VGen-XL folder or Hub id (``from_pretrained`` is inherited unchanged)."""
-
-    # Set by the caller around one ``__call__``; called as on_step(completed_steps, total_steps).
-    step_callback: StepCallback | None = None
-
-    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
-        if iterable is not None or total is None:
-            return super().progress_bar(iterable=iterable, total=total)
-        return _StepReporter(total, self.step_callback)
 
     def encode_prompt(
         self,

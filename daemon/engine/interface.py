@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from daemon.engine.families import end_frame_problem
-from daemon.engine.family import Family, StepCallback
+from daemon.engine.family_spec import Family, StepCallback
 from daemon.errors import GenerationError
-from daemon.job.image import clip_size, fit_to, resolution_to_short_side
+from daemon.sizing import clip_size, fit_to, resolution_to_short_side
 
 
 @dataclass(frozen=True)

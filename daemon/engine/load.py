@@ -9,31 +9,29 @@ to run. torch and diffusers are imported lazily.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from daemon.engine.choices import check_device
 from daemon.engine.detect import detect_family
-from daemon.engine.families import I2VGENXL, Family
+from daemon.engine.families import Family
 from daemon.engine.stub import STUB_ID
-from daemon.engine.tiny import TINY_VERSION, build_tiny
+from daemon.engine.tiny import registry as tiny
 
 if TYPE_CHECKING:
     import torch
 
 # Model ids that never touch the Hub.
-TINY_ID = "tiny"
 
 ModelKind = Literal["stub", "tiny", "folder", "hub"]
 
 
 def model_kind(model_id: str) -> ModelKind:
     """What ``model.id`` names: the stand-in, a built-in tiny build, a local folder or a Hub id."""
-    from daemon.engine import tiny_families
-
     if model_id == STUB_ID or model_id.startswith(STUB_ID + ":"):
         return "stub"
-    if model_id == TINY_ID or model_id in tiny_families.BUILDERS:
+    if tiny.is_tiny(model_id):
         return "tiny"
     looks_like_path = model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1  # Hub: owner/name
     if looks_like_path or Path(model_id).expanduser().is_dir():
@@ -51,6 +49,25 @@ _DTYPE_NAMES = {
     "fp32": "float32",
     "float": "float32",
 }
+
+
+def device_summary(device: str) -> tuple[bool, str]:
+    """For ``i2vd check``: whether ``model.device`` can be had here, and the device in words."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return False, f"model.device is {device!r} but no CUDA GPU is visible to torch"
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return True, f"{torch.cuda.get_device_name()} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+    return True, f"cpu ({os.cpu_count()} cores; no CUDA GPU visible)"
+
+
+def gpu_name(device: str) -> str:
+    """The name of the CUDA GPU ``device`` names ("cuda:1")."""
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -146,17 +163,10 @@ def locate(
     inside a service start, under systemd's start timeout, fails badly), ``i2vd fetch-model``
     (daemon/engine/fetch.py) does that ahead of time, so a missing model fails fast with the command to run.
     """
-    from daemon.engine import tiny_families
-
-    if model_kind(model_id) == "tiny":
-        if model_id == TINY_ID:
-            detected = I2VGENXL
-            source = build_tiny(cache_dir / f"tiny-i2vgenxl-v{TINY_VERSION}")
-            recorded = f"v{TINY_VERSION}"  # the recipe, recorded in each job's metadata
-        else:
-            detected = tiny_families.BUILDERS[model_id][0]
-            source = tiny_families.build(model_id, cache_dir / tiny_families.folder_name(model_id))
-            recorded = f"v{tiny_families.TINY_FAMILIES_VERSION}"
+    if tiny.is_tiny(model_id):
+        detected = tiny.BUILDS[model_id].family
+        source = tiny.build(model_id, cache_dir)
+        recorded = tiny.recorded_version(model_id)  # the recipe, recorded in each job's metadata
         if family not in ("auto", detected):
             raise ValueError(f"model.family is {family!r} but {model_id!r} is a {detected} model.")
         return source, recorded, detected, {}

@@ -15,11 +15,11 @@ import contextlib
 import gc
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from daemon.job.image import clip_size
+from daemon.sizing import clip_size
 
 LOWER_RESOLUTION = "lower_resolution"
 FEWER_FRAMES = "fewer_frames"
@@ -348,14 +348,3 @@ def _concat(outs: list[Any]) -> Any:
     if isinstance(outs[0], tuple):
         return (torch.cat([o[0] for o in outs]),)
     return type(outs[0])(sample=torch.cat([o.sample for o in outs]))
-
-
-def parse_short_sides(values: Iterable[str | int]) -> tuple[int, ...]:
-    """``["768p", "512p"]`` (or plain integers) -> ``(768, 512)``."""
-    out = []
-    for v in values:
-        text = str(v).strip().lower().removesuffix("p")
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{v!r} is not a resolution like '512p'")
-        out.append(int(text))
-    return tuple(out)

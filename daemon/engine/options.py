@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from daemon.engine.adapters import AdapterSpec
 from daemon.engine.batch_split import split_large_batches
@@ -37,10 +37,17 @@ from daemon.engine.choices import (
     COMPILE_SCOPES,
     OFFLOAD_CHOICES,
     QUANTIZE_CHOICES,
+    Attention,
+    Cache,
+    CompileMode,
+    CompileScope,
+    Offload,
+    Quantize,
 )
-from daemon.engine.family import Family
-from daemon.engine.oom import Ladder, first_line, parse_short_sides
+from daemon.engine.family_spec import Family
+from daemon.engine.oom import Ladder, first_line
 from daemon.engine.quantize import quantize_denoisers
+from daemon.sizing import resolution_to_short_side
 
 # torch.compile keeps one compiled graph per clip shape; its default limit of 8 would silently fall
 # back to eager for the ninth aspect ratio. Sizes are bucketed, so a daemon sees a bounded set.
@@ -53,20 +60,20 @@ _ON_CPU = "this needs a CUDA GPU; the model runs on the CPU"
 class EngineOptions:
     """The ``[model]`` speed and memory settings, as the generator applies them (see config.example.toml)."""
 
-    attention: str = "auto"
-    compile: bool | str = "auto"  # True, False or "auto"
-    compile_mode: str = "default"
-    compile_scope: str = "regional"
-    cache: str = "none"
+    attention: Attention = "auto"
+    compile: bool | Literal["auto"] = "auto"
+    compile_mode: CompileMode = "default"
+    compile_scope: CompileScope = "regional"
+    cache: Cache = "none"
     cache_threshold: float = 0.05
     cache_interval: int = 2
     vae_slicing: bool = False
     vae_tiling: bool = False
-    offload: str = "none"
+    offload: Offload = "none"
     channels_last: bool = False
     decode_chunk_size: int = 8
     ladder: Ladder = field(default_factory=Ladder)
-    quantize: str = "none"
+    quantize: Quantize = "none"
     loras: tuple[AdapterSpec, ...] = ()  # every [loras.NAME] table: loaded at start
     always_on: tuple[str, ...] = ()  # [model] loras: fused at start
 
@@ -108,7 +115,7 @@ class EngineOptions:
             decode_chunk_size=model.decode_chunk_size,
             ladder=Ladder(
                 rungs=tuple(model.oom_ladder),
-                short_sides=parse_short_sides(model.oom_resolutions),
+                short_sides=tuple(map(resolution_to_short_side, model.oom_resolutions)),
                 min_frames=model.oom_min_frames,
             ),
             quantize=model.quantize,

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from daemon.engine.choices import QUANTIZE_CHOICES
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 
 FP8_CAPABILITY = (8, 9)  # Ada Lovelace and Hopper: the first GPUs with FP8 tensor cores
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.interface import (
     GenerationRequest,
     GenerationResult,

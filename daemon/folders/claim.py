@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names, safe_dirs
+from daemon.folders import fsops, moves, names, safe_dirs
 from daemon.folders.jobs import RETURNING, Folders, Job, reserve, write_record
 from daemon.folders.scan import Group, Signature, signature
 
@@ -106,7 +106,7 @@ def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int) -> J
         for src in group.files:
             check_regular_at(src_fd, src.name, sigs[src.name])
             try:
-                fsops.move_at(src_fd, src.name, inputs_fd, src.name)
+                moves.move_at(src_fd, src.name, inputs_fd, src.name)
             except FileNotFoundError:
                 raise Changed(src) from None
             # A swap between the check and the rename would have moved a link, not its target.
@@ -176,7 +176,7 @@ def copied_across(ours: Path, theirs: Path) -> bool:
     except OSError:
         return False
     try:
-        return fsops.copied_whole_at(ours, fd, theirs.name)
+        return moves.copied_whole_at(ours, fd, theirs.name)
     finally:
         os.close(fd)
 
@@ -204,16 +204,16 @@ def put_back(folders: Folders, job: Job, *, mark_first: bool = False) -> bool:
         return False
     try:
         if any(
-            fsops.exists_at(back, n) and not fsops.copied_whole_at(job.inputs / n, back, n) for n in names
+            moves.exists_at(back, n) and not moves.copied_whole_at(job.inputs / n, back, n) for n in names
         ):
             return False
         if not mark_first:
             fsops.write_atomic(job.dir / RETURNING, b"")
         for n in names:
-            if fsops.exists_at(back, n):
+            if moves.exists_at(back, n):
                 (job.inputs / n).unlink()  # its complete copy is already back
             else:
-                fsops.move_at(None, job.inputs / n, back, n)
+                moves.move_at(None, job.inputs / n, back, n)
     except OSError:
         return False
     finally:

@@ -1,4 +1,4 @@
-"""Crash-safe file operations: write aside, fsync, rename into place.
+"""Crash-safe file operations: write aside, fsync, rename into place (moving files is ``moves``'s).
 
 Within one filesystem a move is a single ``rename``: atomic, so a file is either in
 its old place or its new one whatever happens. Across filesystems (a state folder on
@@ -15,7 +15,6 @@ a link at the last component either.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -29,12 +28,12 @@ from typing import Any
 
 # A folder opened to work in it. The daemon's own paths (the state folder, a configured base
 # folder) may be links the operator made; anything below a shared folder is opened with
-# _NOFOLLOW_DIR, one component at a time (see ``safe_dirs``).
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_NOFOLLOW_DIR = _DIR_FLAGS | os.O_NOFOLLOW
+# NOFOLLOW_DIR, one component at a time (see ``safe_dirs``).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+NOFOLLOW_DIR = DIR_FLAGS | os.O_NOFOLLOW
 # A file read or made here: never through a link, never blocking on a FIFO put in its place.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # The longest file name (in bytes) ext4, XFS, Btrfs, ZFS and SMB/NFS servers accept.
 NAME_MAX = 255
@@ -96,18 +95,18 @@ def temp_prefix(target: Path | str) -> str:
     return "." + truncate_name(name, NAME_MAX - _TEMP_SUFFIX_BYTES) + "."
 
 
-def _temp_name(target: Path | str) -> str:
+def temp_name(target: Path | str) -> str:
     return f"{temp_prefix(target)}{uuid.uuid4().hex[:8]}.tmp"
 
 
 def _temp_beside(target: Path) -> Path:
-    return target.with_name(_temp_name(target))
+    return target.with_name(temp_name(target))
 
 
 def remove_temps(target: Path) -> None:
     """Remove what a crash mid-write or mid-move left beside ``target`` (never ``target`` itself)."""
     try:
-        fd = os.open(target.parent, _DIR_FLAGS)
+        fd = os.open(target.parent, DIR_FLAGS)
     except OSError:
         return
     try:
@@ -163,7 +162,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool
     tmp = _temp_beside(path)
     try:
         # O_EXCL: a name a share user planted (a link to elsewhere) is never written through.
-        with os.fdopen(os.open(tmp, _CREATE_FLAGS, 0o600 if private else 0o666), "wb") as f:
+        with os.fdopen(os.open(tmp, CREATE_FLAGS, 0o600 if private else 0o666), "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
@@ -260,234 +259,3 @@ def json_bytes(obj: Any, *, indent: int | None = 2) -> bytes:
 def write_json_atomic(path: Path, obj: Any, *, durable: bool = True, private: bool = False) -> None:
     """``obj`` as JSON (``json_bytes``), written with ``write_atomic``."""
     write_atomic(path, json_bytes(obj), durable=durable, private=private)
-
-
-def _copy_file_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> os.stat_result:
-    """Copy a plain file to a new name in ``dst_fd`` and fsync it; return the source's stat.
-    ELOOP or EINVAL when the source is a link or anything but a plain file (nothing is read
-    through it)."""
-    fin = os.open(src, _READ_FLAGS, dir_fd=src_fd)
-    try:
-        st = os.fstat(fin)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a plain file", str(src))
-        fout = os.open(dst, _CREATE_FLAGS, 0o666, dir_fd=dst_fd)
-        with open(fin, "rb", closefd=False) as r, open(fout, "wb") as w:
-            shutil.copyfileobj(r, w, 1024 * 1024)
-            w.flush()
-            os.fsync(fout)
-        return st
-    finally:
-        os.close(fin)
-
-
-def _copy_tree_at(src_fd: int, dst_fd: int) -> None:
-    """Copy the plain files and folders of one open folder into another (links and others are
-    left out, as a share user's link is never ours to follow); each new folder is fsynced."""
-    for entry in list(os.scandir(src_fd)):
-        if entry.is_dir(follow_symlinks=False):
-            os.mkdir(entry.name, dir_fd=dst_fd)
-            s = os.open(entry.name, _NOFOLLOW_DIR, dir_fd=src_fd)
-            try:
-                d = os.open(entry.name, _NOFOLLOW_DIR, dir_fd=dst_fd)
-                try:
-                    _copy_tree_at(s, d)
-                finally:
-                    os.close(d)
-            finally:
-                os.close(s)
-        elif entry.is_file(follow_symlinks=False):
-            _copy_file_at(src_fd, entry.name, dst_fd, entry.name)
-    fsync_fd(dst_fd)
-
-
-def _copy_tree_synced(src: Path, dst: Path) -> None:
-    """Copy the folder ``src`` to the new folder ``dst`` (its files fsynced)."""
-    dst.mkdir()
-    s = os.open(src, _NOFOLLOW_DIR)
-    try:
-        d = os.open(dst, _NOFOLLOW_DIR)
-        try:
-            _copy_tree_at(s, d)
-        finally:
-            os.close(d)
-    finally:
-        os.close(s)
-
-
-def exists_at(dir_fd: int | None, name: str | Path) -> bool:
-    """Whether ``name`` is taken in ``dir_fd`` by anything, a dangling link included."""
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def move(src: Path, dst: Path) -> None:
-    """Move a file or folder to ``dst``, which must not exist; atomic within one filesystem.
-
-    Raises FileNotFoundError when ``src`` is gone (someone else took it) and
-    FileExistsError when ``dst`` is taken. For paths the daemon owns (its state folder);
-    below a shared folder use ``move_at`` with folders opened by ``safe_dirs``.
-    """
-    dst_fd = os.open(dst.parent, _DIR_FLAGS)
-    try:
-        move_at(None, src, dst_fd, dst.name)
-    finally:
-        os.close(dst_fd)
-
-
-def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
-    """Move ``src`` (relative to the open folder ``src_fd``, or a path when None) to the name
-    ``dst`` in the open folder ``dst_fd``, which must not exist there.
-
-    Nothing is looked up by path after the folders were opened, so a link swapped in for a
-    folder meanwhile changes nothing. Across filesystems: copy beside ``dst``, fsync, rename
-    without replacing, and only then remove the source. Raises as ``move`` does.
-    """
-    if exists_at(dst_fd, dst):
-        raise FileExistsError(errno.EEXIST, "target exists", dst)
-    try:
-        rename_noreplace_at(src_fd, src, dst_fd, dst)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        _move_across(src_fd, src, dst_fd, dst)
-    fsync_fd(dst_fd)
-
-
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
-try:
-    _renameat2: Any = ctypes.CDLL(None, use_errno=True).renameat2
-except (OSError, AttributeError):  # not glibc >= 2.28: the exists check in move_at is all we have
-    _renameat2 = None
-
-
-def rename_noreplace_at(src_fd: int | None, src: str | Path, dst_fd: int | None, dst: str | Path) -> None:
-    """rename(2) that fails instead of replacing a file that appeared at ``dst`` meanwhile (a user
-    dropping a file of the same name into the inbox while a job is put back); each name is
-    relative to its open folder, or a path when that is None."""
-    if _renameat2 is not None:
-        a = _AT_FDCWD if src_fd is None else src_fd
-        b = _AT_FDCWD if dst_fd is None else dst_fd
-        if _renameat2(a, os.fsencode(src), b, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
-        # This filesystem does not take the flag (some network ones): plain rename.
-    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-
-
-def _move_across(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
-    tmp = _temp_name(dst)
-    st = os.stat(src, dir_fd=src_fd, follow_symlinks=False)
-    is_dir = stat.S_ISDIR(st.st_mode)
-    try:
-        if is_dir:
-            os.mkdir(tmp, dir_fd=dst_fd)
-            s = os.open(src, _NOFOLLOW_DIR, dir_fd=src_fd)
-            try:
-                d = os.open(tmp, _NOFOLLOW_DIR, dir_fd=dst_fd)
-                try:
-                    _copy_tree_at(s, d)
-                finally:
-                    os.close(d)
-            finally:
-                os.close(s)
-        else:
-            st = _copy_file_at(src_fd, src, dst_fd, tmp)
-        rename_noreplace_at(dst_fd, tmp, dst_fd, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if is_dir:
-                shutil.rmtree(tmp, ignore_errors=True, dir_fd=dst_fd)
-            else:
-                os.unlink(tmp, dir_fd=dst_fd)
-        raise
-    fsync_fd(dst_fd)
-    # Only now that a complete, durable copy is in place does the original go.
-    if is_dir:
-        shutil.rmtree(src, dir_fd=src_fd)
-        return
-    now = os.stat(src, dir_fd=src_fd, follow_symlinks=False)
-    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-        os.unlink(src, dir_fd=src_fd)
-    # Otherwise someone put a new file of that name there meanwhile (an inbox is shared): theirs.
-
-
-def copied_whole_at(ours: Path, dir_fd: int, name: str) -> bool:
-    """Whether ``name`` in the open folder is the complete copy of ``ours`` (a file or a folder)
-    that a move across filesystems renamed into place before a crash stopped it removing
-    ``ours``: on another filesystem, the same plain files holding the same bytes.
-
-    Anything else there (a share user's own folder or file of that name) is not; nothing is
-    read through a link.
-    """
-    try:
-        a = os.lstat(ours)
-        b = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    if a.st_dev == b.st_dev:
-        return False  # one filesystem: the rename was atomic, so this is not our copy
-    try:
-        if stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode):
-            return _same_file_at(None, ours, dir_fd, name)
-        if stat.S_ISDIR(a.st_mode) and stat.S_ISDIR(b.st_mode):
-            fa = os.open(ours, _NOFOLLOW_DIR)
-            try:
-                fb = os.open(name, _NOFOLLOW_DIR, dir_fd=dir_fd)
-                try:
-                    return _same_tree_at(fa, fb)
-                finally:
-                    os.close(fb)
-            finally:
-                os.close(fa)
-    except OSError:
-        pass
-    return False
-
-
-def _same_tree_at(fa: int, fb: int) -> bool:
-    mine = {e.name: e for e in os.scandir(fa)}
-    theirs = {e.name: e for e in os.scandir(fb)}
-    if mine.keys() != theirs.keys():
-        return False
-    for n, e in mine.items():
-        if e.is_dir(follow_symlinks=False) and theirs[n].is_dir(follow_symlinks=False):
-            sa = os.open(n, _NOFOLLOW_DIR, dir_fd=fa)
-            try:
-                sb = os.open(n, _NOFOLLOW_DIR, dir_fd=fb)
-                try:
-                    if not _same_tree_at(sa, sb):
-                        return False
-                finally:
-                    os.close(sb)
-            finally:
-                os.close(sa)
-        elif not (e.is_file(follow_symlinks=False) and _same_file_at(fa, n, fb, n)):
-            return False
-    return True
-
-
-def _same_file_at(fa: int | None, a: str | Path, fb: int, b: str) -> bool:
-    ra = os.open(a, _READ_FLAGS, dir_fd=fa)
-    try:
-        rb = os.open(b, _READ_FLAGS, dir_fd=fb)
-        try:
-            sa, sb = os.fstat(ra), os.fstat(rb)
-            if not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)) or sa.st_size != sb.st_size:
-                return False
-            while True:
-                x, y = os.read(ra, 1 << 20), os.read(rb, 1 << 20)
-                if x != y:
-                    return False
-                if not x:
-                    return True
-        finally:
-            os.close(rb)
-    finally:
-        os.close(ra)

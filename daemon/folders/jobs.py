@@ -100,12 +100,62 @@ class Job:
     def out(self) -> Path:
         return self.dir / "out"
 
-    def record(self) -> dict[str, object]:
+    def claim_record(self) -> ClaimRecord:
+        """What its claim.json says."""
+        return ClaimRecord(
+            job=self.name,
+            stem=self.stem,
+            rel_dir=self.rel_dir,
+            files=tuple(self.files),
+            claimed_at=self.claimed_at,
+            attempts=self.attempts,
+            sigs=dict(self.sigs),
+            src_dir=self.src_dir,
+            seed=self.seed,
+        )
+
+    @classmethod
+    def from_record(cls, directory: Path, rec: object) -> Job:
+        """The job a claim.json read back describes (BadRecord if not sound: ``ClaimRecord.from_dict``)."""
+        claim = ClaimRecord.from_dict(rec)
+        return cls(
+            name=claim.job,
+            stem=claim.stem,
+            rel_dir=claim.rel_dir,
+            dir=directory,
+            files=list(claim.files),
+            claimed_at=claim.claimed_at,
+            attempts=claim.attempts,
+            sigs=dict(claim.sigs),
+            src_dir=claim.src_dir,
+            seed=claim.seed,
+        )
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """claim.json: what was taken, from where, when, and how many attempts so far.
+
+    Written by the daemon and read back by recovery as if a stranger had written it: ``from_dict``
+    checks every field before anything acts on it.
+    """
+
+    job: str  # the JOB name
+    stem: str
+    rel_dir: Path
+    files: tuple[str, ...]
+    claimed_at: datetime
+    attempts: int = 1
+    sigs: dict[str, Signature] = field(default_factory=dict)
+    src_dir: Path | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
         return {
-            "job": self.name,
+            "job": self.job,
             "stem": self.stem,
             "rel_dir": self.rel_dir.as_posix(),
-            "files": self.files,
+            "files": list(self.files),
             "claimed_at": self.claimed_at.isoformat(timespec="seconds"),
             "attempts": self.attempts,
             "sigs": {name: list(sig) for name, sig in self.sigs.items()},
@@ -114,8 +164,8 @@ class Job:
         }
 
     @classmethod
-    def from_record(cls, directory: Path, rec: object) -> Job:
-        """The job a claim record describes, checked as if a stranger wrote it (BadRecord if not sound).
+    def from_dict(cls, rec: object) -> ClaimRecord:
+        """The record a parsed claim.json holds, checked as if a stranger wrote it (BadRecord if not sound).
 
         Every path in it must stay inside the folders (relative, no ``..``), every file name be a
         plain name, the JOB name have the JOB shape, and the numbers be in range: recovery moves
@@ -146,11 +196,10 @@ class Job:
             if not isinstance(stem, str) or len(stem) > fsops.NAME_MAX:
                 raise BadRecord("stem is not a name")
             return cls(
-                name=name,
+                job=name,
                 stem=stem,
                 rel_dir=_inside(rec["rel_dir"], "rel_dir"),
-                dir=directory,
-                files=names_,
+                files=tuple(names_),
                 claimed_at=datetime.fromisoformat(str(rec["claimed_at"])),
                 attempts=attempts,
                 sigs={k: _signature(v) for k, v in sigs.items()},
@@ -208,7 +257,8 @@ def _signature(value: object) -> Signature:
 
 def write_record(job: Job) -> None:
     # ASCII JSON: a file name that is not valid UTF-8 (kept by Python as surrogates) round-trips.
-    fsops.write_atomic(job.dir / RECORD, (json.dumps(job.record(), indent=2) + "\n").encode())
+    record = job.claim_record().to_dict()
+    fsops.write_atomic(job.dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def job_stem(stem: str) -> str:

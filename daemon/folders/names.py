@@ -35,7 +35,10 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
+
+from daemon.messages import OLD_RETRY_ADVICE, RETRY_ADVICE
 
 ERROR_FILE = "error.txt"
 LOCK_FILE = "daemon.lock"
@@ -45,15 +48,6 @@ STAMP_FORMAT = "_%Y%m%d_%H%M%S"
 STAMP_BYTES = len("_20261122_143005")
 JOB_NAME = re.compile(r"(?P<stem>.+)_(?P<date>\d{8})_(?P<time>\d{6})(?:-(?P<clash>\d+))?")
 
-# The last paragraph of every error.txt: how to retry. Recognising an error.txt by it (not by
-# its name alone) keeps a user's own error.png + error.txt pair a normal job.
-RETRY_ADVICE = (
-    "To try again: fix the problem, then drag this whole folder back into the inbox folder it "
-    "came from (or move the image and its prompt file back there). The daemon ignores this "
-    "error.txt and its .log file."
-)
-# What error.txt files of earlier releases ended with; they may still sit in failed/.
-_OLD_RETRY_ADVICE = ("To try again, fix the problem and move the files back into the inbox.",)
 
 # Bytes read of a file that might be ours; an error.txt is never larger than a few KiB.
 _SNIFF_BYTES = 64 * 1024
@@ -216,9 +210,28 @@ def job_time(name: str) -> tuple[str, str, int] | None:
     return m["date"], m["time"], int(m["clash"] or 1)
 
 
-def job_files(job: str) -> tuple[str, ...]:
-    """The files named after a job that it may leave beside the user's inputs."""
-    return (f"{job}.log", f"{job}.json", f"{job}.recipe-errors.txt")
+# The daemon's own files named after a job, by kind (``own_file_kind`` tells them by these).
+_OWN_SUFFIXES = {"log": ".log", "record": ".json", "recipe-errors": ".recipe-errors.txt"}
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The names of the files a job makes beside its clip; the only place they are formed."""
+
+    master: str  # JOB.mp4, the clip
+    log: str  # JOB.log
+    record: str  # JOB.json
+    recipe_errors: str  # JOB.recipe-errors.txt, when some extra versions failed
+
+    def own(self) -> tuple[str, ...]:
+        """The files it may leave beside the user's inputs (all but the clip)."""
+        return (self.log, self.record, self.recipe_errors)
+
+
+def job_files(job: str) -> JobFiles:
+    """The names of ``job``'s own files."""
+    own = {kind: f"{job}{suffix}" for kind, suffix in _OWN_SUFFIXES.items()}
+    return JobFiles(f"{job}.mp4", own["log"], own["record"], own["recipe-errors"])
 
 
 def own_file_kind(name: str, head: bytes | None) -> str | None:
@@ -230,8 +243,8 @@ def own_file_kind(name: str, head: bytes | None) -> str | None:
     """
     if name == ERROR_FILE:
         text = (head or b"").decode("utf-8", "replace")
-        return "error" if any(a in text for a in (RETRY_ADVICE, *_OLD_RETRY_ADVICE)) else None
-    for suffix, kind in ((".recipe-errors.txt", "recipe-errors"), (".log", "log"), (".json", "record")):
+        return "error" if any(a in text for a in (RETRY_ADVICE, *OLD_RETRY_ADVICE)) else None
+    for kind, suffix in sorted(_OWN_SUFFIXES.items(), key=lambda ks: -len(ks[1])):  # longest first
         if name.endswith(suffix) and is_job_name(name[: -len(suffix)]):
             if kind != "record":
                 return kind

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names, safe_dirs
+from daemon.folders import fsops, moves, names, safe_dirs
 from daemon.folders.jobs import Folders, Job, JobState
 from daemon.folders.names import ERROR_FILE
+from daemon.messages import RETRY_ADVICE
 
 # JOB-2, JOB-3, ... tried beside a JOB name someone on the share took; then the job stays claimed.
 MAX_CLASH = 1000
@@ -38,7 +39,7 @@ def finish_done(folders: Folders, job: Job) -> Path:
 
 
 def _error_text(reason: str) -> bytes:
-    text = reason.strip() + "\n\n" + names.RETRY_ADVICE + "\n"
+    text = reason.strip() + "\n\n" + RETRY_ADVICE + "\n"
     # A file name that is not valid UTF-8 may be quoted in the reason: escape it, never crash on it.
     return text.encode("utf-8", "backslashreplace")
 
@@ -93,9 +94,9 @@ def _file(base: Path, job: Job, src: Path) -> Path:
     try:
         for name in _names(job.name):
             try:
-                fsops.move_at(None, src, fd, name)
+                moves.move_at(None, src, fd, name)
             except FileExistsError:
-                if fsops.copied_whole_at(src, fd, name):
+                if moves.copied_whole_at(src, fd, name):
                     shutil.rmtree(src)
                     return base / rel / name
                 continue

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon import logs
-from daemon.folders import fsops, names, safe_dirs, trust
+from daemon.folders import fsops, moves, names, safe_dirs, trust
 from daemon.folders.claim import Changed, check_regular_at, put_back
 from daemon.folders.jobs import RECORD, RETURNING, BadRecord, Folders, Job, JobState, write_record
 from daemon.folders.names import ERROR_FILE
@@ -161,8 +161,8 @@ def _complete_claim(folders: Folders, job: Job) -> list[str]:
 
 
 def _bring_back(job: Job, name: str, src: int, dst: int) -> None:
-    if fsops.exists_at(dst, name):
-        if fsops.copied_whole_at(job.inputs / name, src, name):
+    if moves.exists_at(dst, name):
+        if moves.copied_whole_at(job.inputs / name, src, name):
             with contextlib.suppress(Changed, OSError):
                 check_regular_at(src, name, job.sigs.get(name) or (0, 0, 0))
                 os.unlink(name, dir_fd=src)  # the original a cross-filesystem move had not yet removed
@@ -170,7 +170,7 @@ def _bring_back(job: Job, name: str, src: int, dst: int) -> None:
     with contextlib.suppress(Changed, OSError):
         check_regular_at(src, name, job.sigs.get(name))
         if name in job.sigs or not job.sigs:
-            fsops.move_at(src, name, dst, name)
+            moves.move_at(src, name, dst, name)
 
 
 def _published(folders: Folders, job: Job) -> bool:
@@ -252,7 +252,7 @@ def _recover_one(folders: Folders, job_dir: Path) -> Job | None:
         # go; the log stays, so it tells every attempt.
         job.attempts += 1
         for entry in os.scandir(job.out):
-            if entry.name != f"{job.name}.log":
+            if entry.name != names.job_files(job.name).log:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
                 else:

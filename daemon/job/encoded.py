@@ -31,7 +31,7 @@ class EncodedFiles:
     master: str  # file name of the master clip
     files: dict[str, bytes]  # file name -> contents (the master and every recipe that worked)
     digests: dict[str, str]  # file name -> SHA-256 hex, taken on the worker
-    recipes: dict[str, tuple[bool, str | None, str | None]]  # name -> (ok, file name, error)
+    recipes: dict[str, RecipeOutcome]  # name -> what became of it, its path a bare file name
     seconds: float  # encoding time on the worker
     single_pass: bool
     ffmpeg_version: str
@@ -46,10 +46,7 @@ class EncodedFiles:
             master=enc.master.name,
             files=files,
             digests={name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-            recipes={
-                name: (r.ok, r.path.name if r.path is not None else None, r.error)
-                for name, r in enc.recipes.items()
-            },
+            recipes={name: r.moved_to(None) for name, r in enc.recipes.items()},
             seconds=enc.seconds,
             single_pass=enc.single_pass,
             ffmpeg_version=ffmpeg_version,
@@ -71,10 +68,7 @@ class EncodedFiles:
         for name, data in self.files.items():
             fsops.write_atomic(out_dir / name, data)
         fsops.fsync_dir(out_dir)
-        recipes = {
-            name: RecipeOutcome(name, ok, out_dir / file if ok and file else None, error)
-            for name, (ok, file, error) in self.recipes.items()
-        }
+        recipes = {name: r.moved_to(out_dir) for name, r in self.recipes.items()}
         return EncodeResult(
             master=out_dir / self.master,
             recipes=recipes,

@@ -20,17 +20,13 @@ Rules worth knowing (README material):
   as 0..1 if all values lie there, else 0..255, else 0..65535. They are converted a band of rows
   at a time, so the conversion needs about one byte a pixel beyond the image itself. CMYK is
   converted without colour management (Pillow's plain CMYK -> RGB formula).
-- The clip's size: the shorter side is the resolution (512p -> 512), the longer side follows the
-  image's aspect ratio, both rounded to the model's multiple; aspect ratios beyond ``MAX_ASPECT``
-  (2.5:1) are capped there, and ``fit_to`` centre-crops the image to the clip's aspect ratio
-  before resizing, so nothing is ever stretched.
+- The clip's size, and the image fitted to it, are ``daemon.sizing``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import re
 import struct
@@ -55,9 +51,6 @@ _BASE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp"
 _OPTIONAL_EXTS = {".avif", ".heic", ".heif"}
 # Extensions that name an image; load_image itself decides by content, not by name.
 IMAGE_EXTS = frozenset(_BASE_EXTS | (_OPTIONAL_EXTS & set(Image.registered_extensions())))
-
-# Wider than this (long side : short side) and the clip is cropped to it (panoramas, banners).
-MAX_ASPECT = 2.5
 
 # Formats Pillow must never open, whatever limits.image_formats says: EPS runs the external
 # Ghostscript program.
@@ -325,53 +318,3 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 def _finite(band: np.ndarray) -> np.ndarray:
     """A float32 copy of ``band`` with NaN and the infinities as 0."""
     return np.nan_to_num(band.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def clip_size(width: int, height: int, *, short_side: int, multiple: int) -> tuple[int, int]:
-    """The clip's (width, height) for an image of ``width`` x ``height``.
-
-    The shorter side is ``short_side`` and the longer side follows the image's aspect ratio, capped
-    at ``MAX_ASPECT``; both are rounded to the nearest multiple of ``multiple`` (at least
-    ``multiple``). A capped aspect ratio is rounded down, so it never exceeds ``MAX_ASPECT``.
-    """
-    if width < 1 or height < 1 or short_side < 1 or multiple < 1:
-        raise ValueError(f"clip_size needs positive sizes, got {width}x{height}, {short_side}, {multiple}")
-    aspect = max(width, height) / min(width, height)
-    short = _round_to(short_side, multiple)
-    if aspect > MAX_ASPECT:
-        long = max(short, math.floor(short * MAX_ASPECT / multiple) * multiple)
-    else:
-        long = max(short, _round_to(short * aspect, multiple))
-    return (long, short) if width > height else (short, long)
-
-
-def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
-
-
-def fit_to(image: Image.Image, width: int, height: int) -> Image.Image:
-    """``image`` centre-cropped to the aspect ratio of ``width`` x ``height``, then resized to exactly that.
-
-    Nothing is stretched: the crop keeps the centre, and only the excess of the longer side goes.
-    """
-    if width < 1 or height < 1:
-        raise ValueError(f"fit_to needs a positive size, got {width}x{height}")
-    w, h = image.size
-    target = width / height
-    if w / h > target:  # too wide: trim left and right
-        cw, ch = h * target, float(h)
-    else:  # too tall (or exact): trim top and bottom
-        cw, ch = float(w), w / target
-    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-    return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
-
-
-_RESOLUTION_RE = re.compile(r"([1-9][0-9]{1,4})p")
-
-
-def resolution_to_short_side(resolution: str) -> int:
-    """``"512p"`` -> ``512``: the clip's shorter side in pixels."""
-    match = _RESOLUTION_RE.fullmatch(resolution.strip().lower())
-    if not match:
-        raise ValueError(f"resolution must look like '512p', got {resolution!r}")
-    return int(match.group(1))

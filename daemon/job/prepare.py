@@ -19,16 +19,17 @@ from PIL import Image
 
 from daemon.config import Settings
 from daemon.encode.recipes import RecipeConfig
-from daemon.engine.family import Family
+from daemon.engine.family_spec import Family
 from daemon.engine.interface import GenerationRequest, ModelInfo
 from daemon.errors import JobError, SidecarError
 from daemon.folders.jobs import Job, write_record
 from daemon.folders.names import LAST_MARK, RAW_EXTS, group_of, sort_inputs, split_last_frames, split_name
 from daemon.job import prompt_source
-from daemon.job.image import fit_to, load_image
+from daemon.job.image import load_image
 from daemon.job.printable import printable
 from daemon.job.record import ImageSize, Inputs, JobRecord, ModelUsed, Timings, this_host, versions
 from daemon.job.sidecar import JobParams, defaults, read_sidecar
+from daemon.sizing import fit_to
 
 
 @dataclass
@@ -130,21 +131,25 @@ def _params(sidecar: Path | None, settings: Settings, recipes: set[str]) -> JobP
 
 @dataclass(frozen=True)
 class Effective:
-    """A job's steps and guidance and where each came from ("sidecar", "adapter", "config", "model")."""
+    """A job's steps, guidance and seed, and where each came from: "sidecar", "adapter", "config",
+    "model" or (the seed only) "random"."""
 
     steps: int
     steps_from: str
     guidance_scale: float
     guidance_scale_from: str
+    seed_from: str
     loras: tuple[str, ...]  # every adapter in force: [model] loras, then the job's own
 
 
 def effective(params: JobParams, settings: Settings, family: Family) -> Effective:
-    """Steps and guidance in order: the prompt file, an adapter's own, [generation], the model's published.
+    """The one place that tells which value is in force and where it came from.
 
-    An adapter's values come before the config's because a distilled adapter does not work at the
-    config's 40 steps with guidance (and costs ten times as long); the job's own adapters are asked
-    before the always-on ones.
+    Steps and guidance in order: the prompt file, an adapter's own, [generation], the model's
+    published. An adapter's values come before the config's because a distilled adapter does not
+    work at the config's 40 steps with guidance (and costs ten times as long); the job's own
+    adapters are asked before the always-on ones. The seed: the prompt file's, [generation]'s, or
+    one drawn for the job (``_seed``).
     """
     loras = tuple(settings.model.loras) + tuple(n for n in params.loras if n not in settings.model.loras)
     asked = [settings.loras[n] for n in (*params.loras, *settings.model.loras) if n in settings.loras]
@@ -162,7 +167,11 @@ def effective(params: JobParams, settings: Settings, family: Family) -> Effectiv
 
     steps, steps_from = pick("steps", family.default_steps)
     guidance, guidance_from = pick("guidance_scale", family.default_guidance)
-    return Effective(int(steps), steps_from, float(guidance), guidance_from, loras)
+    if "seed" in params.from_sidecar:
+        seed_from = "sidecar"
+    else:
+        seed_from = "config" if params.seed is not None else "random"
+    return Effective(int(steps), steps_from, float(guidance), guidance_from, seed_from, loras)
 
 
 def _seed(job: Job, params: JobParams, settings: Settings, log: Any) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import __version__
+from daemon.folders.names import job_files
 
 
 class _Part(BaseModel):
@@ -46,7 +47,7 @@ class Parameters(_Part):
     guidance_scale: float | None = None
     guidance_scale_from: str | None = None
     seed: int | None = None
-    seed_from: str | None = None  # "sidecar" or "random"
+    seed_from: str | None = None  # "sidecar", "config" ([generation] seed) or "random"
     # LoRA adapters in force: the always-on ones ([model] loras), then the job's own.
     loras: list[str] | None = None
 
@@ -79,7 +80,9 @@ class Timings(_Part):
     encode_seconds: float | None = None
 
 
-class RecipeOutcome(_Part):
+class RecipeEntry(_Part):
+    """A recipe's ``encode.onepass.RecipeOutcome`` as JOB.json keeps it (its file by name)."""
+
     ok: bool = False
     file: str | None = None
     error: str | None = None
@@ -107,7 +110,7 @@ class JobRecord(_Part):
     # What the engine really ran: family, sizes, offload, engine settings, every OOM attempt.
     generation: dict[str, Any] | None = None
     master: str | None = None
-    recipes: dict[str, RecipeOutcome] = Field(default_factory=dict)
+    recipes: dict[str, RecipeEntry] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -115,7 +118,7 @@ class JobRecord(_Part):
     @classmethod
     def read(cls, folder: Path) -> JobRecord:
         """The record in ``outputs/REL/JOB`` (``JOB.json``); ValueError or OSError if unreadable."""
-        return cls.model_validate_json((folder / f"{folder.name}.json").read_bytes())
+        return cls.model_validate_json((folder / job_files(folder.name).record).read_bytes())
 
 
 @functools.cache

@@ -72,7 +72,8 @@ class JobParams:
     seed: int | None  # None: the daemon picks a random seed and records it
     recipes: tuple[str, ...] | None  # None: the configured default list
     loras: tuple[str, ...] = ()  # adapters added for this job (by name)
-    # Which of steps / guidance_scale the prompt file set (those win over an adapter's own values).
+    # Which of steps / guidance_scale / seed the prompt file set (the rest of their values are the
+    # config's): ``job.prepare.effective`` tells where each value in force came from.
     from_sidecar: frozenset[str] = frozenset()
     # The image the clip ends on, a file of the prompt file's folder (instead of NAME.last.EXT).
     last_image: str | None = None
@@ -208,7 +209,7 @@ def _from_table(
         seed=seed,
         recipes=recipes,
         loras=loras,
-        from_sidecar=frozenset(k for k in ("steps", "guidance_scale") if k in data),
+        from_sidecar=frozenset(k for k in ("steps", "guidance_scale", "seed") if k in data),
         last_image=last_image,
     )
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from daemon.job.record import JobRecord
+from daemon.states import Outcome
 
 
 @dataclass(frozen=True)
 class JobFinished:
     job: str  # the JOB name
-    outcome: str  # "done" or "failed"
+    outcome: Outcome
     folder: Path  # outputs/REL/JOB when done, failed/REL/JOB when failed
     record: JobRecord | None  # JOB.json, when done
     error: str | None  # the text of error.txt when failed

@@ -15,24 +15,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__, logs
+from daemon.config_sections import parse_address
 from daemon.listeners.events import JobFinished
+from daemon.states import UP, Outcome
 
 # A tiny model on a CPU takes seconds, i2vgen-xl at 1024p on a GPU minutes.
 GENERATE_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
 # The master clip and a few recipes: well under a second to a few minutes for long GIFs.
 ENCODE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9310"``, ``"[::1]:9310"`` or ``":9310"`` (every interface) -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: write it as HOST:PORT, for example 127.0.0.1:9310")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: put an IPv6 address in brackets, for example [::1]:9310")
-    return host or "0.0.0.0", int(port_text)
 
 
 class MetricsListener:
@@ -146,7 +136,7 @@ class MetricsListener:
         steps = {r.get("worker"): r for r in running if r.get("worker")} if isinstance(running, list) else {}
         for w in status.get("workers") or []:
             name = str(w.get("name"))
-            up = w.get("state") in ("idle", "busy")
+            up = w.get("state") in UP
             self.worker_up.labels(worker=name, host=str(w.get("host")), device=str(w.get("device"))).set(up)
             run = steps.get(name) or {}
             self.worker_step.labels(worker=name).set(float(run.get("step") or 0))
@@ -164,7 +154,7 @@ class MetricsListener:
             if record.timings.encode_seconds is not None:
                 self.encode_seconds.observe(record.timings.encode_seconds)
             for name, result in record.recipes.items():
-                self.recipes.labels(recipe=name, outcome="done" if result.ok else "failed").inc()
+                self.recipes.labels(recipe=name, outcome=Outcome.DONE if result.ok else Outcome.FAILED).inc()
         except Exception as e:
             logs.get().warning("metrics update failed", job=event.job, error=str(e))
 

@@ -22,6 +22,7 @@ from daemon.folders import names, safe_dirs
 from daemon.folders.names import ERROR_FILE
 from daemon.job.record import JobRecord
 from daemon.listeners.events import JobFinished
+from daemon.states import Outcome
 
 # Bounds that keep one render small whatever lands on the share.
 MAX_PROMPT = 2000
@@ -47,7 +48,7 @@ class Entry:
     """What the page shows about one finished or failed job."""
 
     job: str
-    outcome: str  # "done" or "failed"
+    outcome: Outcome
     link: str  # the job's folder relative to outputs/ (POSIX, not yet URL-quoted)
     when: datetime | None  # when it finished or failed
     prompt: str | None = None
@@ -96,7 +97,7 @@ def done_entry(folder: Path, outputs: Path, record: JobRecord) -> Entry:
     poster = _first_file(outputs, folder, candidates)
     return Entry(
         job=job,
-        outcome="done",
+        outcome=Outcome.DONE,
         link=_link(folder, outputs),
         when=_parse_time(record.timings.finished),
         prompt=_clip(record.prompt, MAX_PROMPT),
@@ -146,7 +147,7 @@ def failed_entry(
         when = explained[1] if when is None else when
     return Entry(
         job=folder.name,
-        outcome="failed",
+        outcome=Outcome.FAILED,
         link=_link(folder, outputs),
         when=when,
         error=_clip(error, MAX_ERROR) or "No explanation was recorded.",
@@ -167,14 +168,14 @@ def _read_record(base: Path, rel: Path) -> JobRecord:
     """``JOB.json`` of ``base/REL/JOB`` (``rel``), reached without following a link; ValueError or
     OSError if it is unreadable, not a plain file, or larger than any record the daemon writes."""
     with safe_dirs.opened(base, rel) as fd:
-        data, _ = safe_dirs.read_file_at(fd, f"{rel.name}.json", MAX_RECORD_BYTES + 1)
+        data, _ = safe_dirs.read_file_at(fd, names.job_files(rel.name).record, MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
-        raise ValueError(f"{rel.name}.json is larger than a job record")
+        raise ValueError(f"{names.job_files(rel.name).record} is larger than a job record")
     return JobRecord.model_validate_json(data)
 
 
 def entry_from_event(event: JobFinished, outputs: Path, failed: Path | None = None) -> Entry:
-    if event.outcome == "done":
+    if event.outcome == Outcome.DONE:
         record = event.record
         if record is None:
             record = _read_record(outputs, event.folder.relative_to(outputs))
@@ -223,13 +224,13 @@ def _walk(fd: int, rel: Path, depth: int) -> Iterator[tuple[tuple[str, str, int]
 
 def load_recent(outputs: Path, failed: Path, keep: int) -> list[Entry]:
     """The newest ``keep`` jobs on disk, oldest first; reads at most ``keep`` small files."""
-    found = [(key, rel, "done") for key, rel in _job_folders(outputs)]
-    found += [(key, rel, "failed") for key, rel in _job_folders(failed)]
+    found = [(key, rel, Outcome.DONE) for key, rel in _job_folders(outputs)]
+    found += [(key, rel, Outcome.FAILED) for key, rel in _job_folders(failed)]
     newest = heapq.nlargest(keep, found, key=lambda t: t[0])
     entries: list[tuple[tuple[str, str, int], Entry]] = []
     for key, rel, outcome in newest:
         try:
-            if outcome == "done":
+            if outcome == Outcome.DONE:
                 entry = done_entry(outputs / rel, outputs, _read_record(outputs, rel))
             else:
                 with safe_dirs.opened(failed, rel) as fd:

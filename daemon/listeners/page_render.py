@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from daemon.folders.names import ERROR_FILE
 from daemon.listeners.page_entries import Entry
+from daemon.states import Outcome
 
 REFRESH_SECONDS = 10
 QUEUE_SHOWN = 50  # waiting jobs listed by name; the rest are counted
@@ -244,7 +245,7 @@ def _failed_card(e: Entry) -> str:
 
 def card(e: Entry) -> str:
     """One finished or failed job's card: it depends on the entry alone, so it can be kept."""
-    return _done_card(e) if e.outcome == "done" else _failed_card(e)
+    return _done_card(e) if e.outcome == Outcome.DONE else _failed_card(e)
 
 
 def render(
@@ -261,8 +262,8 @@ def render(
     state = str(status.get("state") or "unknown")
     css_class, state_text = _STATE_TEXT.get(state, ("unknown", "Status unknown"))
     queued, queue_html = _queue_box(status)
-    done = [e for e in finished if e.outcome == "done"]
-    failed = [e for e in finished if e.outcome != "done"]
+    done = [e for e in finished if e.outcome == Outcome.DONE]
+    failed = [e for e in finished if e.outcome != Outcome.DONE]
     model = status.get("model")
     out = [
         "<!DOCTYPE html>",

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon import logs
+from daemon import logs, states
 from daemon.listeners.events import JobFinished
+from daemon.states import DaemonState
 
 # What ``vsock:`` and other exotic addresses would need is not worth carrying: we only run
 # as a local service, where NOTIFY_SOCKET is always a path or an abstract name.
@@ -113,13 +114,12 @@ def status_line(status: dict[str, Any]) -> str:
     current = status.get("current")
     if current and current.get("job"):
         total = current.get("total")
-        progress = f"step {current.get('step', 0)}/{total}" if total else "starting"
+        progress = states.progress(current.get("step"), total)
         eta = current.get("eta_seconds")
         running = bool(total) and current.get("step", 0) < total
         left = f", about {eta:.0f} s left" if isinstance(eta, int | float) and running else ""
-        verb = "finishing" if state == "stopping" else "working on"
-        return f"{verb} {current['job']}, {progress}{left}, {queued}"
-    if state == "stopped":
+        return f"working on {current['job']}, {progress}{left}, {queued}"
+    if state == DaemonState.STOPPED:
         return "stopped"
     encoding = status.get("encoding") or []
     if encoding:

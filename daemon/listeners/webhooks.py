@@ -40,6 +40,7 @@ from daemon import __version__, logs
 from daemon.folders import fsops, trust
 from daemon.listeners.events import JobFinished
 from daemon.logs import redact_url
+from daemon.states import Outcome
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -150,7 +151,7 @@ class WebhookSender:
         the JOB.json written just before.
         """
         self.start()
-        if event.outcome == "done":
+        if event.outcome == Outcome.DONE:
             urls, payload = self.on_done, (event.record.to_json() if event.record else {"job": event.job})
         else:
             urls = self.on_failed

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from daemon.engine.tiny import _byte_chars, build_once
+from daemon.engine.tiny.building import build_once
+from daemon.engine.tiny.i2vgenxl import byte_chars
 
 TINY_ID = "tiny"
 # Bump whenever the recipe below changes: the folder name and the marker carry it.
@@ -69,7 +70,7 @@ class _Build:
 def _tokenizer(folder: Path) -> Any:
     from transformers import Qwen2Tokenizer
 
-    tokens = _byte_chars() + [a + b for a, b in _MERGES]
+    tokens = byte_chars() + [a + b for a, b in _MERGES]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES)

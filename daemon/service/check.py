@@ -51,8 +51,10 @@ def _trust(settings: Settings, config: Path | None) -> Iterator[Check]:
 
 
 def run_checks(
-    settings: Settings, load_generator: Callable[[Settings], Any], *, config: Path | None = None
+    settings: Settings, machine_checks: Callable[[Settings], Iterator[Check]], *, config: Path | None = None
 ) -> Iterator[Check]:
+    """The checks every machine needs, then ``machine_checks`` (where the model runs: this machine,
+    or the cluster's workers), unless ffmpeg is missing. The command line picks ``machine_checks``."""
     yield True, "config", "valid"
     yield from _trust(settings, config)
     mode = settings.watch.mode
@@ -78,27 +80,16 @@ def run_checks(
     for name, error in recipe_errors(settings.recipe_table(), ffmpeg).items():
         yield error is None, f"recipe {name}", "works" if error is None else error
 
-    if settings.cluster.backend == "ray":
-        # The model runs on the workers: this machine needs neither a GPU nor the model.
-        from daemon.cluster.check import cluster_checks
+    yield from machine_checks(settings)
 
-        yield from cluster_checks(settings)
-        return
+
+def local_checks(settings: Settings, load_generator: Callable[[Settings], Any]) -> Iterator[Check]:
+    """The device and the model on this machine (``[cluster] backend = "local"``)."""
     try:
-        import torch
+        from daemon.engine.load import device_summary  # imports torch: only when the model runs here
 
-        want = settings.model.device
-        if want.startswith("cuda") and not torch.cuda.is_available():
-            yield False, "device", f"model.device is {want!r} but no CUDA GPU is visible to torch"
-        elif torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            yield (
-                True,
-                "device",
-                f"{torch.cuda.get_device_name()} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)",
-            )
-        else:
-            yield True, "device", f"cpu ({os.cpu_count()} cores; no CUDA GPU visible)"
+        passed, detail = device_summary(settings.model.device)
+        yield passed, "device", detail
     except Exception as e:
         yield False, "device", str(e)
 

@@ -30,6 +30,7 @@ import structlog
 from daemon import logs
 from daemon.engine.interface import GenerationRequest, GenerationResult, Generator, ModelInfo
 from daemon.errors import JobError
+from daemon.states import WorkerStatus
 
 
 class WorkersUnfit(RuntimeError):
@@ -60,7 +61,7 @@ class WorkerState:
     name: str  # "local", "ray-0", ...
     host: str
     device: str  # "cpu", "cuda:0", or the GPU's name
-    state: str = "idle"  # "loading", "idle", "busy", "lost"
+    state: str = WorkerStatus.IDLE
     job: str | None = None
     step: int | None = None
     total: int | None = None
@@ -112,13 +113,13 @@ class ProgressBoard:
             return sorted(self._workers.values(), key=lambda w: w.name)
 
     def job_started(self, name: str, job: str) -> None:
-        self.update(name, state="busy", job=job, step=0, total=None, started=self.clock())
+        self.update(name, state=WorkerStatus.BUSY, job=job, step=0, total=None, started=self.clock())
 
     def job_step(self, name: str, step: int, total: int) -> None:
         self.update(name, step=step, total=total)
 
     def job_ended(self, name: str) -> None:
-        self.update(name, state="idle", job=None, step=None, total=None, started=None)
+        self.update(name, state=WorkerStatus.IDLE, job=None, step=None, total=None, started=None)
 
 
 class Executor(Protocol):
@@ -202,10 +203,10 @@ class ThreadExecutor:
         host = platform.node()
         for i, gen in enumerate(self.generators):
             name = self._name(i)
-            self.board.put(WorkerState(name, host, gen.info.device, state="loading"))
+            self.board.put(WorkerState(name, host, gen.info.device, state=WorkerStatus.LOADING))
             if warm_up is not None:
                 gen.warm_up(short_side=warm_up[0], num_frames=warm_up[1])
-            self.board.update(name, state="idle")
+            self.board.update(name, state=WorkerStatus.IDLE)
             thread = threading.Thread(target=self._work, args=(name, gen), name=f"i2vd-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)

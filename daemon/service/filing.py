@@ -23,17 +23,13 @@ from daemon.config import Settings
 from daemon.errors import JobError
 from daemon.folders.claim import release
 from daemon.folders.jobs import Folders, Job
-from daemon.folders.names import ERROR_FILE
+from daemon.folders.names import ERROR_FILE, job_files
 from daemon.folders.publish import error_text, finish_done, finish_failed
-from daemon.job.describe import Generated, Result, encode_and_record
+from daemon.job.finish import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
+from daemon.messages import INTERNAL_ERROR
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
-
-INTERNAL_ERROR = (
-    "Something went wrong inside the video daemon while making this clip; it is not a problem with "
-    "your files as far as we can tell. Move the files back into the inbox to try again, and if it "
-    "fails again tell the operator (the details are in the log beside this file)."
-)
+from daemon.states import Outcome
 
 
 @dataclass
@@ -42,6 +38,20 @@ class Failed:
 
     job: Job
     error: str | None  # None: interrupted, its files go back to the inbox
+
+
+def fail_job(job: Job, error: BaseException, log: Any, folder: str) -> Failed:
+    """The one way a job that raised ``error`` is failed.
+
+    1. a ``JobError`` is the user's problem: its message is their explanation, logged as a warning;
+    2. anything else is the daemon's: logged with its traceback, and the user told so
+       (``INTERNAL_ERROR``).
+    """
+    if isinstance(error, JobError):
+        log.warning("job failed", reason=str(error), folder=folder)
+        return Failed(job, str(error))
+    log.error("internal error", error=repr(error), folder=folder, exc_info=error)
+    return Failed(job, INTERNAL_ERROR)
 
 
 _STOP = object()
@@ -128,7 +138,7 @@ class Filer:
         """
         if not job.out.is_dir():
             return False
-        for name in (ERROR_FILE, f"{job.name}.log"):
+        for name in (ERROR_FILE, job_files(job.name).log):
             if name not in job.files:
                 (job.inputs / name).unlink(missing_ok=True)
         if not release(self.folders, job):
@@ -161,12 +171,7 @@ class Filer:
                 except Exception as e:
                     if room_problem(e) is not None:
                         raise  # back to the inbox (``_file_safely``), not failed
-                    if not isinstance(e, JobError):
-                        log.exception("internal error", folder=failed_at)
-                        item = Failed(job, INTERNAL_ERROR)
-                    else:
-                        log.warning("job failed", reason=str(e), folder=failed_at)
-                        item = Failed(job, str(e))
+                    item = fail_job(job, e, log, failed_at)
                 else:
                     log.info(
                         "job done",
@@ -178,7 +183,7 @@ class Filer:
                     folder = finish_done(self.folders, job)
                     if self._disk is not None:
                         self._disk.written()
-                    self._finished(result, JobFinished(job.name, "done", folder, result.record, None))
+                    self._finished(result, JobFinished(job.name, Outcome.DONE, folder, result.record, None))
                     return
         logs.close_job_log(job.name)
         if item.error is None:
@@ -187,10 +192,10 @@ class Filer:
                     "could not put the job back in the inbox; it stays claimed and resumes at next start"
                 )
             return
-        folder = finish_failed(self.folders, job, item.error, job.out / f"{job.name}.log")
+        folder = finish_failed(self.folders, job, item.error, job.out / job_files(job.name).log)
         # The text written, not read back: the folder is the share users' from here on, and
         # its error.txt may already be a link to a file the page and webhooks must never show.
         self._finished(
             Result(job, ok=False, error=item.error),
-            JobFinished(job.name, "failed", folder, None, error_text(item.error)),
+            JobFinished(job.name, Outcome.FAILED, folder, None, error_text(item.error)),
         )

@@ -17,24 +17,13 @@ from threading import Event
 
 from daemon import logs
 from daemon.engine.interface import GenerationResult
-from daemon.errors import JobError
 from daemon.folders.jobs import Job, count_attempt
-from daemon.job.describe import Generated
+from daemon.job.finish import Generated
 from daemon.job.prepare import Prepared
 from daemon.job.record import Worker
+from daemon.messages import TOO_LONG_ERROR, WORKER_LOST_ERROR
 from daemon.service.executor import Cancelled, Executor, WorkerLost
-from daemon.service.filing import INTERNAL_ERROR, Failed
-
-WORKER_LOST_ERROR = (
-    "The GPU worker making this clip stopped while making it, on each of {crashes} tries, so it was "
-    "set aside to protect the other jobs. Try a smaller resolution or fewer frames, or ask the "
-    "operator to look at the daemon's log."
-)
-TOO_LONG_ERROR = (
-    "This clip took longer than the {seconds:g} s allowed for one clip, so it was stopped. Try fewer "
-    "frames or fewer steps, or a smaller resolution (num_frames, steps and resolution in the prompt "
-    "file), or ask the operator whether a longer clip can be allowed."
-)
+from daemon.service.filing import Failed, fail_job
 
 
 @dataclass
@@ -138,12 +127,8 @@ class Flights:
             if self._abort.is_set():
                 return Failed(job, None)  # a cold stop: back to the inbox, no attempt counted
             return self._retry(flight, e)
-        except JobError as e:
-            log.warning("job failed", reason=str(e), folder=self._failed_where(job))
-            return Failed(job, str(e))
         except Exception as e:
-            log.error("internal error", error=repr(e), folder=self._failed_where(job), exc_info=e)
-            return Failed(job, INTERNAL_ERROR)
+            return fail_job(job, e, log, self._failed_where(job))
         seconds = self.clock() - flight.submitted
         log.info("frames generated", seconds=round(seconds, 2), clip_size=_size(result))
         worker = Worker(**result.worker) if result.worker else None

@@ -31,38 +31,34 @@ from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
 from daemon.engine.interface import Generator
-from daemon.errors import JobError
 from daemon.folders import fsops
 from daemon.folders.claim import claim
 from daemon.folders.jobs import Folders, Job
+from daemon.folders.names import job_files
 from daemon.folders.recover import recover
 from daemon.folders.scan import InboxScanner
 from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
-from daemon.job.describe import Result
-from daemon.job.image import resolution_to_short_side
+from daemon.job.finish import Result
 from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
+from daemon.messages import CRASH_LOOP_ERROR
 from daemon.prompting.writer import PromptModelError, PromptWriter, writer_for
 from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
-from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
+from daemon.service.filing import Failed, Filer, fail_job
 from daemon.service.flights import Flights
 from daemon.service.lock import DaemonLocked, take_lock
 from daemon.service.publishing import Publisher
 from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
+from daemon.sizing import resolution_to_short_side
+from daemon.states import DaemonState, Outcome
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
-
-CRASH_LOOP_ERROR = (
-    "Making this clip stopped the video daemon {crashes} times in a row, so it was set aside to "
-    "protect the other jobs. Try a smaller resolution or fewer frames, or ask the operator to look "
-    "at the daemon's log."
-)
 
 
 class StartupError(Exception):
@@ -279,7 +275,7 @@ class Service:
         if self.writer is not None:
             self.writer.close()
         if self._lock is not None:
-            self.publish_status("stopped")
+            self.publish_status(DaemonState.STOPPED)
             self._lock.close()
             self._lock = None
         for listener in self.listeners:
@@ -406,17 +402,13 @@ class Service:
     def _start(self, job: Job, queued_at: datetime) -> None:
         """Check and size a claimed job and submit it; a job with bad input is filed as failed."""
         log = self.log.bind(job=job.name)
-        logs.open_job_log(job.name, job.out / f"{job.name}.log")
+        logs.open_job_log(job.name, job.out / job_files(job.name).log)
         try:
             prepared = prepare(
                 job, self.settings, self.executor.model, log, queued_at=queued_at, writer=self.writer
             )
-        except JobError as e:
-            log.warning("job failed", reason=str(e), folder=self._where(self.folders.failed, job))
-            self.filer.put(Failed(job, str(e)))
-        except Exception:
-            log.exception("internal error", folder=self._where(self.folders.failed, job))
-            self.filer.put(Failed(job, INTERNAL_ERROR))
+        except Exception as e:
+            self.filer.put(fail_job(job, e, log, self._where(self.folders.failed, job)))
         else:
             self.flights.submit(prepared)
         self._want_status()
@@ -442,7 +434,7 @@ class Service:
     def _status(self, state: str | None, now: float) -> dict[str, Any]:
         queue, ready = self.monitor.queued()
         return build_status(
-            state=state or ("busy" if self.flights else "idle"),
+            state=state or (DaemonState.BUSY if self.flights else DaemonState.IDLE),
             model=self.executor.model.model_id,
             workers=self.executor.board.snapshot(),
             in_flight=self.flights.names(),
@@ -453,7 +445,7 @@ class Service:
             recent=[
                 {
                     "job": r.job.name,
-                    "outcome": "done" if r.ok else "failed",
+                    "outcome": Outcome.DONE if r.ok else Outcome.FAILED,
                     "error": r.error,
                     # Under outputs/ or failed/: `i2vd status` leaves out a folder no longer there.
                     "folder": (r.job.rel_dir / r.job.name).as_posix(),

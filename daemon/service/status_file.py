@@ -14,7 +14,9 @@ from daemon.folders import fsops
 if TYPE_CHECKING:  # `i2vd status` reads this module: it must not pull in numpy and PIL
     from daemon.folders.scan import InboxScanner
     from daemon.service.executor import WorkerState
+from daemon import states
 from daemon.service.lock import lock_held
+from daemon.states import DaemonState, Outcome
 
 STATUS = "status.json"
 # A running daemon rewrites its status at least this often, even when idle.
@@ -127,7 +129,7 @@ def still_there(result: Any, outputs: Path, failed: Path) -> bool:
     rel = PurePosixPath(result["folder"])
     if rel.is_absolute() or ".." in rel.parts:
         return False  # not a folder of ours
-    return ((failed if result.get("outcome") == "failed" else outputs) / rel).is_dir()
+    return ((failed if result.get("outcome") == Outcome.FAILED else outputs) / rel).is_dir()
 
 
 def ago(seconds: float) -> str:
@@ -177,7 +179,7 @@ def _header(status: dict[str, Any]) -> str:
         return f"daemon   running ({state})"
     if not isinstance(age, (int, float)):
         return f"daemon   NOT running ({'no status written yet' if state == 'unknown' else state})"
-    if state == "stopped":
+    if state == DaemonState.STOPPED:
         return f"daemon   NOT running (stopped {ago(age)})"
     # Killed, crashed, or hung: what follows is what it said last, not what happens now.
     return f"daemon   NOT running (last seen {ago(age)}: {state}; it did not stop cleanly)"
@@ -200,8 +202,7 @@ def render(status: dict[str, Any]) -> str:
     jobs = [j for j in jobs if isinstance(j, dict)]
     for i, cur in enumerate(jobs):
         step, total = cur.get("step") or 0, cur.get("total")
-        # Before the first step the total is not known yet (the model is still setting up).
-        progress = "starting" if not step and not total else f"step {step}/{total or '?'}"
+        progress = states.progress(step, total)
         name = one_line(str(cur.get("job")), 60)
         if not live:
             # Its claim is still in the state folder: the next start takes it up again.

@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from daemon.engine import tiny
-from daemon.engine.tiny_parts import SEED
+from daemon.engine.tiny.i2vgenxl import write_tokenizer_files
+from daemon.engine.tiny.parts import SEED
 
 
 def _llama3_tokenizer() -> Any:
@@ -73,7 +73,7 @@ def build_hunyuan_i2v(condition: str) -> Any:
 
     tokenizer = _llama3_tokenizer()
     with tempfile.TemporaryDirectory() as tok_dir:
-        tiny._write_tokenizer_files(Path(tok_dir))
+        write_tokenizer_files(Path(tok_dir))
         tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)

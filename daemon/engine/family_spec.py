@@ -37,6 +37,9 @@ class Family:
     name: str
     pipeline_class: str  # a diffusers class name, or "module:Class" for our subclass of one
     label: str
+    # The ``_class_name`` values of a model_index.json that name this family (its detection; the Wan
+    # generations share theirs and are told apart by ``detect.wan_generation``).
+    index_names: tuple[str, ...] = ()
     denoiser: str = "transformer"  # the pipeline attribute that runs every step
     takes_prompt: bool = True
     size_multiple: int = 8  # least: the loaded pipeline's own multiple may be larger

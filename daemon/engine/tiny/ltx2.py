@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from daemon.engine.tiny_parts import SEED, SIGLIP_VISION
+from daemon.engine.tiny.parts import SEED, SIGLIP_VISION
 
 TEXT_WIDTH = 32
 TEXT_LAYERS = 2

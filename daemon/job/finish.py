@@ -15,9 +15,10 @@ from daemon.encode.onepass import EncodeResult, encode_job
 from daemon.engine.interface import GenerationResult
 from daemon.folders import fsops
 from daemon.folders.jobs import Job
+from daemon.folders.names import job_files
 from daemon.job.encoded import EncodedFiles
 from daemon.job.prepare import Prepared
-from daemon.job.record import JobRecord, Parameters, RecipeOutcome, Worker
+from daemon.job.record import JobRecord, Parameters, RecipeEntry, Worker
 
 
 @dataclass
@@ -66,7 +67,7 @@ def describe(gen: Generated) -> JobRecord:
         guidance_scale=asked.guidance_scale,
         guidance_scale_from=p.effective.guidance_scale_from if p.effective else None,
         seed=asked.seed,
-        seed_from="sidecar" if p.params.seed is not None else "random",
+        seed_from=p.effective.seed_from if p.effective else None,
         loras=(list(p.effective.loras) or None) if p.effective else None,
     )
     record.timings.generated = datetime.now().astimezone().isoformat(timespec="seconds")
@@ -110,18 +111,18 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     record.versions = {**record.versions, "ffmpeg": ffmpeg_version}
     record.master = enc.master.name
     record.recipes = {
-        name: RecipeOutcome(ok=r.ok, file=r.path.name if r.path else None, error=r.error)
-        for name, r in enc.recipes.items()
+        name: RecipeEntry(ok=r.ok, file=r.file, error=r.error) for name, r in enc.recipes.items()
     }
     record.timings.finished = datetime.now().astimezone().isoformat(timespec="seconds")
     record.timings.encode_seconds = round(enc.seconds, 3)
+    names = job_files(job.name)
     if recipe_errors:
         lines = [f"{name}: {err}" for name, err in recipe_errors.items()]
         fsops.write_atomic(
-            job.out / f"{job.name}.recipe-errors.txt",
+            job.out / names.recipe_errors,
             (
                 "The clip was made, but these extra versions of it failed:\n" + "\n".join(lines) + "\n"
             ).encode(),
         )
-    fsops.write_json_atomic(job.out / f"{job.name}.json", record.to_json())
+    fsops.write_json_atomic(job.out / names.record, record.to_json())
     return Result(job, ok=True, recipe_errors=recipe_errors, record=record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.tiny_parts import SEED, SIGLIP_VISION
+from daemon.engine.tiny.parts import SEED, SIGLIP_VISION
 
 # Qwen2.5's chat template reduced to what the pipeline renders: text messages and the generation prompt.
 _CHAT_TEMPLATE = (
@@ -29,9 +29,9 @@ def _qwen2_tokenizer(system_message: str) -> Any:
     """
     from transformers import Qwen2Tokenizer
 
-    from daemon.engine.tiny import _byte_chars
+    from daemon.engine.tiny.i2vgenxl import byte_chars
 
-    chars = _byte_chars()
+    chars = byte_chars()
     bare = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(chars)}, merges=[])
     pieces: list[str] = []
     for text in (system_message, "system\n", "user\n", "assistant\n"):

@@ -8,23 +8,16 @@ whole job on a laptop CPU in seconds. Its clips are abstract noise.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 # Bump whenever the recipe below changes: the cache folder name and the marker carry it, so an
 # old build on disk is rebuilt instead of silently reused.
 TINY_VERSION = 1
+FOLDER = f"tiny-i2vgenxl-v{TINY_VERSION}"  # under the model cache
 
-# Written last into a finished build; its presence (with the right version) is what "complete" means.
-MARKER = "i2vd-tiny.json"
-
-_SEED = 20240101
+SEED = 20240101
 _MAX_TOKENS = 77  # CLIP's context length; the pipeline pads every prompt to it
 _HIDDEN = 32  # text width = image embedding width = UNet cross-attention width, as in the real model
 
@@ -43,7 +36,7 @@ _MERGES = [
 ]
 
 
-def _byte_chars() -> list[str]:
+def byte_chars() -> list[str]:
     """GPT-2/CLIP byte-to-unicode table: one printable character per byte value, in CLIP's order."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -57,12 +50,12 @@ def _byte_chars() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def _write_tokenizer_files(folder: Path) -> None:
+def write_tokenizer_files(folder: Path) -> None:
     """vocab.json + merges.txt laid out like CLIP's: bytes, bytes ending a word, merges, specials.
 
     Every byte has a token, so any unicode prompt tokenizes without unknown pieces or errors.
     """
-    chars = _byte_chars()
+    chars = byte_chars()
     tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in _MERGES]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -71,7 +64,7 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text(merges, encoding="utf-8")
 
 
-def _build_pipeline():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers are slow to import)
+def build_i2vgenxl():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers are slow to import)
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
     from transformers import (
@@ -84,12 +77,12 @@ def _build_pipeline():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers 
     )
 
     with tempfile.TemporaryDirectory() as tok_dir:
-        _write_tokenizer_files(Path(tok_dir))
+        write_tokenizer_files(Path(tok_dir))
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=_MAX_TOKENS)
 
     # fork_rng: seed for a reproducible build without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
+        torch.manual_seed(SEED)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
@@ -161,56 +154,3 @@ def _build_pipeline():  # -> I2VGenXLPipeline (imported lazily: torch/diffusers 
         unet=unet,
         scheduler=scheduler,
     )
-
-
-def is_complete(folder: Path, version: int = TINY_VERSION) -> bool:
-    """True when ``folder`` holds a finished build of this recipe ``version``."""
-    try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("version") == version
-
-
-def build_once(dest: Path, make: Callable[[], Any], marker: dict[str, Any]) -> Path:
-    """Save the pipeline ``make()`` returns into ``dest`` atomically, unless a complete build is there.
-
-    ``marker`` (with its ``version``) is written last, so its presence means a finished build. Safe
-    to call from several processes at once: each builds into its own temporary sibling and the
-    first rename wins. Shared by every tiny model (daemon/tiny_families.py too).
-    """
-    dest = Path(dest)
-    version = int(marker["version"])
-    if is_complete(dest, version):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling on the same file system, so the final rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is not secret and other users may load it
-    try:
-        make().save_pretrained(tmp, safe_serialization=True)
-        (tmp / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-        if dest.exists() and not is_complete(dest, version):
-            # A half-written or outdated build (older recipe, or a copy interrupted by hand): replace it.
-            # Renamed aside first so no reader ever sees a folder that is being deleted.
-            stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
-            with contextlib.suppress(FileNotFoundError):  # someone else removed it meanwhile
-                os.rename(dest, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # Another process finished first (dest is now a non-empty folder): use its build.
-            if not is_complete(dest, version):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def build_tiny(dest: Path) -> Path:
-    """Build the tiny model into ``dest`` (atomically) unless a complete build is already there.
-
-    Returns ``dest``, loadable with ``I2VGenXLPipeline.from_pretrained(dest)``.
-    """
-    return build_once(dest, _build_pipeline, {"version": TINY_VERSION, "seed": _SEED})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.tiny_parts import SEED, t5_tokenizer
+from daemon.engine.tiny.parts import SEED, t5_tokenizer
 
 
 def build_wan() -> Any:

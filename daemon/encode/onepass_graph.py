@@ -19,6 +19,7 @@ from ffmpeg.nodes import FilterNode
 
 from daemon.encode.clip import ClipInfo, FrameCount
 from daemon.encode.recipes import RecipeConfig, check_recipe_name
+from daemon.folders.names import job_files
 
 MASTER_KEY = "master"
 #: The master is the clip users keep; it gets more bits than the CRF-23 delivery recipes.
@@ -73,7 +74,7 @@ def master_target(out_dir: Path, stem: str, token: str, clip: ClipInfo, extra: M
     options["frames:v"] = str(clip.frames)
     return Target(
         key=MASTER_KEY,
-        final=out_dir / f"{stem}.mp4",
+        final=out_dir / job_files(stem).master,
         tmp=out_dir / f".i2vd-{token}.{MASTER_KEY}.mp4",
         chain=None,
         options=options,
