@@ -152,13 +152,18 @@ def sweep_temps(folder: Path) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool = False) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, durable: bool = True, private: bool = False, sync_folder: bool = True
+) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     ``durable=False`` skips the fsyncs: still atomic for readers, but after a power cut the
     file may be its old version. Right for status files rewritten every second, whose
-    fsyncs were most of the per-job overhead in a backlog. ``private``: readable by the
-    daemon's user only (0600) from the start, for files that hold secrets.
+    fsyncs were most of the per-job overhead in a backlog. ``sync_folder=False`` fsyncs the
+    file but not its folder: for several files written into one folder, whose caller fsyncs
+    the folder once after the last (one fsync of a folder makes all its new names durable).
+    ``private``: readable by the daemon's user only (0600) from the start, for files that hold
+    secrets.
     """
     tmp = _temp_beside(path)
     try:
@@ -172,7 +177,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_folder:
         fsync_dir(path.parent)
 
 
@@ -338,13 +343,15 @@ def move(src: Path, dst: Path) -> None:
         os.close(dst_fd)
 
 
-def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
+def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str, *, sync: bool = True) -> None:
     """Move ``src`` (relative to the open folder ``src_fd``, or a path when None) to the name
     ``dst`` in the open folder ``dst_fd``, which must not exist there.
 
     Nothing is looked up by path after the folders were opened, so a link swapped in for a
     folder meanwhile changes nothing. Across filesystems: copy beside ``dst``, fsync, rename
-    without replacing, and only then remove the source. Raises as ``move`` does.
+    without replacing, and only then remove the source. Raises as ``move`` does. ``sync=False``
+    leaves the fsync of ``dst_fd`` to the caller, who moves several names into it and then
+    fsyncs it once (a move across filesystems still fsyncs it before the source goes).
     """
     if exists_at(dst_fd, dst):
         raise FileExistsError(errno.EEXIST, "target exists", dst)
@@ -354,7 +361,9 @@ def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
         if e.errno != errno.EXDEV:
             raise
         _move_across(src_fd, src, dst_fd, dst)
-    fsync_fd(dst_fd)
+        return  # fsynced there, before the source went
+    if sync:
+        fsync_fd(dst_fd)
 
 
 _RENAME_NOREPLACE = 1

@@ -41,7 +41,7 @@ from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.job.describe import Result
 from daemon.job.image import resolution_to_short_side
-from daemon.job.prepare import prepare
+from daemon.job.prepare import draw_seed, prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
@@ -370,7 +370,7 @@ class Service:
             return job, job.claimed_at
         while not self.stop.is_set() and (group := self.monitor.take()) is not None:
             wall = datetime.now().astimezone()
-            job = claim(self.folders, group, wall)
+            job = claim(self.folders, group, wall, seed=draw_seed(self.settings))
             if job is not None:
                 if group.src_dir is not None:
                     self.log.info(
