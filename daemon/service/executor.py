@@ -37,6 +37,11 @@ class WorkersUnfit(RuntimeError):
     config asks for them, a stop while starting); the message names it and the fix in one line."""
 
 
+class StoppedWhileStarting(Exception):
+    """A stop (SIGTERM) came while the workers were still starting: the start ends there, as a stop
+    does, with nothing claimed. Not an error: ``i2vd run`` says so in one line and exits 0."""
+
+
 class Cancelled(Exception):
     """A job interrupted by a cold stop (or a stop whose grace ran out); its files go back to the inbox."""
 

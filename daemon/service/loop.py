@@ -46,7 +46,7 @@ from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
 from daemon.service.disk_room import DiskRoom
-from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
+from daemon.service.executor import Executor, StoppedWhileStarting, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.flights import Flights
 from daemon.service.lock import DaemonLocked, take_lock
@@ -186,6 +186,9 @@ class Service:
             warm_up = (resolution_to_short_side(gen.resolution), gen.num_frames) if self._warm_up else None
             try:
                 self.executor.start(warm_up=warm_up)
+            except StoppedWhileStarting:
+                self.executor.close()
+                raise  # a stop, not a failure: the caller says so and exits 0
             except WorkersUnfit as e:
                 self.executor.close()
                 raise StartupError(str(e)) from e
