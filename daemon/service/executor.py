@@ -34,7 +34,7 @@ from daemon.errors import JobError
 
 class WorkersUnfit(RuntimeError):
     """The workers cannot start for a reason of the machine or the cluster (no GPUs where the
-    config asks for them, a stop while starting); the message names it and the fix in one line."""
+    config asks for them); the message names it and the fix in one line."""
 
 
 class StoppedWhileStarting(Exception):
