@@ -77,8 +77,10 @@ class WorkerPool:
         self._log = log
         self.lock = threading.RLock()
         self.workers: dict[str, Worker] = {}
-        # Each call's answer, a Future Ray completes -> (kind, worker).
-        self.calls: dict[Future[Any], tuple[str, Worker]] = {}
+        # Each call's answer, a Future Ray completes -> (kind, worker, the call's ObjectRef). The
+        # ref is held here until the answer is handled: Ray keeps an object only while a ref to it
+        # lives, and would never complete the Future of one dropped.
+        self.calls: dict[Future[Any], tuple[str, Worker, Any]] = {}
         # Answers that arrived and are not handled yet; ``wake`` is set with each (and on closing).
         self._answered: deque[Future[Any]] = deque()
         self.wake = threading.Event()
@@ -192,7 +194,7 @@ class WorkerPool:
         queues it and sets ``wake`` (it takes no lock: Ray's thread must never wait on ours).
         """
         answer: Future[Any] = ref.future()
-        self.calls[answer] = (kind, worker)
+        self.calls[answer] = (kind, worker, ref)
         answer.add_done_callback(self._arrived)
 
     def _arrived(self, answer: Future[Any]) -> None:
@@ -287,7 +289,7 @@ class WorkerPool:
     def ask_progress(self) -> None:
         now = time.monotonic()
         with self.lock:
-            asked = {w.name for kind, w in self.calls.values() if kind == "progress"}
+            asked = {w.name for kind, w, _ in self.calls.values() if kind == "progress"}
             for w in self.workers.values():
                 every = PROGRESS_EVERY if w.state == "busy" else IDLE_CHECK_EVERY
                 if w.state in ("busy", "idle") and w.name not in asked and now - w.progress_asked >= every:
