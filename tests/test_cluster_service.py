@@ -241,9 +241,12 @@ def test_a_sigterm_while_ray_starts_ends_the_start_and_leaves_nothing(tmp_path: 
     wait_for(lambda: "jobs run on Ray workers" in daemon.events(), 120, "the daemon to begin starting Ray")
 
     def ray_started() -> list:
-        return [
-            p for p in psutil.Process(daemon.proc.pid).children(recursive=True) if "gcs_server" in p.name()
-        ]
+        found = []
+        for p in psutil.Process(daemon.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a short-lived child may end meanwhile
+                if "gcs_server" in p.name():
+                    found.append(p)
+        return found
 
     wait_for(ray_started, 120, "Ray's first process")
     daemon.started = psutil.Process(daemon.proc.pid).children(recursive=True)
