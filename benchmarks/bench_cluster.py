@@ -21,6 +21,9 @@ S seconds a job like a GPU would (its frames are made first, at no cost worth co
     python benchmarks/bench_cluster.py --quick         # N = 1, 2 only, S = 1 s, 60-job backlog
     python benchmarks/bench_cluster.py --only cost --repeat 3   # the coordinator's cost, median of 3
 
+Each run of the cost figure after the first is made in a fresh process: a private Ray cannot be
+started twice in one (its token is read once, when Ray is imported).
+
 Figures only: nothing here asserts a speed.
 """
 
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -203,6 +208,13 @@ def coordinator_cost(jobs: int, workers: int) -> dict[str, Any]:
         }
 
 
+def coordinator_cost_apart(quick: bool) -> dict[str, Any]:
+    """``coordinator_cost`` in a fresh process (``--cost-json``): its figures."""
+    command = [sys.executable, __file__, "--only", "cost", "--cost-json", *(["--quick"] if quick else [])]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def ray_cost(workers: int) -> dict[str, float]:
     import psutil
     import ray
@@ -263,6 +275,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="stub seconds a job (S)")
     parser.add_argument("--only", choices=["scaling", "cost", "ray"], default=None)
     parser.add_argument("--repeat", type=int, default=1, help="runs of the cost figure (the median is shown)")
+    parser.add_argument("--cost-json", action="store_true", help=argparse.SUPPRESS)  # one run, as JSON
     args = parser.parse_args()
     seconds = args.seconds or (1.0 if args.quick else 2.0)
     sizes = [1, 2] if args.quick else [1, 2, 4, 8]
@@ -290,7 +303,11 @@ def main() -> None:
 
         logs.configure(json_lines=True)  # as under systemd: a terminal's coloured lines cost more
         jobs = 60 if args.quick else 200
-        runs = [coordinator_cost(jobs, workers=8) for _ in range(args.repeat)]
+        if args.cost_json:
+            print(json.dumps(coordinator_cost(jobs, workers=8)))
+            return
+        runs = [coordinator_cost(jobs, workers=8)]
+        runs += [coordinator_cost_apart(args.quick) for _ in range(args.repeat - 1)]
         cpus = [r["cpu_ms_per_job"] for r in runs]
         r = sorted(runs, key=lambda r: r["cpu_ms_per_job"])[len(runs) // 2]  # the median run
         parts = ", ".join(f"{k} {w:.1f} ({c:.1f} CPU)" for k, (w, c) in r["phases"].items())

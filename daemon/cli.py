@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.listeners.events import Listener
     from daemon.listeners.metrics import MetricsListener
     from daemon.listeners.webhooks import WebhookSender
-    from daemon.service.executor import Executor, ThreadExecutor
+    from daemon.service.executor import Executor, StoppedWhileStarting, ThreadExecutor
     from daemon.service.loop import DaemonLocked, Service, StartupError
 
     # A watchdog SIGABRT (hung generation) then prints every thread's stack to the journal.
@@ -209,6 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         service.run()
     except (DaemonLocked, StartupError) as e:
         return _cannot_start(str(e))
+    except StoppedWhileStarting as e:
+        # A stop is not an error, even one that came before there was anything to stop.
+        logs.say(f"stopped before the cluster was ready: {e}; nothing was claimed", level="info")
+        return EXIT_OK
     except OSError as e:
         if service.started.is_set():
             raise

@@ -233,24 +233,28 @@ def test_a_machine_without_the_gpus_a_worker_needs_is_told_so_at_once(tmp_path: 
 
 
 def test_a_sigterm_while_ray_starts_ends_the_start_and_leaves_nothing(tmp_path: Path, daemons: list) -> None:
-    """systemd may stop the service while Ray is still starting: the daemon ends, says why if it
-    did not get to run, claims nothing and leaves no Ray process."""
+    """systemd may stop the service while Ray is still starting: the daemon ends with exit 0 (a stop
+    is not an error), says so if it did not get to run, claims nothing and leaves no Ray process."""
     daemon = Daemon(tmp_path, config_for(tmp_path, 0, 2))
     daemons.append(daemon)
     drop(daemon.settings.paths.inbox, "cup")
     wait_for(lambda: "jobs run on Ray workers" in daemon.events(), 120, "the daemon to begin starting Ray")
 
     def ray_started() -> list:
-        return [
-            p for p in psutil.Process(daemon.proc.pid).children(recursive=True) if "gcs_server" in p.name()
-        ]
+        found = []
+        for p in psutil.Process(daemon.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a short-lived child may end meanwhile
+                if "gcs_server" in p.name():
+                    found.append(p)
+        return found
 
     wait_for(ray_started, 120, "Ray's first process")
     daemon.started = psutil.Process(daemon.proc.pid).children(recursive=True)
     code = daemon.stop(signal.SIGTERM)
     log = daemon.log()
-    # Met by Ray's start, the stop ends it (exit 1, saying so); met after, it is a warm stop (0).
-    assert (code, "came while Ray was starting" in log) in ((2, True), (0, False)), log[-3000:]
+    # Met by Ray's start, the stop ends it, saying so; met after, it is a warm stop. Exit 0 either way.
+    assert code == 0, log[-3000:]
+    assert "stopped before the cluster was ready" in log or "stop requested" in log, log[-3000:]
     assert not list((daemon.settings.state_dir / "claimed").iterdir())
     assert sorted(p.name for p in daemon.settings.paths.inbox.iterdir()) == ["cup.png", "cup.txt"]
     daemon.assert_nothing_left()

@@ -386,6 +386,21 @@ def test_the_record_says_where_the_seed_came_from(
     assert (record["parameters"]["seed"], record["parameters"]["seed_from"]) == expected
 
 
+def test_the_seed_drawn_at_claim_is_in_the_first_claim_record(folders: Folders, tmp_path: Path) -> None:
+    """The loop draws the seed when it claims: the record is written once, and checking the job
+    before any model work keeps it without writing the record again (one write and its fsyncs
+    fewer per job)."""
+    job = claim(folders, drop(folders), WHEN, seed=12345)
+    assert job is not None
+    before = os.stat(job.dir / RECORD)
+    assert json.loads((job.dir / RECORD).read_text())["seed"] == 12345
+    config = start_config(folders, tmp_path)
+    prepared = prepare(job, load_settings(config), StubGenerator().info, logs.get(), queued_at=WHEN)
+    assert prepared.request.seed == 12345
+    after = os.stat(job.dir / RECORD)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 # -- a private Ray's leftovers ------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from daemon.cluster import lockdown, private
 from daemon.config import Settings
-from daemon.service.executor import WorkersUnfit
+from daemon.service.executor import StoppedWhileStarting
 
 # The handlers ``ray.init`` would replace.
 _KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -168,7 +168,7 @@ def _init_keeping_signals(options: dict[str, Any]) -> None:
         stop = kept[signal.SIGTERM]
         if callable(stop):
             stop(signal.SIGTERM, None)
-        raise WorkersUnfit("a stop (SIGTERM) came while Ray was starting; not started") from None
+        raise StoppedWhileStarting("a stop (SIGTERM) came while Ray was starting") from None
     finally:
         # Set from Python, they also replace at the C level the crash handler Ray's core added.
         for sig, handler in kept.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,11 @@ from daemon.cluster.worker import Made, WorkerCancelled
 from daemon.engine.interface import GenerationResult
 from daemon.errors import JobError
 from daemon.service.executor import Cancelled, JobStopped, ProgressBoard, WorkerLost
+
+# The longest the thread sleeps when no call answers: its other duties (asking busy workers for
+# their step, idle ones whether they live, the cluster for new GPUs) come due no faster than this.
+# An answer wakes it at once, so a worker that finished gets the next job without waiting.
+QUIET_ROUND = 0.5
 
 
 class Dispatcher:
@@ -93,7 +99,7 @@ class Dispatcher:
     def _follow(self) -> None:
         while not self.pool.closing.is_set():
             try:
-                self.round(0.1)
+                self.round(QUIET_ROUND)
                 self.pool.ask_progress()
                 self.pool.scale()
                 self._tell_capacity()
@@ -104,15 +110,15 @@ class Dispatcher:
 
     def round(self, timeout: float) -> None:
         """Wait up to ``timeout`` for calls to answer, and handle every answer."""
-        for kind, worker, ref in self.pool.answers(timeout):
+        for kind, worker, answer in self.pool.answers(timeout):
             if kind == "run":
-                self._ran(worker, ref)
+                self._ran(worker, answer)
             elif kind == "info":
-                if self.pool.loaded(worker, ref):
+                if self.pool.loaded(worker, answer):
                     with self.pool.lock:
                         self.assign()
             elif kind == "progress":
-                self.pool.progressed(worker, ref)
+                self.pool.progressed(worker, answer)
 
     def assign(self) -> None:
         """Hand waiting jobs to idle workers (called with the lock held)."""
@@ -127,18 +133,18 @@ class Dispatcher:
             worker = min(idle, key=lambda w: w.name in died_on)
             idle.remove(worker)
             worker.state, worker.task = "busy", task
+            worker.progress_asked = time.monotonic()  # first asked PROGRESS_EVERY after the start
             self.pool.call("run", worker, worker.actor.run.remote(task.job, task.request, task.recipes))
             self.board.job_started(worker.name, task.job)
 
-    def _ran(self, worker: Worker, ref: Any) -> None:
-        import ray
+    def _ran(self, worker: Worker, answer: Future[Any]) -> None:
         from ray.exceptions import RayError, RayTaskError
 
         task = worker.task
         with self.pool.lock:
             stopped = self._stopping.pop(task.job, None) if task is not None else None
         try:
-            made: Made = ray.get(ref)
+            made: Made = answer.result()
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, WorkerCancelled) and stopped is not None and not self.pool.aborted:

@@ -1,7 +1,9 @@
 """The workers: one Ray actor (``daemon.cluster.worker``) per GPU, started, watched and restarted.
 
-``WorkerPool`` keeps every worker and every call in flight to one (``answers`` follows them all
-with ``ray.wait``). It starts workers for the GPUs the cluster offers and none uses yet
+``WorkerPool`` keeps every worker and every call in flight to one. Each call's answer wakes the
+dispatcher's thread when it arrives (a callback Ray runs, see ``call``), so that thread sleeps
+between answers instead of polling Ray, and hands a finished job's worker the next job at once.
+It starts workers for the GPUs the cluster offers and none uses yet
 (``scale``), hears whether each loaded the model (``loaded``), polls busy workers for their step
 and idle ones for their life (``ask_progress``, ``progressed``), and follows a worker whose
 process died through Ray's restart. A worker that cannot load the model is reported
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -25,9 +28,11 @@ from daemon.config import Settings
 from daemon.engine.interface import GenerationRequest, GenerationResult, ModelInfo
 from daemon.service.executor import ProgressBoard, WorkerState
 
-# How often busy workers are asked for their step, idle ones whether they live, and the cluster
-# for new GPUs.
-PROGRESS_EVERY = 0.5
+# How often busy workers are asked for their step (from this long after the job went to them: a
+# job done sooner is never asked), idle ones whether they live, and the cluster for new GPUs.
+# Steps take seconds on a GPU and status.json says them at most once a second; each ask is a Ray
+# call, which was most of the coordinator's cost per job when asked twice a second.
+PROGRESS_EVERY = 2.0
 IDLE_CHECK_EVERY = 5.0
 # A worker that could not even be created (or died before it ever answered) is not started
 # again on that node before this many seconds: no storm of actors that cannot live there.
@@ -72,7 +77,13 @@ class WorkerPool:
         self._log = log
         self.lock = threading.RLock()
         self.workers: dict[str, Worker] = {}
-        self.calls: dict[Any, tuple[str, Worker]] = {}  # ObjectRef -> (kind, worker)
+        # Each call's answer, a Future Ray completes -> (kind, worker, the call's ObjectRef). The
+        # ref is held here until the answer is handled: Ray keeps an object only while a ref to it
+        # lives, and would never complete the Future of one dropped.
+        self.calls: dict[Future[Any], tuple[str, Worker, Any]] = {}
+        # Answers that arrived and are not handled yet; ``wake`` is set with each (and on closing).
+        self._answered: deque[Future[Any]] = deque()
+        self.wake = threading.Event()
         self.model: ModelInfo | None = None  # the first loaded worker's
         # Set by the executor: no worker is started once it is closing or cancelled.
         self.closing = threading.Event()
@@ -177,26 +188,39 @@ class WorkerPool:
         self.board.put(WorkerState(name, host="?", device="?", state="loading"))
 
     def call(self, kind: str, worker: Worker, ref: Any) -> None:
-        """Follow ``ref``, a ``kind`` call ("run", "info", "progress") to ``worker``, until it answers."""
-        self.calls[ref] = (kind, worker)
+        """Follow ``ref``, a ``kind`` call ("run", "info", "progress") to ``worker``, until it answers.
 
-    def answers(self, timeout: float) -> Iterator[tuple[str, Worker, Any]]:
-        """(kind, worker, ref) of each call that answers within ``timeout`` (all that are ready)."""
-        import ray
+        Its answer comes as a Future that Ray completes on a thread of its own; the callback only
+        queues it and sets ``wake`` (it takes no lock: Ray's thread must never wait on ours).
+        """
+        answer: Future[Any] = ref.future()
+        self.calls[answer] = (kind, worker, ref)
+        answer.add_done_callback(self._arrived)
 
-        with self.lock:
-            refs = list(self.calls)
-        if not refs:
-            self.closing.wait(timeout)
-            return
-        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
-        if ready and rest:
-            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        for ref in ready:
+    def _arrived(self, answer: Future[Any]) -> None:
+        self._answered.append(answer)
+        self.wake.set()
+
+    def stop_waiting(self) -> None:
+        """The pool is closing: the dispatcher's wait for answers ends now."""
+        self.closing.set()
+        self.wake.set()
+
+    def answers(self, timeout: float) -> Iterator[tuple[str, Worker, Future[Any]]]:
+        """(kind, worker, answer) of each call that answered, waiting up to ``timeout`` for one.
+
+        ``answer`` is done: its ``result()`` is the call's return value, or raises what
+        ``ray.get`` would (the task's error as an instance of its cause, or Ray's own error).
+        """
+        if not self._answered:
+            self.wake.wait(timeout)
+        self.wake.clear()
+        while self._answered:
+            answer = self._answered.popleft()
             with self.lock:
-                call = self.calls.pop(ref, None)
-            if call is not None:
-                yield call[0], call[1], ref
+                call = self.calls.pop(answer, None)
+            if call is not None:  # else forgotten meanwhile (``kill_all``)
+                yield call[0], call[1], answer
 
     def restarting(self, worker: Worker) -> None:
         """``worker``'s process died: Ray restarts it, and ``info`` answers once it is back (model
@@ -205,7 +229,7 @@ class WorkerPool:
             self.board.update(worker.name, state="lost", error="its process died; restarting")
             self.call("info", worker, worker.actor.info.remote())
 
-    def loaded(self, worker: Worker, ref: Any) -> bool:
+    def loaded(self, worker: Worker, answer: Future[Any]) -> bool:
         """A worker answered ``info``: the model is loaded (or failed to load), or it is gone.
 
         True when the worker is now idle, ready for a job."""
@@ -213,7 +237,7 @@ class WorkerPool:
         from ray.exceptions import ActorUnavailableError
 
         try:
-            info: WorkerInfo = ray.get(ref)
+            info: WorkerInfo = answer.result()
         except ActorUnavailableError:
             time.sleep(0.2)  # still restarting: ask again shortly
             with self.lock:
@@ -265,20 +289,18 @@ class WorkerPool:
     def ask_progress(self) -> None:
         now = time.monotonic()
         with self.lock:
-            asked = {w.name for kind, w in self.calls.values() if kind == "progress"}
+            asked = {w.name for kind, w, _ in self.calls.values() if kind == "progress"}
             for w in self.workers.values():
                 every = PROGRESS_EVERY if w.state == "busy" else IDLE_CHECK_EVERY
                 if w.state in ("busy", "idle") and w.name not in asked and now - w.progress_asked >= every:
                     w.progress_asked = now
                     self.call("progress", w, w.actor.progress.remote())
 
-    def progressed(self, worker: Worker, ref: Any) -> None:
+    def progressed(self, worker: Worker, answer: Future[Any]) -> None:
         """A worker answered ``progress``: its job's step goes on the board; no answer from an idle
         worker means its process died."""
-        import ray
-
         try:
-            job, step, total = ray.get(ref)
+            job, step, total = answer.result()
         except Exception as e:
             with self.lock:
                 if worker.state == "idle":

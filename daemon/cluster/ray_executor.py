@@ -141,7 +141,7 @@ class RayExecutor:
         self._dispatcher.stop_job(job, error)
 
     def close(self) -> None:
-        self._pool.closing.set()
+        self._pool.stop_waiting()
         self._dispatcher.stop()
         self._pool.kill_all()
         self._connection.close()

@@ -41,8 +41,9 @@ def check_regular_at(dir_fd: int | None, name: str | Path, expect: Signature | N
     return sig
 
 
-def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
-    """Take a ready group out of the inbox; None if it changed or went meanwhile.
+def claim(folders: Folders, group: Group, now: datetime, *, seed: int | None = None) -> Job | None:
+    """Take a ready group out of the inbox; None if it changed or went meanwhile. ``seed``, drawn
+    by the caller, goes into the claim record (kept across every attempt of the job).
 
     Steps:
     1. open the group's inbox folder without following a link below the inbox (a link a
@@ -53,7 +54,7 @@ def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
     4. write ``claim.json`` before moving anything, so recovery knows what to expect;
     5. rename each file into ``inputs/``, from the folder opened in step 1; a file that
        vanished or changed means someone else has it: put back what was already moved and
-       give up the reservation;
+       give up the reservation; then fsync ``inputs/`` once;
     6. create ``out/``: from here on the job is claimed whole.
     """
     try:
@@ -66,12 +67,12 @@ def claim(folders: Folders, group: Group, now: datetime) -> Job | None:
     except OSError:
         return None  # gone since the scan: the next scan sees what is there now
     try:
-        return _claim_from(folders, group, now, src_fd)
+        return _claim_from(folders, group, now, src_fd, seed)
     finally:
         os.close(src_fd)
 
 
-def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int) -> Job | None:
+def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int, seed: int | None) -> Job | None:
     try:
         sigs = {p.name: check_regular_at(src_fd, p.name, group.sigs.get(p)) for p in group.files}
     except Changed:
@@ -92,6 +93,7 @@ def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int) -> J
         now,
         sigs=sigs,
         src_dir=group.src_dir,
+        seed=seed,
     )
     try:
         write_record(job)
@@ -106,11 +108,12 @@ def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int) -> J
         for src in group.files:
             check_regular_at(src_fd, src.name, sigs[src.name])
             try:
-                moves.move_at(src_fd, src.name, inputs_fd, src.name)
+                moves.move_at(src_fd, src.name, inputs_fd, src.name, sync=False)
             except FileNotFoundError:
                 raise Changed(src) from None
             # A swap between the check and the rename would have moved a link, not its target.
             check_regular_at(inputs_fd, src.name, None)
+        fsops.fsync_fd(inputs_fd)  # once for every file moved in
         job.out.mkdir()
         fsops.fsync_dir(job.dir)
         _tidy_returned(folders, group, src_fd)

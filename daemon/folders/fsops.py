@@ -151,13 +151,18 @@ def sweep_temps(folder: Path) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool = False) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, durable: bool = True, private: bool = False, sync_folder: bool = True
+) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     ``durable=False`` skips the fsyncs: still atomic for readers, but after a power cut the
     file may be its old version. Right for status files rewritten every second, whose
-    fsyncs were most of the per-job overhead in a backlog. ``private``: readable by the
-    daemon's user only (0600) from the start, for files that hold secrets.
+    fsyncs were most of the per-job overhead in a backlog. ``sync_folder=False`` fsyncs the
+    file but not its folder: for several files written into one folder, whose caller fsyncs
+    the folder once after the last (one fsync of a folder makes all its new names durable).
+    ``private``: readable by the daemon's user only (0600) from the start, for files that hold
+    secrets.
     """
     tmp = _temp_beside(path)
     try:
@@ -171,7 +176,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True, private: bool
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_folder:
         fsync_dir(path.parent)
 
 

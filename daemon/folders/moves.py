@@ -95,13 +95,15 @@ def move(src: Path, dst: Path) -> None:
         os.close(dst_fd)
 
 
-def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
+def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str, *, sync: bool = True) -> None:
     """Move ``src`` (relative to the open folder ``src_fd``, or a path when None) to the name
     ``dst`` in the open folder ``dst_fd``, which must not exist there.
 
     Nothing is looked up by path after the folders were opened, so a link swapped in for a
     folder meanwhile changes nothing. Across filesystems: copy beside ``dst``, fsync, rename
-    without replacing, and only then remove the source. Raises as ``move`` does.
+    without replacing, and only then remove the source. Raises as ``move`` does. ``sync=False``
+    leaves the fsync of ``dst_fd`` to the caller, who moves several names into it and then
+    fsyncs it once (a move across filesystems still fsyncs it before the source goes).
     """
     if exists_at(dst_fd, dst):
         raise FileExistsError(errno.EEXIST, "target exists", dst)
@@ -111,7 +113,9 @@ def move_at(src_fd: int | None, src: str | Path, dst_fd: int, dst: str) -> None:
         if e.errno != errno.EXDEV:
             raise
         _move_across(src_fd, src, dst_fd, dst)
-    fsync_fd(dst_fd)
+        return  # fsynced there, before the source went
+    if sync:
+        fsync_fd(dst_fd)
 
 
 _RENAME_NOREPLACE = 1

@@ -58,7 +58,11 @@ class EncodedFiles:
         return sum(len(data) for data in self.files.values())
 
     def publish(self, out_dir: Path) -> EncodeResult:
-        """Write every file into ``out_dir`` atomically, after checking it arrived intact."""
+        """Write every file into ``out_dir`` atomically, after checking it arrived intact.
+
+        Each file is fsynced; the folder is not, here: the caller writes the job's record into it
+        next (``finish.encode_and_record``), and that one fsync of the folder makes every name
+        in it durable, before the folder is filed into ``outputs/``."""
         started = time.monotonic()
         for name, data in self.files.items():
             if Path(name).name != name or name.startswith("."):
@@ -66,8 +70,7 @@ class EncodedFiles:
             if hashlib.sha256(data).hexdigest() != self.digests.get(name):
                 raise TransferError(f"{name} arrived from the worker damaged (its SHA-256 differs)")
         for name, data in self.files.items():
-            fsops.write_atomic(out_dir / name, data)
-        fsops.fsync_dir(out_dir)
+            fsops.write_atomic(out_dir / name, data, sync_folder=False)
         recipes = {name: r.moved_to(out_dir) for name, r in self.recipes.items()}
         return EncodeResult(
             master=out_dir / self.master,

@@ -83,7 +83,8 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     Steps:
     1. encode the master and all recipes from the frames in one ffmpeg pass;
     2. note any recipe that failed (the job still counts: its clip exists);
-    3. write ``JOB.json`` last, so its presence means the rest is there.
+    3. write ``JOB.json`` last, so its presence means the rest is there; its fsync of ``out/``
+       is the one that makes every file written there durable (each is fsynced on its own).
     """
     job = gen.job
     record = describe(gen)
@@ -123,6 +124,7 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
             (
                 "The clip was made, but these extra versions of it failed:\n" + "\n".join(lines) + "\n"
             ).encode(),
+            sync_folder=False,  # with JOB.json's, next
         )
     fsops.write_json_atomic(job.out / names.record, record.to_json())
     return Result(job, ok=True, recipe_errors=recipe_errors, record=record)

@@ -174,16 +174,23 @@ def effective(params: JobParams, settings: Settings, family: Family) -> Effectiv
     return Effective(int(steps), steps_from, float(guidance), guidance_from, seed_from, loras)
 
 
-def _seed(job: Job, params: JobParams, settings: Settings, log: Any) -> int:
-    """The prompt file's (or config's) seed; else the one drawn at the job's first attempt; else a new one.
+def draw_seed(settings: Settings) -> int:
+    """A random seed, drawn when a job is claimed and kept in its claim record from the start
+    (one write of the record, not two), for when its prompt file and the config name none."""
+    return random.randint(0, settings.limits.max_seed)
 
-    A new one is written into the claim record before any model work, so a job resumed after a
-    crash, a lost worker or an out-of-memory retry makes the clip it would have made.
+
+def _seed(job: Job, params: JobParams, settings: Settings, log: Any) -> int:
+    """The prompt file's (or config's) seed; else the one drawn when the job was claimed; else a new one.
+
+    A new one (a job claimed without one) is written into the claim record before any model
+    work, so a job resumed after a crash, a lost worker or an out-of-memory retry makes the clip
+    it would have made.
     """
     if params.seed is not None:
         return params.seed
     if job.seed is None:
-        job.seed = random.randint(0, settings.limits.max_seed)
+        job.seed = draw_seed(settings)
         try:
             write_record(job)
         except OSError as e:

@@ -35,7 +35,12 @@ from daemon.states import WorkerStatus
 
 class WorkersUnfit(RuntimeError):
     """The workers cannot start for a reason of the machine or the cluster (no GPUs where the
-    config asks for them, a stop while starting); the message names it and the fix in one line."""
+    config asks for them); the message names it and the fix in one line."""
+
+
+class StoppedWhileStarting(Exception):
+    """A stop (SIGTERM) came while the workers were still starting: the start ends there, as a stop
+    does, with nothing claimed. Not an error: ``i2vd run`` says so in one line and exits 0."""
 
 
 class Cancelled(Exception):

@@ -40,14 +40,14 @@ from daemon.folders.scan import InboxScanner
 from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.job.finish import Result
-from daemon.job.prepare import prepare
+from daemon.job.prepare import draw_seed, prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
 from daemon.messages import CRASH_LOOP_ERROR
 from daemon.prompting.writer import PromptModelError, PromptWriter, writer_for
 from daemon.service.disk_room import DiskRoom
-from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
+from daemon.service.executor import Executor, StoppedWhileStarting, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import Failed, Filer, fail_job
 from daemon.service.flights import Flights
 from daemon.service.lock import DaemonLocked, take_lock
@@ -185,6 +185,9 @@ class Service:
             warm_up = (resolution_to_short_side(gen.resolution), gen.num_frames) if self._warm_up else None
             try:
                 self.executor.start(warm_up=warm_up)
+            except StoppedWhileStarting:
+                self.executor.close()
+                raise  # a stop, not a failure: the caller says so and exits 0
             except WorkersUnfit as e:
                 self.executor.close()
                 raise StartupError(str(e)) from e
@@ -386,7 +389,7 @@ class Service:
             return job, job.claimed_at
         while not self.stop.is_set() and (group := self.monitor.take()) is not None:
             wall = datetime.now().astimezone()
-            job = claim(self.folders, group, wall)
+            job = claim(self.folders, group, wall, seed=draw_seed(self.settings))
             if job is not None:
                 if group.src_dir is not None:
                     self.log.info(
