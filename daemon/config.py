@@ -32,6 +32,7 @@ from daemon.config_sections import (
     ModelConfig,
     OutputConfig,
     PathsConfig,
+    QueueConfig,
     WatchConfig,
     WebhooksConfig,
 )
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
     # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.

@@ -370,3 +370,36 @@ class ClusterConfig(_Section):
                 " above 0 or give workers a number"
             )
         return self
+
+
+class QueueConfig(_Section):
+    """Which ready job goes next, and when new jobs are taken at all (docs/service.md)."""
+
+    # "fair": the inbox's top-level folders (and the inbox itself) take turns, one job each;
+    # "arrival": strictly in the order jobs became ready.
+    order: Literal["fair", "arrival"] = "fair"
+    # Top-level folders of the inbox whose jobs go before all others, first listed first.
+    priority: list[str] = Field(default_factory=list)
+    # "HH:MM-HH:MM": new jobs start only inside this daily window (local time; it may span
+    # midnight); "" takes them at any hour.
+    active_hours: str = ""
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+                raise ValueError(
+                    f'{name!r} is not a top-level folder of the inbox; write its name alone ("urgent")'
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("names a folder twice")
+        return v
+
+    @field_validator("active_hours")
+    @classmethod
+    def _active_hours(cls, v: str) -> str:
+        from daemon.service.active_hours import parse_window
+
+        parse_window(v)  # raises ValueError naming the expected form
+        return v.strip()

@@ -54,6 +54,7 @@ from daemon.service.publishing import Publisher
 from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
+from daemon.service.turns import Turns
 
 __all__ = ["DaemonLocked", "Service", "StartupError", "folders_of"]
 
@@ -140,6 +141,7 @@ class Service:
             on_ready=self._work.set,
             on_change=self._want_status,
             each_round=self._explain_stop,
+            turns=Turns(settings.queue.order, settings.queue.priority),
         )
         self.filer = Filer(
             self.folders,
@@ -361,7 +363,9 @@ class Service:
             )
             new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed if hasattr(new, k)})
         self.settings = new
-        self.monitor.replace(self._make_scanner(new), new.watch.poll_interval)
+        self.monitor.replace(
+            self._make_scanner(new), new.watch.poll_interval, Turns(new.queue.order, new.queue.priority)
+        )
         self.log.info("config reloaded")
 
     def _next_job(self) -> tuple[Job, datetime] | None:

@@ -1,0 +1,121 @@
+"""The queue: which ready job goes next ([queue] order and priority), and the daily window."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from daemon.folders.scan import Group
+from daemon.service.active_hours import ActiveHours, parse_window
+from daemon.service.turns import Turns, line_of
+
+
+def ready(*specs: tuple[str, str, float]) -> list[Group]:
+    """Groups as the scanner hands them over: oldest first."""
+    groups = [Group(rel_dir=Path(folder), name=name, since=since) for folder, name, since in specs]
+    return sorted(groups, key=lambda g: (g.since, str(g.rel_dir), g.name))
+
+
+def names(groups: list[Group]) -> list[str]:
+    return [(g.rel_dir / g.name).as_posix() for g in groups]
+
+
+def take_all(turns: Turns) -> list[str]:
+    out = []
+    while (g := turns.take()) is not None:
+        out.append((g.rel_dir / g.name).as_posix())
+    return out
+
+
+def test_the_line_of_a_job_is_its_top_level_folder() -> None:
+    assert line_of(Path(".")) == ""
+    assert line_of(Path("marketing")) == "marketing"
+    assert line_of(Path("marketing/2026/may")) == "marketing"
+
+
+def test_fair_turns_let_one_job_of_a_quiet_folder_past_a_backlog() -> None:
+    backlog = [("marketing", f"m{i:03d}", float(i)) for i in range(500)]
+    turns = Turns("fair")
+    turns.load(ready(*backlog, ("sales", "s1", 600.0), (".", "top", 700.0)))
+    assert len(turns) == 502
+    first = take_all(turns)[:4]
+    # marketing's oldest was first in line; then each other folder gets its turn.
+    assert first == ["marketing/m000", "sales/s1", "top", "marketing/m001"]
+
+
+def test_a_folder_served_just_now_waits_for_the_others_after_a_new_scan() -> None:
+    turns = Turns("fair")
+    turns.load(ready(("a", "a1", 1), ("a", "a2", 2), ("a", "a3", 3)))
+    assert turns.take().name == "a1"
+    # The next scan: a's rest, and b's one job which became ready later than all of a's.
+    turns.load(ready(("a", "a2", 2), ("a", "a3", 3), ("b", "b1", 9)))
+    assert take_all(turns) == ["b/b1", "a/a2", "a/a3"]
+
+
+def test_arrival_takes_strictly_the_oldest_ready() -> None:
+    turns = Turns("arrival")
+    turns.load(ready(("a", "a1", 1), ("a", "a2", 2), ("b", "b1", 3), ("a", "a3", 4)))
+    assert take_all(turns) == ["a/a1", "a/a2", "b/b1", "a/a3"]
+
+
+@pytest.mark.parametrize("order", ["fair", "arrival"])
+def test_priority_folders_go_first_in_the_order_listed(order: str) -> None:
+    turns = Turns(order, ["urgent", "boss"])
+    turns.load(
+        ready(("a", "a1", 1), ("boss", "x1", 2), ("urgent", "u1", 3), ("b", "b1", 4), ("urgent", "u2", 5))
+    )
+    taken = take_all(turns)
+    assert taken[:3] == ["urgent/u1", "urgent/u2", "boss/x1"]
+    assert sorted(taken[3:]) == ["a/a1", "b/b1"]
+
+
+def test_upcoming_is_what_take_hands_out_and_takes_nothing() -> None:
+    turns = Turns("fair", ["urgent"])
+    turns.load(
+        ready(
+            *[("a", f"a{i}", float(i)) for i in range(20)],
+            ("b", "b1", 30),
+            ("urgent", "u", 40),
+            (".", "t", 50),
+        )
+    )
+    turns.take()
+    shown = names(turns.upcoming(10))
+    assert len(turns) == 22
+    assert shown == take_all(turns)[:10]
+
+
+def test_a_backlog_of_thousands_costs_one_pass_per_scan() -> None:
+    # Not a timing: the turns keep one line per folder, so taking looks at a few heads.
+    turns = Turns("fair")
+    turns.load(ready(*[(f"f{i % 7}", f"n{i}", float(i)) for i in range(5000)]))
+    assert len(turns._lines) == 7
+    assert len(turns.upcoming(200)) == 200
+
+
+# -- active_hours ------------------------------------------------------------------------------
+
+
+def at(hour: int, minute: int = 0) -> ActiveHours:
+    return ActiveHours.of("20:00-07:00", now=lambda: datetime(2026, 5, 4, hour, minute).astimezone())
+
+
+def test_an_overnight_window_is_open_at_night_only() -> None:
+    assert at(20).open_now() and at(23, 59).open_now() and at(0).open_now() and at(6, 59).open_now()
+    assert not at(7).open_now() and not at(12).open_now() and not at(19, 59).open_now()
+    assert at(19).opens_in() == 3600.0
+    assert at(7).opens_in() == 13 * 3600.0
+
+
+def test_a_daytime_window_and_no_window() -> None:
+    day = ActiveHours.of("09:30-17:00", now=lambda: datetime(2026, 5, 4, 9, 0).astimezone())
+    assert day.opens_in() == 1800.0
+    assert ActiveHours.of("").open_now()
+
+
+@pytest.mark.parametrize("bad", ["20-07", "25:00-01:00", "10:60-11:00", "08:00-08:00", "night"])
+def test_a_window_that_cannot_be_read_is_refused_naming_the_form(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"HH:MM-HH:MM|empty window"):
+        parse_window(bad)
