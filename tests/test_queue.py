@@ -119,3 +119,53 @@ def test_a_daytime_window_and_no_window() -> None:
 def test_a_window_that_cannot_be_read_is_refused_naming_the_form(bad: str) -> None:
     with pytest.raises(ValueError, match=r"HH:MM-HH:MM|empty window"):
         parse_window(bad)
+
+
+# -- the loop: active_hours with an injected wall clock ----------------------------------------
+
+
+def test_a_job_started_inside_the_window_finishes_and_the_next_waits_for_it_to_open(tmp_path: Path) -> None:
+    import threading
+
+    from test_service import RecordingStub, config, drop
+
+    from daemon.service.loop import Service
+
+    settings = config(tmp_path, '[queue]\nactive_hours = "20:00-07:00"\n')
+    settings.generation.steps = 20
+    wall = [datetime(2026, 5, 4, 6, 59).astimezone()]  # one minute before the window closes
+    drop(settings.paths.inbox, "late", prompt="late")
+    gen = RecordingStub(seconds=3)
+    service = Service(settings, gen, watch=False, wall=lambda: wall[0])
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        with gen.called:
+            assert gen.called.wait_for(lambda: gen.calls, timeout=60)
+        wall[0] = datetime(2026, 5, 4, 7, 1).astimezone()  # closed while it generates
+        drop(settings.paths.inbox, "next", prompt="next")
+        for _ in range(600):
+            if service.results:
+                break
+            threading.Event().wait(0.1)
+        assert [r.job.stem for r in service.results] == ["late"] and service.results[0].ok
+        for _ in range(600):  # "next" is ready, and not taken while the window is closed
+            if service.monitor.queued()[0] == ["next"]:
+                break
+            threading.Event().wait(0.1)
+        for _ in range(10):
+            service._work.set()
+            threading.Event().wait(0.1)
+        status = service._status(None, 0.0)
+        assert status["active_hours"]["open"] is False
+        assert status["active_hours"]["opens_at"].startswith("2026-05-04T20:00")
+        assert gen.calls == ["late"]
+        assert (settings.paths.inbox / "next.png").exists()
+        wall[0] = datetime(2026, 5, 4, 20, 0).astimezone()  # the window opens
+        with gen.called:
+            assert gen.called.wait_for(lambda: len(gen.calls) == 2, timeout=60)
+        assert gen.calls == ["late", "next"]
+    finally:
+        service.request_stop()
+        runner.join(120)
+    assert not runner.is_alive()

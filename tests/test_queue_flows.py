@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import digest
 from test_user_flows import CLI, Lines, drop, env, jobs_in, share, status, wait_for
 
 pytestmark = pytest.mark.slow
@@ -63,3 +64,99 @@ def test_a_folder_with_one_photo_waits_at_most_one_job_behind_a_folder_with_many
     left = {p.stem for p in (inbox / "marketing").glob("*.png")}
     assert left and left | set(order) >= {f"m{i}" for i in range(6)}
     assert status(share)["state"] == "stopped"
+
+
+def i2vd(share: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args, "--config", str(share / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+        cwd=share,
+        check=False,
+    )
+
+
+def me() -> str:
+    import os
+    import pwd
+
+    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_pause_lets_the_job_in_progress_finish_holds_the_rest_across_a_restart_and_resume_goes_on(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    import os
+    import stat
+
+    inbox = share / "inbox"
+    daemon = start(share, 6)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
+    drop(inbox, "first")
+    second = drop(inbox, "second", seed=1)
+    wait_for(lambda: started_jobs(lines), 30, "the first job to start")
+
+    r = i2vd(share, "pause")
+    assert r.returncode == 0, r.stderr
+    assert "paused since" in r.stdout and f"by {me()}" in r.stdout
+    pause_file = share / ".i2vd" / "paused.json"
+    st = os.stat(pause_file)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert stat.S_IMODE(os.stat(share / ".i2vd").st_mode) == 0o700
+
+    # The job in progress finishes; the second is not started.
+    wait_for(lambda: jobs_in(share / "outputs"), 60, "the first job to be filed")
+    paused = wait_for(lambda: status(share).get("paused"), 10, "status to say paused")
+    assert paused["by"] == me() and paused["since"]
+    wait_for(lambda: "second" in status(share).get("queue", []), 15, "the second job to be ready")
+    text = i2vd(share, "status").stdout
+    assert f"paused   since {paused['since']} by {me()}" in text
+    page = (share / "outputs" / "index.html").read_text()
+    assert "New clips are paused by the operator" in page
+    assert [p.name.rsplit("_", 2)[0] for p in jobs_in(share / "outputs")] == ["first"]
+    assert started_jobs(lines)[1:] == []
+
+    # A restart keeps the pause.
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    daemon = start(share, 1)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("paused"), 60, "the restarted daemon to say it is paused")
+    assert status(share)["paused"] == paused
+    assert {p.name: digest(p) for p in inbox.glob("second.*")} == second
+
+    r = i2vd(share, "resume")
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stderr
+    assert not pause_file.exists()
+    wait_for(lambda: len(jobs_in(share / "outputs")) == 2, 60, "the second job to be made after resume")
+    assert status(share)["paused"] is None
+    assert i2vd(share, "resume").stdout.startswith("not paused")
+
+
+def test_outside_active_hours_jobs_wait_and_status_and_page_say_until_when(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    from datetime import datetime, timedelta
+
+    later = datetime.now() + timedelta(hours=3)
+    window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"
+    daemon = start(share, 1, I2VD_QUEUE__ACTIVE_HOURS=window)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
+    before = drop(share / "inbox", "night")
+    wait_for(lambda: "night" in status(share).get("queue", []), 20, "the job to be ready")
+    hours = status(share)["active_hours"]
+    assert hours["window"] == window and hours["open"] is False
+    assert hours["opens_at"].startswith(f"{later:%Y-%m-%dT%H}:00")
+    assert f"outside active hours {window}" in i2vd(share, "status").stdout
+    assert f"New clips start only between {window}" in (share / "outputs" / "index.html").read_text()
+    assert started_jobs(lines) == []
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    assert {p.name: digest(p) for p in (share / "inbox").glob("night.*")} == before

@@ -109,6 +109,26 @@ def _paused(status: Mapping[str, Any]) -> str:
     )
 
 
+def _held(status: Mapping[str, Any]) -> str:
+    """Why no new clip starts on purpose: the operator paused the queue, or it is outside the
+    hours new clips are started in ([queue] active_hours)."""
+    out = []
+    paused = status.get("paused")
+    if isinstance(paused, Mapping):
+        out.append(
+            '<div class="warn">New clips are paused by the operator '
+            f"({_t(paused.get('by'))}, since {_t(paused.get('since'))}). Clips being made now finish; "
+            "your files wait in the inbox and start by themselves when the queue goes on.</div>"
+        )
+    hours = status.get("active_hours")
+    if isinstance(hours, Mapping) and not hours.get("open"):
+        out.append(
+            f'<div class="warn">New clips start only between {_t(hours.get("window"))}; the next '
+            f"start is at {_t(hours.get('opens_at'))}. Your files wait in the inbox until then.</div>"
+        )
+    return "".join(out)
+
+
 def _now_box(status: Mapping[str, Any]) -> str:
     """The job being made, with its progress; one box per job when several workers make clips."""
     running = status.get("in_flight")
@@ -276,6 +296,7 @@ def render(
         f'<span class="muted small">Updated {_t(_when(now))}:{now:%S} · this page refreshes itself '
         f"every {int(refresh)} seconds</span></p>",
         _paused(status),
+        _held(status),
         "<h2>Being made now</h2>",
         _now_box(status),
         f"<h2>Waiting ({queued})</h2>",

@@ -73,6 +73,8 @@ class SharePage:
             repr(status.get("queue")),
             repr(status.get("arriving")),
             status.get("paused_reason"),
+            repr(status.get("paused")),
+            repr(status.get("active_hours")),
         )
         with self._lock:
             self._status = dict(status)

@@ -45,6 +45,8 @@ from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
+from daemon.service.active_hours import ActiveHours
+from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
@@ -85,6 +87,7 @@ class Service:
         warm_up: bool = False,
         listeners: list[Listener] | None = None,
         reload: Callable[[], Settings] | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now().astimezone(),
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -123,6 +126,11 @@ class Service:
             clock=clock,
         )
         self._paused_shown: str | None = None
+        # Held by the operator (i2vd pause) or outside [queue] active_hours: no new job starts.
+        self.controls = Controls(self.folders.state)
+        self._wall = wall
+        self.hours = ActiveHours.of(settings.queue.active_hours, now=wall)
+        self._held_shown: tuple[Pause | None, str | None] = (None, None)
         self.publisher = Publisher(
             self.folders.state,
             self.listeners,
@@ -301,7 +309,8 @@ class Service:
         self._enforce_stop()
         self.flights.enforce_cap(self.settings.limits.max_job_seconds)
         room = self._taking()  # looked at while busy too: status says the disk is full at once
-        if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room:
+        held = self._held()
+        if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room and not held:
             job = self._next_job()
             if job is not None:
                 self._start(*job)
@@ -320,6 +329,33 @@ class Service:
             self._want_status()
         return reason is None
 
+    def _held(self) -> bool:
+        """Whether new jobs wait for the operator (``i2vd pause``) or for ``[queue] active_hours``
+        to open; says so in the log and the status when that changes."""
+        pause = self.controls.paused()
+        opens = self.hours.opens_at()
+        shown = (pause, self.hours.describe() if opens is not None else None)
+        if shown != self._held_shown:
+            was, self._held_shown = self._held_shown, shown
+            if pause is not None and was[0] is None:
+                self.log.warning(
+                    "paused: the jobs in progress finish, no new job starts until i2vd resume",
+                    since=pause.since,
+                    by=pause.by,
+                )
+            elif pause is None and was[0] is not None:
+                self.log.info("resumed: new jobs start again")
+            if shown[1] is not None and was[1] is None:
+                self.log.info(
+                    "outside [queue] active_hours: no new job starts until the window opens",
+                    active_hours=shown[1],
+                    opens_at=opens.isoformat(timespec="minutes") if opens else None,
+                )
+            elif shown[1] is None and was[1] is not None:
+                self.log.info("inside [queue] active_hours: new jobs start", active_hours=was[1])
+            self._want_status()
+        return pause is not None or opens is not None
+
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
 
@@ -334,6 +370,9 @@ class Service:
                 mark = self.monitor.started
                 if self.step() or self.flights or self._resume:
                     continue
+                if self._held_shown != (None, None):
+                    self.log.warning("paused, or outside [queue] active_hours: jobs stay in the inbox")
+                    break
                 seq, ready, waiting = self.monitor.last
                 if seq > mark and ready == 0 and waiting == 0 and self.monitor.queued()[1] == 0:
                     break
@@ -363,6 +402,7 @@ class Service:
             )
             new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed if hasattr(new, k)})
         self.settings = new
+        self.hours = ActiveHours.of(new.queue.active_hours, now=self._wall)
         self.monitor.replace(
             self._make_scanner(new), new.watch.poll_interval, Turns(new.queue.order, new.queue.priority)
         )
@@ -447,7 +487,19 @@ class Service:
             now=now,
             paused_reason=self.disk.last,
             disk_free_mb=dict(self.disk.free),
+            paused=self._held_shown[0].as_status() if self._held_shown[0] else None,
+            active_hours=self._hours_status(),
         )
+
+    def _hours_status(self) -> dict[str, Any] | None:
+        if self.hours.window is None:
+            return None
+        opens = self.hours.opens_at()
+        return {
+            "window": self.hours.describe(),
+            "open": opens is None,
+            "opens_at": opens.isoformat(timespec="seconds") if opens else None,
+        }
 
     def _where(self, base: Path, job: Job) -> str:
         """Where a job's files go, as people on the share see it (``outputs/team-a/cup_…``)."""

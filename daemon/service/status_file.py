@@ -35,6 +35,8 @@ def build_status(
     now: float,
     paused_reason: str | None = None,
     disk_free_mb: dict[str, int] | None = None,
+    paused: dict[str, str] | None = None,
+    active_hours: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What status.json holds (and listeners get): the state, every job in flight with its worker
     and progress, the workers, what waits and what is arriving, and the recent results."""
@@ -78,6 +80,10 @@ def build_status(
         # Why no new job is taken although some wait (the disk nearly full); None: they are taken.
         "paused_reason": paused_reason,
         "disk_free_mb": disk_free_mb or {},
+        # `i2vd pause` in force: since when, by whom (None: not paused).
+        "paused": paused,
+        # [queue] active_hours: the window, whether it is open, when it opens next (None: no window).
+        "active_hours": active_hours,
     }
 
 
@@ -190,6 +196,14 @@ def render(status: dict[str, Any]) -> str:
     live = bool(status.get("running"))
     then = "" if live else " when last seen"
     lines = [_header(status)]
+    paused = status.get("paused")
+    if isinstance(paused, dict):
+        by, since = one_line(str(paused.get("by")), 40), one_line(str(paused.get("since")), 40)
+        lines.append(f"paused   since {since} by {by}{then}: no new job starts (i2vd resume goes on)")
+    hours = status.get("active_hours")
+    if isinstance(hours, dict) and not hours.get("open"):
+        window, opens = one_line(str(hours.get("window")), 20), one_line(str(hours.get("opens_at")), 40)
+        lines.append(f"hours    outside active hours {window}{then}: new jobs start at {opens}")
     if status.get("paused_reason"):
         lines.append(f"waiting  {one_line(str(status['paused_reason']), 200)}{then}")
     if status.get("inbox_missing"):
