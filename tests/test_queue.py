@@ -169,3 +169,44 @@ def test_a_job_started_inside_the_window_finishes_and_the_next_waits_for_it_to_o
         service.request_stop()
         runner.join(120)
     assert not runner.is_alive()
+
+
+# -- NAME.cancel files in the inbox --------------------------------------------------------------
+
+
+def test_a_cancel_file_is_a_request_never_part_of_a_job_nor_an_orphan(tmp_path: Path) -> None:
+    import os
+
+    from helpers import Clock, png_bytes
+
+    from daemon.folders.scan import InboxScanner
+
+    inbox = tmp_path / "inbox"
+    (inbox / "team").mkdir(parents=True)
+    (inbox / "team" / "cat.png").write_bytes(png_bytes())
+    (inbox / "team" / "cat.txt").write_text("a cat")
+    (inbox / "team" / "cat.cancel").write_text("")
+    (inbox / "dog.CANCEL").write_text("")  # alone: no job, and never failed as an orphan
+    (tmp_path / "elsewhere.cancel").write_text("")
+    os.symlink(tmp_path / "elsewhere.cancel", inbox / "team" / "linked.cancel")
+    clock = Clock()
+    scanner = InboxScanner(inbox, ignore=[".*"], settle_seconds=3, pair_timeout=120, clock=clock)
+    scanner.scan()
+    clock.t += 200  # past settling and the pair timeout
+    ready = scanner.scan()
+    assert [(g.rel_dir.as_posix(), g.name, sorted(p.name for p in g.files)) for g in ready] == [
+        ("team", "cat", ["cat.png", "cat.txt"])
+    ]
+    assert sorted(scanner.cancel_files()) == [(".", "dog"), ("team", "cat")]
+    assert scanner.pending == [] and scanner.waiting == 0
+    (inbox / "team" / "cat.cancel").unlink()
+    scanner.scan()
+    assert scanner.cancel_files() == [(".", "dog")]
+
+
+def test_taking_a_job_out_of_the_queue_to_cancel_it_keeps_the_others_in_turn() -> None:
+    turns = Turns("fair")
+    turns.load(ready(("a", "a1", 1), ("a", "cat", 2), ("b", "cat", 3), ("b", "b2", 4)))
+    out = turns.withdraw(lambda g: g.rel_dir == Path("b") and g.name == "cat")
+    assert names(out) == ["b/cat"] and len(turns) == 3
+    assert take_all(turns) == ["a/a1", "b/b2", "a/cat"]

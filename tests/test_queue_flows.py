@@ -160,3 +160,84 @@ def test_outside_active_hours_jobs_wait_and_status_and_page_say_until_when(
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
     assert {p.name: digest(p) for p in (share / "inbox").glob("night.*")} == before
+
+
+def failed_job(share: Path, stem: str, rel: str = "") -> Path | None:
+    found = [p for p in jobs_in(share / "failed" / rel) if p.name.rsplit("_", 2)[0] == stem]
+    return found[0] if found else None
+
+
+def test_i2vd_cancel_fails_a_waiting_job_and_stops_a_running_one_keeping_their_files(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    inbox = share / "inbox"
+    daemon = start(share, 40)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
+    first = drop(inbox, "first")
+    second = drop(inbox / "team", "second", seed=1)
+    running = wait_for(lambda: (status(share).get("current") or {}).get("job"), 30, "the first job to start")
+    wait_for(lambda: "team/second" in status(share).get("queue", []), 15, "the second job to be ready")
+
+    r = i2vd(share, "cancel", "team/second")
+    assert r.returncode == 0, r.stderr
+    folder = wait_for(lambda: failed_job(share, "second", "team"), 30, "the waiting job in failed/")
+    assert {p.name: digest(p) for p in folder.glob("second.*")} == second
+    error = (folder / "error.txt").read_text()
+    assert f"cancelled by {me()} (i2vd cancel)" in error and "drag this whole folder back" in error
+    assert (folder / f"{folder.name}.log").exists()
+    assert str((status(share).get("current") or {}).get("job")) == running, "the running job goes on"
+
+    # The running job, by its JOB name: it stops at its next step, long before its 40 s.
+    r = i2vd(share, "cancel", str(running))
+    assert r.returncode == 0, r.stderr
+    folder = wait_for(lambda: failed_job(share, "first"), 30, "the running job in failed/")
+    assert folder.name == running
+    assert {p.name: digest(p) for p in folder.glob("first.*")} == first
+    assert f"cancelled by {me()} (i2vd cancel)" in (folder / "error.txt").read_text()
+    assert not any(e.get("event") == "frames generated" for e in lines.lines)
+    assert jobs_in(share / "done") == [] and not list(inbox.rglob("*.png"))
+    assert not list((share / ".i2vd" / "requests").iterdir()), "requests are consumed"
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+
+
+def test_a_share_users_cancel_file_cancels_only_its_own_folders_job_and_is_consumed(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    import os
+
+    inbox = share / "inbox"
+    daemon = start(share, 40)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
+    drop(inbox / "a", "busy")
+    ours = drop(inbox / "a", "cat", seed=1)
+    theirs = drop(inbox / "b", "cat", seed=2)
+    wait_for(lambda: (status(share).get("current") or {}).get("job"), 30, "the first job to start")
+    wait_for(lambda: len(status(share).get("queue", [])) == 2, 15, "both cats to be ready")
+
+    (inbox / "b" / "cat.cancel").write_bytes(b"")
+    # A link named like a request in a's folder points at b's: never followed, never acted on.
+    os.symlink(inbox / "b" / "cat.cancel", inbox / "a" / "busy.cancel")
+    folder = wait_for(lambda: failed_job(share, "cat", "b"), 30, "b's cat in failed/")
+    assert {p.name: digest(p) for p in folder.glob("cat.*")} == theirs
+    assert "cancelled with the file cat.cancel" in (folder / "error.txt").read_text()
+    wait_for(lambda: not (inbox / "b" / "cat.cancel").exists(), 10, "the .cancel file to be consumed")
+    assert "a/cat" in status(share)["queue"], "a's cat of the same name waits on"
+    assert {p.name: digest(p) for p in (inbox / "a").glob("cat.*")} == ours
+    assert str(status(share)["current"]["job"]).startswith("busy_"), "the link cancelled nothing"
+    assert (inbox / "a" / "busy.cancel").is_symlink()
+
+    # The running job of a's folder, by a's own file.
+    (inbox / "a" / "busy.cancel").unlink()
+    (inbox / "a" / "busy.cancel").write_text("please")
+    folder = wait_for(lambda: failed_job(share, "busy", "a"), 30, "a's running job in failed/")
+    assert "cancelled with the file busy.cancel" in (folder / "error.txt").read_text()
+    wait_for(lambda: not (inbox / "a" / "busy.cancel").exists(), 10, "the .cancel file to be consumed")
+    page = (share / "outputs" / "index.html").read_text()
+    assert "cancelled" in page
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0

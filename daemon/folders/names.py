@@ -81,6 +81,16 @@ COMPANION_EXTS = RAW_EXTS | {".xmp", ".aae", ".thm", ".dop", ".pp3"}
 
 IMAGE, PROMPT, COMPANION, OTHER = "image", "prompt", "companion", "other"
 
+# ``NAME.cancel``: a share user asks for the job NAME of the same folder to be cancelled. Never
+# part of a job, never failed as an orphan; the daemon removes it once it acted on it.
+CANCEL_EXT = ".cancel"
+
+
+def cancel_stem(filename: str) -> str | None:
+    """The NAME a ``NAME.cancel`` file asks to cancel; None for any other file."""
+    stem, ext = split_name(filename)
+    return stem if ext == CANCEL_EXT and stem != filename else None
+
 
 def split_name(filename: str) -> tuple[str, str]:
     """``'my.cat.PNG'`` -> ``('my.cat', '.png')``; the extension is lower-cased for matching."""

@@ -74,6 +74,9 @@ class Flights:
     def names(self) -> list[str]:
         return list(self._flights)
 
+    def jobs(self) -> list[Job]:
+        return [f.prepared.job for f in self._flights.values()]
+
     def submit(self, prepared: Prepared) -> None:
         """Hand a prepared job to the executor.
 

@@ -46,6 +46,7 @@ from daemon.listeners import systemd as notify
 from daemon.listeners.events import JobFinished, Listener
 from daemon.listeners.share_page import SharePage
 from daemon.service.active_hours import ActiveHours
+from daemon.service.cancelling import Canceller
 from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
@@ -151,7 +152,7 @@ class Service:
             each_round=self._explain_stop,
             turns=Turns(settings.queue.order, settings.queue.priority),
         )
-        self.filer = Filer(
+        self.filer = filer = Filer(
             self.folders,
             lambda: self.settings,
             abort=self.abort,
@@ -159,6 +160,17 @@ class Service:
             finished=self._finished,
             size=settings.output.encode_queue,
             disk=self.disk,
+        )
+        self.canceller = Canceller(
+            self.folders,
+            self.controls,
+            lambda: self.monitor,
+            self.flights,
+            self.executor,
+            filer,
+            clock=clock,
+            pair_timeout=lambda: self.settings.watch.pair_timeout,
+            changed=self._want_status,
         )
 
     @property
@@ -306,6 +318,7 @@ class Service:
             self._reload()
         self._work.clear()
         self._collect()
+        self.canceller.step()
         self._enforce_stop()
         self.flights.enforce_cap(self.settings.limits.max_job_seconds)
         room = self._taking()  # looked at while busy too: status says the disk is full at once

@@ -48,6 +48,7 @@ class InboxMonitor:
         # only on a scan begun after its last claim that saw nothing left.
         self.started = 0
         self.last: tuple[int, int, int] = (0, 0, 0)
+        self.cancel_files: list[tuple[str, str]] = []
         self.log = logs.get()
 
     def start(self) -> None:
@@ -75,6 +76,11 @@ class InboxMonitor:
     def take(self) -> Group | None:
         with self._lock:
             return self._ready.take()
+
+    def withdraw(self, match: Callable[[Group], bool]) -> list[Group]:
+        """Take the ready groups ``match`` picks out of the queue (they are being cancelled)."""
+        with self._lock:
+            return self._ready.withdraw(match)
 
     def queued(self) -> tuple[list[str], int]:
         """(names of the first ready groups, in the order they will be taken; how many are ready)."""
@@ -109,6 +115,8 @@ class InboxMonitor:
                 # directory walk per poll interval, whatever the claim rate.
                 self._ready.load(ready)
         self.last = (seq, len(ready), scanner.waiting)
+        # (folder, NAME) of each NAME.cancel file in the inbox; replaced whole, read by the loop.
+        self.cancel_files = scanner.cancel_files()
         if ready:
             self._on_ready()
         shown = (

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from daemon.folders.scan import Group
@@ -65,6 +65,22 @@ class Turns:
     def clear(self) -> None:
         self._lines = {}
         self._count = 0
+
+    def withdraw(self, match: Callable[[Group], bool]) -> list[Group]:
+        """Take every ready job ``match`` picks out of the queue (a cancel); one pass, rare."""
+        out: list[Group] = []
+        for key in list(self._lines):
+            line = self._lines[key]
+            if not any(match(g) for g in line):
+                continue
+            keep = deque(g for g in line if not match(g))
+            out += [g for g in line if match(g)]
+            if keep:
+                self._lines[key] = keep
+            else:
+                del self._lines[key]
+        self._count -= len(out)
+        return out
 
     def take(self) -> Group | None:
         """The next job, taken off its line; None when nothing is ready."""
