@@ -241,3 +241,59 @@ def test_a_share_users_cancel_file_cancels_only_its_own_folders_job_and_is_consu
     assert "cancelled" in page
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
+
+
+def test_waiting_jobs_get_positions_and_start_and_ready_times_within_a_fifth_of_what_happens(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    import json
+    import time
+    from datetime import datetime
+
+    inbox = share / "inbox"
+    daemon = start(share, 6)  # a stand-in GPU of known speed: 6 s a clip
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
+    drop(inbox, "w0")  # measured: the estimates' history
+    wait_for(lambda: jobs_in(share / "outputs"), 60, "the first job to be filed")
+    assert (share / ".i2vd" / "durations.json").exists()
+    for i in (1, 2, 3):
+        drop(inbox, f"w{i}", seed=i)
+
+    def estimated() -> dict | None:
+        s = status(share)
+        waiting = s.get("waiting") or []
+        if s.get("current") and len(waiting) == 2 and all(w["estimated_finish"] for w in waiting):
+            return s
+        return None
+
+    s = wait_for(estimated, 30, "one job running and two waiting, with estimates")
+    asked = time.time()
+    assert [(w["job"], w["position"]) for w in s["waiting"]] == [("w2", 1), ("w3", 2)]
+    assert s["current"]["ready_in_seconds"] is not None
+    assert "(#1, ready ~" in i2vd(share, "status").stdout
+    assert "ready about" in (share / "outputs" / "index.html").read_text()
+    wait_for(lambda: len(jobs_in(share / "outputs")) == 4, 90, "every job to be filed")
+
+    def timings(stem: str) -> dict:
+        [folder] = [p for p in jobs_in(share / "outputs") if p.name.rsplit("_", 2)[0] == stem]
+        return json.loads((folder / f"{folder.name}.json").read_text())["timings"]
+
+    def off(estimate: str, actual: str) -> float:
+        """How far an estimate was, as a share of how far ahead it looked."""
+        est, act = datetime.fromisoformat(estimate).timestamp(), datetime.fromisoformat(actual).timestamp()
+        return abs(est - act) / (act - asked)
+
+    for w in s["waiting"]:
+        t = timings(w["job"])
+        assert off(w["estimated_start"], t["started"]) <= 0.2, (w, t)
+        assert off(w["estimated_finish"], t["finished"]) <= 0.2, (w, t)
+    # The running job's: within a fifth of its whole run (it may have been nearly done when asked).
+    running = timings(s["current"]["job"].rsplit("_", 2)[0])
+    ready = asked + s["current"]["ready_in_seconds"]
+    finished = datetime.fromisoformat(running["finished"]).timestamp()
+    took = finished - datetime.fromisoformat(running["started"]).timestamp()
+    assert abs(ready - finished) <= 0.2 * took, (s["current"], running)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0

@@ -186,13 +186,30 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
             return noticed, f'<div class="box">{arriving}</div>'
         return 0, '<div class="box"><span class="muted">No files are waiting.</span></div>'
     items = []
+    ready_at = _ready_at(status)
     for pos, name in enumerate(queue[:QUEUE_SHOWN], 1):
         folder, _, stem = name.rpartition("/")
         where = f' <span class="muted small">in {_t(folder)}</span>' if folder and folder != "." else ""
-        items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}</span></li>')
+        when = ready_at.get(name)
+        when = f' <span class="muted small">· ready about {_t(when)}</span>' if when else ""
+        items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}{when}</span></li>')
     more = total - min(len(queue), QUEUE_SHOWN)
     tail = f'<p class="muted small">… and {more} more waiting.</p>' if more > 0 else ""
     return total + noticed, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+
+
+def _ready_at(status: Mapping[str, Any]) -> dict[str, str]:
+    """When each listed waiting job's clip should be ready ("14:05"), from the status' estimates."""
+    raw = status.get("waiting")
+    out: dict[str, str] = {}
+    for entry in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("estimated_finish"), str):
+            try:
+                when = datetime.fromisoformat(entry["estimated_finish"])
+            except ValueError:
+                continue
+            out[str(entry.get("job"))] = f"{when:%H:%M}"
+    return out
 
 
 def _arriving_entries(status: Mapping[str, Any]) -> list[Sequence[Any]]:

@@ -132,14 +132,14 @@ def request_cancel(state: Path, target: str, by: str) -> None:
     _write(st, requests / name, {"cancel": target, "by": _clean(by)})
 
 
-def _trusted_file(path: Path) -> dict[str, Any] | None:
-    """A control file's JSON table, read as a stranger's; None when it is not one of ours."""
+def read_trusted_json(path: Path, cap: int = _CAP) -> dict[str, Any] | None:
+    """A JSON table the daemon keeps in its state, read as a stranger's; None when it is not one of ours."""
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0):
             raise ValueError("not a plain file of the daemon's user or root")
-        data = read_regular(path, _CAP)
-        if len(data) > _CAP:
+        data = read_regular(path, cap)
+        if len(data) > cap:
             raise ValueError("too large")
         obj = json.loads(data)
         if not isinstance(obj, dict):
@@ -153,7 +153,7 @@ def _trusted_file(path: Path) -> dict[str, Any] | None:
 
 
 def read_pause(state: Path) -> Pause | None:
-    obj = _trusted_file(state / PAUSE)
+    obj = read_trusted_json(state / PAUSE)
     if obj is None:
         return None
     since, by = obj.get("since"), obj.get("by")
@@ -204,7 +204,7 @@ class Controls:
         if not entries and st.st_mtime < time.time() - 1:
             self._requests_sig = sig
         for name in entries[:_MAX_REQUESTS]:
-            obj = _trusted_file(folder / name)
+            obj = read_trusted_json(folder / name)
             with contextlib.suppress(OSError):
                 os.unlink(folder / name)
             target = obj.get("cancel") if obj else None

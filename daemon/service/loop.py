@@ -49,6 +49,7 @@ from daemon.service.active_hours import ActiveHours
 from daemon.service.cancelling import Canceller
 from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
+from daemon.service.estimates import Durations, Kind, schedule
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.flights import Flights
@@ -132,6 +133,7 @@ class Service:
         self._wall = wall
         self.hours = ActiveHours.of(settings.queue.active_hours, now=wall)
         self._held_shown: tuple[Pause | None, str | None] = (None, None)
+        self.durations = Durations(self.folders.state)  # how long recent jobs took: the ETAs
         self.publisher = Publisher(
             self.folders.state,
             self.listeners,
@@ -218,6 +220,7 @@ class Service:
             self._lock.close()
             self._lock = None
             raise
+        self.durations.load()
         # What a kill -9 mid-write left beside status.json, the share page and the webhook spool;
         # claimed jobs' leftovers are recovery's.
         for folder in (self.folders.state, self.folders.outputs, self.folders.state / "webhooks"):
@@ -476,6 +479,7 @@ class Service:
 
     def _status(self, state: str | None, now: float) -> dict[str, Any]:
         queue, ready = self.monitor.queued()
+        left, encode, waiting = self._estimates(queue, now)
         return build_status(
             state=state or ("busy" if self.flights else "idle"),
             model=self.executor.model.model_id,
@@ -502,7 +506,60 @@ class Service:
             disk_free_mb=dict(self.disk.free),
             paused=self._held_shown[0].as_status() if self._held_shown[0] else None,
             active_hours=self._hours_status(),
+            left=left,
+            encode_seconds=encode,
+            waiting=waiting,
         )
+
+    def _kind(self, width: int, height: int, frames: int, steps: int) -> Kind:
+        return (width, height, frames, steps, self.executor.capacity)
+
+    def _estimates(
+        self, queue: list[str], now: float
+    ) -> tuple[dict[str, float], float, list[dict[str, Any]]]:
+        """Generation seconds left of each job in flight, a typical encode's seconds, and each
+        listed waiting job's position, start and ready time (``estimates``); None where nothing
+        measured yet says."""
+        workers = {w.job: w for w in self.executor.board.snapshot() if w.job is not None}
+        left: dict[str, float] = {}
+        for p in self.flights.prepared():
+            r = p.request
+            worker = workers.get(p.job.name)
+            eta = worker.eta(now) if worker is not None else None
+            typical = self.durations.generate(self._kind(r.width, r.height, r.num_frames, r.steps))
+            if eta is None and typical is not None:
+                started = worker.started if worker is not None and worker.started is not None else now
+                eta = max(0.0, typical - (now - started))
+            if eta is not None:
+                left[p.job.name] = eta
+        typical = self.durations.generate()
+        busy = [left.get(name, typical) for name in self.flights.names()]
+        free_in = [t if t is not None else 0.0 for t in busy]
+        free_in += [0.0] * max(0, self.executor.capacity - len(free_in))
+        hold: float | None = 0.0
+        if self._held_shown[0] is not None or self.disk.last:
+            hold = None
+        elif self.hours.window is not None:
+            hold = self.hours.opens_in()
+        if None in busy:
+            hold = None
+        wall = self._wall()
+        encode = self.durations.encode() or 0.0
+
+        def at(seconds: float) -> str:
+            return (wall + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+        plan = schedule(free_in, len(queue), typical, encode, hold)
+        waiting = [
+            {
+                "job": name,
+                "position": i,
+                "estimated_start": at(slot[0]) if slot else None,
+                "estimated_finish": at(slot[1]) if slot else None,
+            }
+            for i, (name, slot) in enumerate(zip(queue, plan, strict=True), 1)
+        ]
+        return left, encode, waiting
 
     def _hours_status(self) -> dict[str, Any] | None:
         if self.hours.window is None:
@@ -523,6 +580,13 @@ class Service:
     def _finished(self, result: Result, event: JobFinished) -> None:
         """Called on the filing thread once a job is filed."""
         self.results.append(result)
+        record = event.record
+        if result.ok and record is not None:
+            par, times = record.parameters, record.timings
+            sizes = (par.width, par.height, par.num_frames, par.steps)
+            if all(sizes) and times.generate_seconds is not None:
+                kind = self._kind(*sizes)  # type: ignore[arg-type]
+                self.durations.add(kind, times.generate_seconds, times.encode_seconds)
         if self._once is not None:
             self._once.append(result)
         self.publisher.tell(lambda listener: listener.on_job_finished(event))

@@ -37,18 +37,29 @@ def build_status(
     disk_free_mb: dict[str, int] | None = None,
     paused: dict[str, str] | None = None,
     active_hours: dict[str, Any] | None = None,
+    left: dict[str, float] | None = None,
+    encode_seconds: float = 0.0,
+    waiting: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What status.json holds (and listeners get): the state, every job in flight with its worker
     and progress, the workers, what waits and what is arriving, and the recent results."""
+    left = left or {}
+
+    def eta(job: str, step_eta: float | None) -> dict[str, float | None]:
+        # From its steps so far, else from recent jobs of its kind; ready once encoded too.
+        seconds = step_eta if step_eta is not None else left.get(job)
+        ready = None if seconds is None else round(seconds + encode_seconds, 1)
+        return {"eta_seconds": seconds, "ready_in_seconds": ready}
+
     running = [
-        {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
+        {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, **eta(w.job, w.eta(now))}
         for w in workers
         if w.job is not None
     ]
     started = {r["job"] for r in running}
     # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
     running += [
-        {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
+        {"job": name, "worker": None, "step": 0, "total": None, **eta(name, None)}
         for name in in_flight
         if name not in started
     ]
@@ -72,6 +83,9 @@ def build_status(
         "encoding": encoding,
         "queue": queue,
         "queue_length": queue_length,
+        # The listed waiting jobs in the order they will start: position, estimated start and
+        # ready time (ISO 8601; None until a job was measured, or while paused).
+        "waiting": waiting or [],
         # Seen but not ready: still being written, or waiting for the other file of its pair.
         "arriving": [list(p) for p in scanner.pending],
         "inbox_missing": scanner.missing,
@@ -233,7 +247,10 @@ def render(status: dict[str, Any]) -> str:
         lines += _workers(status)
     queue = status.get("queue", [])
     queue = queue if isinstance(queue, list) else []
-    shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
+    ready_at = _ready_at(status) if live else {}
+    shown = ", ".join(one_line(str(q), 60) + ready_at.get(str(q), "") for q in queue[:10]) + (
+        ", …" if len(queue) > 10 else ""
+    )
     try:
         total = max(len(queue), int(status.get("queue_length") or 0))
     except (TypeError, ValueError):
@@ -248,6 +265,31 @@ def render(status: dict[str, Any]) -> str:
         error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
         lines.append(f"  {r.get('outcome')!s:<7} {one_line(str(r.get('job')), 60)}{error}")
     return "\n".join(printable(line) for line in lines)
+
+
+def _clock_time(iso: Any) -> str | None:
+    """``HH:MM`` of an ISO 8601 time, with the date when it is not today; None if not one."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return None
+    now = datetime.now(when.tzinfo)
+    return f"{when:%H:%M}" if when.date() == now.date() else f"{when:%a %H:%M}"
+
+
+def _ready_at(status: dict[str, Any]) -> dict[str, str]:
+    """Each listed waiting job's " (#N, ready ~HH:MM)", from the status' estimates."""
+    out: dict[str, str] = {}
+    waiting = status.get("waiting")
+    for entry in waiting if isinstance(waiting, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        ready = _clock_time(entry.get("estimated_finish")) if entry.get("estimated_finish") else None
+        when = f", ready ~{ready}" if ready else ""
+        out[str(entry.get("job"))] = f" (#{entry.get('position')}{when})"
+    return out
 
 
 def _workers(status: dict[str, Any]) -> list[str]:
