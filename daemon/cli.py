@@ -90,7 +90,8 @@ def _check_trust(path: Path | None, settings: Settings, log: Any) -> None:
         trust.secure_state(settings.state_dir)
     except trust.Untrusted as e:
         raise UsageError(f"cannot start: {e}") from None
-    if path is not None and (settings.webhooks.on_done or settings.webhooks.on_failed):
+    hooks = settings.webhooks
+    if path is not None and (hooks.on_done or hooks.on_failed or hooks.on_folder_done):
         exposed = trust.config_exposed(path)
         if exposed is not None:
             log.warning(exposed)

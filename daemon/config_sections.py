@@ -303,11 +303,13 @@ class WebhooksConfig(_Section):
     # URLs POSTed the JOB.json of each finished job, and the job, error and folder of each failed one.
     on_done: list[str] = Field(default_factory=list)
     on_failed: list[str] = Field(default_factory=list)
+    # URLs POSTed a folder_done notice when a folder of the inbox has no job left waiting.
+    on_folder_done: list[str] = Field(default_factory=list)
     timeout: float = Field(10.0, gt=0, le=300)
     max_attempts: int = Field(10, ge=1, le=100)
     backoff_seconds: float = Field(5.0, gt=0, le=3600)
 
-    @field_validator("on_done", "on_failed")
+    @field_validator("on_done", "on_failed", "on_folder_done")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         from urllib.parse import urlsplit

@@ -210,3 +210,38 @@ def test_taking_a_job_out_of_the_queue_to_cancel_it_keeps_the_others_in_turn() -
     out = turns.withdraw(lambda g: g.rel_dir == Path("b") and g.name == "cat")
     assert names(out) == ["b/cat"] and len(turns) == 3
     assert take_all(turns) == ["a/a1", "b/b2", "a/cat"]
+
+
+# -- batches: a folder's last waiting job filed ----------------------------------------------------
+
+
+def test_a_batch_is_done_once_nothing_of_its_folder_is_in_progress_ready_or_arriving(tmp_path: Path) -> None:
+    from daemon.folders.jobs import Job
+    from daemon.service.batches import Batches
+
+    def job(rel: str, name: str) -> Job:
+        d = tmp_path / "claimed" / rel / name
+        d.mkdir(parents=True)
+        return Job(name=name, stem=name[:2], rel_dir=Path(rel), dir=d, files=[], claimed_at=datetime.now())
+
+    batches = Batches(lambda: datetime(2026, 5, 4, 12, 0).astimezone())
+    waiting = {"team": True}
+    a1, a2, back, top = job("team", "a1_x"), job("team/sub", "a2_x"), job("team", "b_x"), job(".", "t_x")
+    for j in (a1, a2, back, top):
+        batches.claimed(j)
+    a1.dir.rmdir()
+    batches.filed(a1, True)
+    assert batches.step(lambda f: waiting.get(f, False)) == []  # more of team in progress
+    a2.dir.rmdir()
+    batches.filed(a2, False)
+    assert batches.step(lambda f: waiting.get(f, False)) == []  # team still has jobs ready
+    back.dir.rmdir()  # put back into the inbox (a full disk): never filed, no longer in progress
+    waiting["team"] = False
+    top.dir.rmdir()
+    batches.filed(top, True)
+    batches.filed(a2, True)  # a later job of team, filed: team is done
+    done = {e.folder: e for e in batches.step(lambda f: waiting.get(f, False))}
+    assert done["."].to_json()["done"] == 1
+    team = done["team"]
+    assert (team.done, team.failed, team.first_job, team.last_job) == (2, 1, "a1_x", "a2_x")
+    assert batches.step(lambda f: False) == []  # said once

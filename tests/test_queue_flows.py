@@ -297,3 +297,40 @@ def test_waiting_jobs_get_positions_and_start_and_ready_times_within_a_fifth_of_
     assert abs(ready - finished) <= 0.2 * took, (s["current"], running)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
+
+
+def test_when_a_folders_last_job_is_filed_a_webhook_and_the_page_say_the_batch_is_done(
+    share: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    import json
+
+    from test_webhooks import Receiver
+
+    hook = Receiver().start()
+    try:
+        inbox = share / "inbox"
+        for i in range(3):
+            drop(inbox / "team", f"t{i}", seed=i)
+        drop(inbox / "team", "bad", prompt="")  # an empty prompt file fails
+        drop(inbox, "alone", seed=5)
+        urls = json.dumps([hook.url("/batch")])
+        daemon = start(share, 1, I2VD_WEBHOOKS__ON_FOLDER_DONE=urls)
+        stop.append(daemon)
+        wait_for(lambda: len(hook.delivered()) == 2, 120, "a folder_done notice for each folder")
+        by_folder = {r["body"]["folder"]: r for r in hook.delivered()}
+        team = by_folder["team"]
+        assert team["headers"]["x-i2vd-event"] == "folder_done"
+        body = team["body"]
+        assert (body["event"], body["done"], body["failed"]) == ("folder_done", 3, 1)
+        filed = {p.name for p in jobs_in(share / "outputs" / "team")} | {
+            p.name for p in jobs_in(share / "failed" / "team")
+        }
+        assert {body["first_job"], body["last_job"]} <= filed and body["first_job"] != body["last_job"]
+        assert (by_folder["."]["body"]["done"], by_folder["."]["body"]["failed"]) == (1, 0)
+        line = "Every clip from the folder team is finished: 3 made, 1 could not be made"
+        wait_for(lambda: line in (share / "outputs" / "index.html").read_text(), 10, "the page's line")
+        assert {b["folder"] for b in status(share)["batches_done"]} == {"team", "."}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    finally:
+        hook.close()

@@ -271,6 +271,10 @@ class InboxScanner:
         """(folder, NAME) of every ``NAME.cancel`` file seen, folders relative to the inbox."""
         return [(rel, stem) for rel, stems in self._cancels.items() for stem in stems]
 
+    def waiting_folders(self) -> set[str]:
+        """The folders (relative to the inbox) holding groups seen but not ready yet."""
+        return {rel for rel, _ in self._waiting}
+
     def has_group(self, rel: str, stem: str) -> bool:
         """Whether the folder ``rel`` holds files of the group NAME (ready, waiting or incomplete)."""
         f = self._folders.get(rel)

@@ -129,6 +129,22 @@ def _held(status: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _batches(status: Mapping[str, Any]) -> str:
+    """The folders whose last waiting job was just filed: a team's whole batch is made."""
+    raw = status.get("batches_done")
+    items = []
+    for b in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
+        if not isinstance(b, Mapping):
+            continue
+        folder = "the inbox" if b.get("folder") == "." else f"the folder {b.get('folder')}"
+        failed = f", {b.get('failed')} could not be made" if b.get("failed") else ""
+        items.append(
+            f"<li>Every clip from {_t(folder)} is finished: {_t(b.get('done'))} made{_t(failed)} "
+            f'<span class="muted small">({_t(b.get("finished_at"))})</span></li>'
+        )
+    return f'<div class="box"><ul class="batches">{"".join(items)}</ul></div>' if items else ""
+
+
 def _now_box(status: Mapping[str, Any]) -> str:
     """The job being made, with its progress; one box per job when several workers make clips."""
     running = status.get("in_flight")
@@ -314,6 +330,7 @@ def render(
         f"every {int(refresh)} seconds</span></p>",
         _paused(status),
         _held(status),
+        _batches(status),
         "<h2>Being made now</h2>",
         _now_box(status),
         f"<h2>Waiting ({queued})</h2>",

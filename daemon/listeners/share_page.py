@@ -75,6 +75,7 @@ class SharePage:
             status.get("paused_reason"),
             repr(status.get("paused")),
             repr(status.get("active_hours")),
+            repr(status.get("batches_done")),
         )
         with self._lock:
             self._status = dict(status)

@@ -64,8 +64,11 @@ class ActiveHours:
 
     def opens_at(self) -> datetime | None:
         """When the window opens next, or None while it is open."""
-        wait = self.opens_in()
-        return None if wait == 0.0 else self.now() + timedelta(seconds=wait)
+        if self.window is None or self.opens_in() == 0.0:
+            return None
+        t = self.now()
+        start = t.replace(hour=self.window[0] // 60, minute=self.window[0] % 60, second=0, microsecond=0)
+        return start if start > t else start + timedelta(days=1)
 
     def describe(self) -> str:
         if self.window is None:

@@ -73,6 +73,7 @@ class Canceller:
         clock: Callable[[], float],
         pair_timeout: Callable[[], float],
         changed: Callable[[], None],
+        claimed: Callable[[Job], None] = lambda job: None,
     ) -> None:
         self.folders = folders
         self.controls = controls
@@ -83,6 +84,7 @@ class Canceller:
         self.clock = clock
         self._pair_timeout = pair_timeout
         self._changed = changed
+        self._claimed = claimed
         self._wanted: list[_Wanted] = []
         self._handled: dict[tuple[str, str], float] = {}
         self._stopping: set[str] = set()  # running jobs told to stop, not collected yet
@@ -188,6 +190,7 @@ class Canceller:
         job = claim(self.folders, group, datetime.now().astimezone())
         if job is None:
             return False
+        self._claimed(job)
         logs.open_job_log(job.name, job.out / f"{job.name}.log")
         self.log.bind(job=job.name).warning("job cancelled before it started", how=how)
         self.filer.put(Failed(job, CANCELLED_ERROR.format(how=how)))

@@ -43,9 +43,10 @@ from daemon.job.describe import Result
 from daemon.job.image import resolution_to_short_side
 from daemon.job.prepare import prepare
 from daemon.listeners import systemd as notify
-from daemon.listeners.events import JobFinished, Listener
+from daemon.listeners.events import JobFinished, Listener, tell_folder_done
 from daemon.listeners.share_page import SharePage
 from daemon.service.active_hours import ActiveHours
+from daemon.service.batches import Batches
 from daemon.service.cancelling import Canceller
 from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
@@ -134,6 +135,8 @@ class Service:
         self.hours = ActiveHours.of(settings.queue.active_hours, now=wall)
         self._held_shown: tuple[Pause | None, str | None] = (None, None)
         self.durations = Durations(self.folders.state)  # how long recent jobs took: the ETAs
+        self.batches = Batches(wall)  # when a folder's last waiting job is filed
+        self.batches_done: deque[dict[str, Any]] = deque(maxlen=5)
         self.publisher = Publisher(
             self.folders.state,
             self.listeners,
@@ -173,6 +176,7 @@ class Service:
             clock=clock,
             pair_timeout=lambda: self.settings.watch.pair_timeout,
             changed=self._want_status,
+            claimed=self.batches.claimed,
         )
 
     @property
@@ -229,6 +233,8 @@ class Service:
         self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
         self.filer.start()
         again, exhausted = recover(self.folders, self.settings.limits.max_attempts)
+        for job in [*exhausted, *again]:
+            self.batches.claimed(job)
         for job in exhausted:
             crashes = job.attempts - 1
             self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
@@ -322,6 +328,7 @@ class Service:
         self._work.clear()
         self._collect()
         self.canceller.step()
+        self._batches_done()
         self._enforce_stop()
         self.flights.enforce_cap(self.settings.limits.max_job_seconds)
         room = self._taking()  # looked at while busy too: status says the disk is full at once
@@ -432,6 +439,7 @@ class Service:
             wall = datetime.now().astimezone()
             job = claim(self.folders, group, wall)
             if job is not None:
+                self.batches.claimed(job)
                 if group.src_dir is not None:
                     self.log.info(
                         "retrying a failed job dragged back into the inbox",
@@ -509,7 +517,23 @@ class Service:
             left=left,
             encode_seconds=encode,
             waiting=waiting,
+            batches=list(self.batches_done),
         )
+
+    def _batches_done(self) -> None:
+        """Tell the webhooks and the page of each folder whose last waiting job was filed."""
+        for event in self.batches.step(self.monitor.waiting_in):
+            self.log.info(
+                "every job of a folder is filed",
+                folder=event.folder,
+                done=event.done,
+                failed=event.failed,
+                first_job=event.first_job,
+                last_job=event.last_job,
+            )
+            self.batches_done.appendleft(event.to_json())
+            self.publisher.tell(lambda listener, e=event: tell_folder_done(listener, e))
+            self._want_status()
 
     def _kind(self, width: int, height: int, frames: int, steps: int) -> Kind:
         return (width, height, frames, steps, self.executor.capacity)
@@ -580,6 +604,7 @@ class Service:
     def _finished(self, result: Result, event: JobFinished) -> None:
         """Called on the filing thread once a job is filed."""
         self.results.append(result)
+        self.batches.filed(result.job, result.ok)
         record = event.record
         if result.ok and record is not None:
             par, times = record.parameters, record.timings

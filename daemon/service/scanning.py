@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from daemon import logs
 from daemon.folders.scan import Group, InboxScanner
-from daemon.service.turns import Turns
+from daemon.service.turns import Turns, line_of
 
 # Ready groups listed by name in the status; a backlog of thousands is counted, not listed.
 QUEUE_SHOWN = 200
@@ -49,6 +50,7 @@ class InboxMonitor:
         self.started = 0
         self.last: tuple[int, int, int] = (0, 0, 0)
         self.cancel_files: list[tuple[str, str]] = []
+        self._arriving_in: set[str] = set()  # top-level folders with files not ready yet
         self.log = logs.get()
 
     def start(self) -> None:
@@ -81,6 +83,11 @@ class InboxMonitor:
         """Take the ready groups ``match`` picks out of the queue (they are being cancelled)."""
         with self._lock:
             return self._ready.withdraw(match)
+
+    def waiting_in(self, folder: str) -> bool:
+        """Whether the top-level ``folder`` has a job ready, or files that are not ready yet."""
+        with self._lock:
+            return self._ready.waiting_in(folder) or folder in self._arriving_in
 
     def queued(self) -> tuple[list[str], int]:
         """(names of the first ready groups, in the order they will be taken; how many are ready)."""
@@ -117,6 +124,7 @@ class InboxMonitor:
         self.last = (seq, len(ready), scanner.waiting)
         # (folder, NAME) of each NAME.cancel file in the inbox; replaced whole, read by the loop.
         self.cancel_files = scanner.cancel_files()
+        self._arriving_in = {line_of(Path(rel)) for rel in scanner.waiting_folders()}
         if ready:
             self._on_ready()
         shown = (

@@ -40,6 +40,7 @@ def build_status(
     left: dict[str, float] | None = None,
     encode_seconds: float = 0.0,
     waiting: list[dict[str, Any]] | None = None,
+    batches: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What status.json holds (and listeners get): the state, every job in flight with its worker
     and progress, the workers, what waits and what is arriving, and the recent results."""
@@ -86,6 +87,8 @@ def build_status(
         # The listed waiting jobs in the order they will start: position, estimated start and
         # ready time (ISO 8601; None until a job was measured, or while paused).
         "waiting": waiting or [],
+        # Folders whose last waiting job was filed, newest first (the last few).
+        "batches_done": batches or [],
         # Seen but not ready: still being written, or waiting for the other file of its pair.
         "arriving": [list(p) for p in scanner.pending],
         "inbox_missing": scanner.missing,

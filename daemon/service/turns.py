@@ -42,6 +42,7 @@ class Turns:
         self._rank = {name: i for i, name in enumerate(priority)}
         self._lines: dict[str, deque[Group]] = {}
         self._count = 0
+        self._per_folder: dict[str, int] = {}  # top-level folder -> jobs ready, whatever the order
         self._served: dict[str, int] = {}  # line -> the turn it was last served on
         self._turn = 0
 
@@ -51,20 +52,37 @@ class Turns:
     def load(self, ready: list[Group]) -> None:
         """A scan's ready groups, oldest first, replace what was ready before."""
         lines: dict[str, deque[Group]] = {}
+        per_folder: dict[str, int] = {}
         for g in ready:
+            top = line_of(g.rel_dir)
+            per_folder[top] = per_folder.get(top, 0) + 1
             key = self._key(g)
             line = lines.get(key)
             if line is None:
                 line = lines[key] = deque()
             line.append(g)
         self._lines = lines
+        self._per_folder = per_folder
         self._count = len(ready)
         if len(self._served) > _REMEMBERED:
             self._served = {k: v for k, v in self._served.items() if k in lines}
 
     def clear(self) -> None:
         self._lines = {}
+        self._per_folder = {}
         self._count = 0
+
+    def waiting_in(self, folder: str) -> bool:
+        """Whether a job of the top-level ``folder`` is ready and not taken yet."""
+        return self._per_folder.get(folder, 0) > 0
+
+    def _taken(self, g: Group) -> None:
+        top = line_of(g.rel_dir)
+        left = self._per_folder.get(top, 0) - 1
+        if left > 0:
+            self._per_folder[top] = left
+        else:
+            self._per_folder.pop(top, None)
 
     def withdraw(self, match: Callable[[Group], bool]) -> list[Group]:
         """Take every ready job ``match`` picks out of the queue (a cancel); one pass, rare."""
@@ -80,6 +98,8 @@ class Turns:
             else:
                 del self._lines[key]
         self._count -= len(out)
+        for g in out:
+            self._taken(g)
         return out
 
     def take(self) -> Group | None:
@@ -92,6 +112,7 @@ class Turns:
         if not line:
             del self._lines[key]
         self._count -= 1
+        self._taken(g)
         self._turn += 1
         self._served[key] = self._turn
         return g
