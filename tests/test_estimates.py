@@ -27,6 +27,7 @@ def test_the_history_is_per_kind_bounded_and_survives_a_restart(tmp_path: Path) 
     for i in range(100):
         d.add((64, 96, 16, 4, 1), 10.0 + i % 3, 1.0)
         d.add((i + 1, 96, 16, 4, 1), 99.0, None)  # many kinds: the oldest are forgotten
+    d.save()  # written at most every 30 s while jobs are filed, and at stop
     again = Durations(tmp_path)
     again.load()
     assert again.generate((64, 96, 16, 4, 1)) == 11.0

@@ -220,12 +220,19 @@ def _ready_at(status: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for entry in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
         if isinstance(entry, Mapping) and isinstance(entry.get("estimated_finish"), str):
-            try:
-                when = datetime.fromisoformat(entry["estimated_finish"])
-            except ValueError:
-                continue
-            out[str(entry.get("job"))] = f"{when:%H:%M}"
+            when = _hh_mm(entry["estimated_finish"])
+            if when is not None:
+                out[str(entry.get("job"))] = when
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _hh_mm(iso: str) -> str | None:
+    # Cached: the same few hundred times come back in every status while a queue drains.
+    try:
+        return f"{datetime.fromisoformat(iso):%H:%M}"
+    except ValueError:
+        return None
 
 
 def _arriving_entries(status: Mapping[str, Any]) -> list[Sequence[Any]]:

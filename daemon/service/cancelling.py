@@ -45,6 +45,7 @@ _ARRIVING_GRACE = 60.0
 _MAX_WANTED = 256
 # A NAME.cancel acted on is not acted on again for this long: a scan under way may still list it.
 _HANDLED_FOR = 10.0
+_FILES_PER_STEP = 64
 
 
 @dataclass
@@ -52,6 +53,7 @@ class _Wanted:
     target: str
     by: str
     until: float  # on the loop's clock
+    scan: int = -1  # still arriving at this scan: looked at again after the next one
 
 
 def _rel(path: Path) -> str:
@@ -87,6 +89,7 @@ class Canceller:
         self._claimed = claimed
         self._wanted: list[_Wanted] = []
         self._handled: dict[tuple[str, str], float] = {}
+        self._deferred: dict[tuple[str, str], int] = {}  # .cancel of a job still arriving -> scan
         self._stopping: set[str] = set()  # running jobs told to stop, not collected yet
         self.log = logs.get()
 
@@ -99,11 +102,16 @@ class Canceller:
         if not self._wanted and not files:
             return
         self._stopping &= set(self.flights.names())
-        self._wanted = [w for w in self._wanted if not self._operator(w, now)]
+        scan = self._monitor().last[0]
+        self._wanted = [w for w in self._wanted if w.scan == scan or not self._operator(w, now)]
         self._handled = {k: t for k, t in self._handled.items() if now - t < _HANDLED_FOR}
-        for folder, stem in files:
-            if (folder, stem) not in self._handled and self._share(folder, stem):
-                self._handled[(folder, stem)] = now
+        # Those still arriving are looked at again after the next scan, not every step; and a
+        # few at a time, in one pass over the queue: thousands of .cancel files cost no more.
+        todo = [k for k in files if k not in self._handled and self._deferred.get(k) != scan]
+        if todo:
+            self._deferred = {k: v for k, v in self._deferred.items() if v == scan}
+            for key in self._share(todo[:_FILES_PER_STEP]):
+                self._handled[key] = now
 
     # -- the operator's requests ------------------------------------------------------------
 
@@ -133,32 +141,45 @@ class Canceller:
             return all([self._fail_waiting(g, how) for g in ready])
         folder, _, stem = t.rpartition("/")
         if monitor.scanner.has_group(folder or ".", stem) and now < w.until:
+            w.scan = monitor.last[0]
             return False  # still arriving: cancelled once it is ready
         self.log.warning("i2vd cancel: no waiting or running job by that name", target=t, by=w.by)
         return True
 
     # -- a share user's NAME.cancel ---------------------------------------------------------
 
-    def _share(self, folder: str, stem: str) -> bool:
-        """Act on ``folder/stem.cancel``; True once acted on (the file removed), False to look again."""
-        how = f"with the file {stem}{CANCEL_EXT}"
-        running = [j for j in self.flights.jobs() if _rel(j.source) == folder and j.stem == stem]
+    def _share(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Act on each ``folder/NAME.cancel`` of ``keys``; returns those acted on (the file
+        removed); the others are looked at again later."""
+        wanted = set(keys)
+        running: dict[tuple[str, str], list[Job]] = {}
+        for job in self.flights.jobs():
+            if (_rel(job.source), job.stem) in wanted:
+                running.setdefault((_rel(job.source), job.stem), []).append(job)
         monitor = self._monitor()
-        ready = monitor.withdraw(lambda g: _rel(g.source) == folder and g.name == stem)
-        for job in running:
-            self._stop(job, how)
-        if not all([self._fail_waiting(g, how) for g in ready]):
-            return False
-        if not running and not ready:
-            if monitor.scanner.has_group(folder, stem):
-                return False  # still arriving: cancelled once it is ready
-            self.log.warning(
-                "a .cancel file names no waiting or running job in its folder; removed",
-                folder=folder,
-                file=f"{stem}{CANCEL_EXT}",
-            )
-        self._consume(folder, stem)
-        return True
+        ready: dict[tuple[str, str], list[Group]] = {}
+        for g in monitor.withdraw(lambda g: (_rel(g.source), g.name) in wanted):
+            ready.setdefault((_rel(g.source), g.name), []).append(g)
+        acted = []
+        for key in keys:
+            folder, stem = key
+            how = f"with the file {stem}{CANCEL_EXT}"
+            for job in running.get(key, []):
+                self._stop(job, how)
+            if not all([self._fail_waiting(g, how) for g in ready.get(key, [])]):
+                continue  # its files changed meanwhile: again once they settle
+            if key not in running and key not in ready:
+                if monitor.scanner.has_group(folder, stem):
+                    self._deferred[key] = monitor.last[0]  # still arriving: cancelled once ready
+                    continue
+                self.log.warning(
+                    "a .cancel file names no waiting or running job in its folder; removed",
+                    folder=folder,
+                    file=f"{stem}{CANCEL_EXT}",
+                )
+            self._consume(folder, stem)
+            acted.append(key)
+        return acted
 
     def _consume(self, folder: str, stem: str) -> None:
         """Remove ``stem.cancel`` from the inbox folder, opened without following links."""

@@ -13,11 +13,15 @@ few operations per job listed (at most ``scanning.QUEUE_SHOWN``), whatever the b
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import statistics
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ _KINDS = 64
 _RECENT = 20
 _MAX_SECONDS = 7 * 24 * 3600.0
 _CAP = 256 * 1024
+# The history is written at most this often (and at stop): a backlog files jobs every second.
+_SAVE_EVERY = 30.0
 
 
 def _seconds(value: Any) -> float | None:
@@ -45,8 +51,11 @@ def _seconds(value: Any) -> float | None:
 class Durations:
     """Recent generate and encode times; thread-safe (the filing thread adds, status reads)."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = state / HISTORY
+        self._clock = clock
+        self._saved_at = float("-inf")
+        self._dirty = False
         self._lock = threading.Lock()
         self._kinds: dict[Kind, deque[float]] = {}
         self._recent: deque[float] = deque(maxlen=_RECENT)
@@ -79,6 +88,18 @@ class Durations:
             self._recent.append(generate)
             if encode is not None:
                 self._encode.append(encode)
+            self._dirty = True
+            if self._clock() - self._saved_at < _SAVE_EVERY:
+                return
+        self.save()
+
+    def save(self) -> None:
+        """Write the history to the state folder, if it changed since the last write."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            self._saved_at = self._clock()
             data = {
                 "kinds": [{"kind": list(k), "seconds": list(v)} for k, v in self._kinds.items()],
                 "recent": list(self._recent),
@@ -100,6 +121,14 @@ class Durations:
     def encode(self) -> float | None:
         with self._lock:
             return statistics.median(self._encode) if self._encode else None
+
+
+@functools.lru_cache(maxsize=4096)
+def iso_at(epoch: int) -> str:
+    """Local ISO 8601 time of a whole second since the epoch. Cached: as the queue drains, each
+    waiting job's estimate stays near the same second, and formatting 400 times a status was
+    most of what estimating cost."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
 def schedule(

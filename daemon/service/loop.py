@@ -50,7 +50,7 @@ from daemon.service.batches import Batches
 from daemon.service.cancelling import Canceller
 from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
-from daemon.service.estimates import Durations, Kind, schedule
+from daemon.service.estimates import Durations, Kind, iso_at, schedule
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.flights import Flights
@@ -288,6 +288,7 @@ class Service:
             self._watcher.stop()
             self._watcher = None
         self.filer.stop()
+        self.durations.save()
         self.executor.close()
         if self._lock is not None:
             self.publish_status("stopped")
@@ -567,11 +568,11 @@ class Service:
             hold = self.hours.opens_in()
         if None in busy:
             hold = None
-        wall = self._wall()
+        base = self._wall().timestamp()
         encode = self.durations.encode() or 0.0
 
         def at(seconds: float) -> str:
-            return (wall + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+            return iso_at(int(base + seconds + 0.5))
 
         plan = schedule(free_in, len(queue), typical, encode, hold)
         waiting = [

@@ -18,6 +18,7 @@ at every job.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -119,6 +120,8 @@ class Turns:
 
     def upcoming(self, limit: int) -> list[Group]:
         """The first ``limit`` jobs in the order ``take`` would hand them out (nothing is taken)."""
+        if len(self._lines) == 1:  # one folder (or arrival order): its own order
+            return list(itertools.islice(next(iter(self._lines.values())), limit))
         served = dict(self._served)
         turn = self._turn
         heap = [(self._priority(k, served), k) for k in self._lines]
