@@ -257,7 +257,7 @@ def test_waiting_jobs_get_positions_and_start_and_ready_times_within_a_fifth_of_
     wait_for(lambda: lines.find("watching"), 60, "the daemon to start")
     drop(inbox, "w0")  # measured: the estimates' history
     wait_for(lambda: jobs_in(share / "outputs"), 60, "the first job to be filed")
-    assert (share / ".i2vd" / "durations.json").exists()
+    wait_for(lambda: (share / ".i2vd" / "durations.json").exists(), 10, "its duration to be kept")
     for i in (1, 2, 3):
         drop(inbox, f"w{i}", seed=i)
 

@@ -28,6 +28,7 @@ from typing import Any
 from daemon import logs
 from daemon.folders import fsops
 from daemon.service.controls import read_trusted_json
+from daemon.service.executor import WorkerState
 
 HISTORY = "durations.json"
 Kind = tuple[int, int, int, int, int]  # width, height, frames, steps, workers
@@ -150,3 +151,52 @@ def schedule(
         out.append((start, end + (encode or 0.0)))
         heapq.heappush(heap, end)
     return out
+
+
+def plan(
+    durations: Durations,
+    in_flight: list[tuple[str, Kind]],
+    workers: list[WorkerState],
+    capacity: int,
+    queue: list[str],
+    *,
+    now: float,
+    wall: float,
+    hold: float | None,
+) -> tuple[dict[str, float], float, list[dict[str, Any]]]:
+    """(generation seconds left of each job in flight, a typical encode's seconds, each listed
+    waiting job's position and estimated start and ready time as ISO 8601 or None).
+
+    A job in flight is judged by its steps so far once it made one (``WorkerState.eta``), else
+    by recent jobs of its kind; the waiting ones by recent jobs of any kind. ``now`` is the
+    loop's clock (the workers' start times), ``wall`` the epoch seconds the times count from,
+    ``hold`` seconds until new jobs may start (None: not foreseeable).
+    """
+    busy_on = {w.job: w for w in workers if w.job is not None}
+    left: dict[str, float] = {}
+    for job, kind in in_flight:
+        worker = busy_on.get(job)
+        eta = worker.eta(now) if worker is not None else None
+        typical = durations.generate(kind)
+        if eta is None and typical is not None:
+            started = worker.started if worker is not None and worker.started is not None else now
+            eta = max(0.0, typical - (now - started))
+        if eta is not None:
+            left[job] = eta
+    typical = durations.generate()
+    busy = [left.get(job, typical) for job, _ in in_flight]
+    if None in busy:
+        hold = None  # a job in flight of unknown length: when a worker frees up is not known
+    free_in = [t or 0.0 for t in busy] + [0.0] * max(0, capacity - len(busy))
+    encode = durations.encode() or 0.0
+    slots = schedule(free_in, len(queue), typical, encode, hold)
+    waiting = [
+        {
+            "job": name,
+            "position": i,
+            "estimated_start": iso_at(int(wall + slot[0] + 0.5)) if slot else None,
+            "estimated_finish": iso_at(int(wall + slot[1] + 0.5)) if slot else None,
+        }
+        for i, (name, slot) in enumerate(zip(queue, slots, strict=True), 1)
+    ]
+    return left, encode, waiting

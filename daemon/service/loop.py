@@ -50,7 +50,7 @@ from daemon.service.batches import Batches
 from daemon.service.cancelling import Canceller
 from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
-from daemon.service.estimates import Durations, Kind, iso_at, schedule
+from daemon.service.estimates import Durations, Kind, plan
 from daemon.service.executor import Executor, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import INTERNAL_ERROR, Failed, Filer
 from daemon.service.flights import Flights
@@ -542,49 +542,24 @@ class Service:
     def _estimates(
         self, queue: list[str], now: float
     ) -> tuple[dict[str, float], float, list[dict[str, Any]]]:
-        """Generation seconds left of each job in flight, a typical encode's seconds, and each
-        listed waiting job's position, start and ready time (``estimates``); None where nothing
-        measured yet says."""
-        workers = {w.job: w for w in self.executor.board.snapshot() if w.job is not None}
-        left: dict[str, float] = {}
-        for p in self.flights.prepared():
-            r = p.request
-            worker = workers.get(p.job.name)
-            eta = worker.eta(now) if worker is not None else None
-            typical = self.durations.generate(self._kind(r.width, r.height, r.num_frames, r.steps))
-            if eta is None and typical is not None:
-                started = worker.started if worker is not None and worker.started is not None else now
-                eta = max(0.0, typical - (now - started))
-            if eta is not None:
-                left[p.job.name] = eta
-        typical = self.durations.generate()
-        busy = [left.get(name, typical) for name in self.flights.names()]
-        free_in = [t if t is not None else 0.0 for t in busy]
-        free_in += [0.0] * max(0, self.executor.capacity - len(free_in))
+        """What ``estimates.plan`` says of the jobs in flight and the listed waiting ones."""
         hold: float | None = 0.0
         if self._held_shown[0] is not None or self.disk.last:
-            hold = None
+            hold = None  # nothing starts until someone acts: no start time is promised
         elif self.hours.window is not None:
             hold = self.hours.opens_in()
-        if None in busy:
-            hold = None
-        base = self._wall().timestamp()
-        encode = self.durations.encode() or 0.0
-
-        def at(seconds: float) -> str:
-            return iso_at(int(base + seconds + 0.5))
-
-        plan = schedule(free_in, len(queue), typical, encode, hold)
-        waiting = [
-            {
-                "job": name,
-                "position": i,
-                "estimated_start": at(slot[0]) if slot else None,
-                "estimated_finish": at(slot[1]) if slot else None,
-            }
-            for i, (name, slot) in enumerate(zip(queue, plan, strict=True), 1)
-        ]
-        return left, encode, waiting
+        in_flight = [(p.job.name, self._kind(p.request.width, p.request.height, p.request.num_frames,
+                      p.request.steps)) for p in self.flights.prepared()]  # fmt: skip
+        return plan(
+            self.durations,
+            in_flight,
+            self.executor.board.snapshot(),
+            self.executor.capacity,
+            queue,
+            now=now,
+            wall=self._wall().timestamp(),
+            hold=hold,
+        )
 
     def _hours_status(self) -> dict[str, Any] | None:
         if self.hours.window is None:
