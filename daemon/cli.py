@@ -1,6 +1,6 @@
 """The ``i2vd`` command line.
 
-argparse (standard library) is enough for five sub-commands, and its usage errors
+argparse (standard library) is enough for a handful of sub-commands, and its usage errors
 already exit 2 as the contract asks; a CLI framework would add a dependency for nothing.
 """
 
@@ -91,7 +91,8 @@ def _check_trust(path: Path | None, settings: Settings, log: Any) -> None:
         trust.secure_state(settings.state_dir)
     except trust.Untrusted as e:
         raise UsageError(f"cannot start: {e}") from None
-    if path is not None and (settings.webhooks.on_done or settings.webhooks.on_failed):
+    hooks = settings.webhooks
+    if path is not None and (hooks.on_done or hooks.on_failed or hooks.on_folder_done):
         exposed = trust.config_exposed(path)
         if exposed is not None:
             log.warning(exposed)
@@ -329,6 +330,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.get("running") else EXIT_FAILED
 
 
+def _controls(args: argparse.Namespace) -> tuple[Any, Settings]:
+    from daemon.service import controls
+
+    _, settings = _settings(args)
+    return controls, settings
+
+
+def _daemon_note(settings: Settings) -> str:
+    from daemon.service.lock import lock_held
+
+    if lock_held(settings.state_dir):
+        return ""
+    return " (the daemon is not running now; this holds when it starts)"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    controls, settings = _controls(args)
+    try:
+        p, new = controls.pause(settings.state_dir, controls.invoking_user(), datetime.now().astimezone())
+    except controls.ControlError as e:
+        raise UsageError(str(e)) from None
+    was = "" if new else "already "
+    print(
+        f"{was}paused since {p.since} by {p.by}: the jobs in progress finish, no new job starts until "
+        f"i2vd resume{_daemon_note(settings)}",
+        file=args.out,
+    )
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    controls, settings = _controls(args)
+    try:
+        was = controls.resume(settings.state_dir)
+    except controls.ControlError as e:
+        raise UsageError(str(e)) from None
+    if was is None:
+        print("not paused: new jobs start as they come", file=args.out)
+    else:
+        print(f"resumed (paused since {was.since} by {was.by}): new jobs start again", file=args.out)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    controls, settings = _controls(args)
+    target = str(args.job).strip()
+    if not target or "\0" in target or len(target) > 512:
+        raise UsageError("name a job: NAME (as dropped), FOLDER/NAME, or the JOB name status shows")
+    try:
+        controls.request_cancel(settings.state_dir, target, controls.invoking_user())
+    except controls.ControlError as e:
+        raise UsageError(str(e)) from None
+    print(
+        f"asked the daemon to cancel {target}: its files go to failed/ with an error.txt saying so; "
+        f"the daemon's log says what it found{_daemon_note(settings)}",
+        file=args.out,
+    )
+    return EXIT_OK
+
+
 def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
     import tomllib
 
@@ -468,6 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the frame the clip ends on (only models that take one: see docs/models.md)",
     )
     add("recipes", cmd_recipes, "list the recipes")
+    add(
+        "pause",
+        cmd_pause,
+        "start no new job until i2vd resume (the jobs in progress finish; it lasts across restarts)",
+    )
+    add("resume", cmd_resume, "start new jobs again after i2vd pause")
+    cancel = add("cancel", cmd_cancel, "cancel a waiting or running job; its files go to failed/")
+    cancel.add_argument(
+        "job", metavar="NAME|JOB", help="the image's name (cat, team/cat) or the JOB name status shows"
+    )
     add("fetch-model", cmd_fetch_model, "download the configured model into the cache ahead of time")
     prompt = add("prompt", cmd_prompt, "print the prompt [prompting] would write for an image")
     prompt.add_argument("image", help="the image file")

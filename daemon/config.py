@@ -33,6 +33,7 @@ from daemon.config_sections import (
     OutputConfig,
     PathsConfig,
     PromptingConfig,
+    QueueConfig,
     WatchConfig,
     WebhooksConfig,
 )
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     prompting: PromptingConfig = Field(default_factory=PromptingConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
     # Operator entries, merged over the built-ins by ``recipe_table``.
     recipes: dict[RecipeName, RecipeConfig] = Field(default_factory=dict)
     # LoRA adapters by name: [model] loras are always on, a prompt file may add others by name.

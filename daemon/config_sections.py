@@ -325,11 +325,13 @@ class WebhooksConfig(_Section):
     # URLs POSTed the JOB.json of each finished job, and the job, error and folder of each failed one.
     on_done: list[str] = Field(default_factory=list)
     on_failed: list[str] = Field(default_factory=list)
+    # URLs POSTed a folder_done notice when a folder of the inbox has no job left waiting.
+    on_folder_done: list[str] = Field(default_factory=list)
     timeout: float = Field(10.0, gt=0, le=300)
     max_attempts: int = Field(10, ge=1, le=100)
     backoff_seconds: float = Field(5.0, gt=0, le=3600)
 
-    @field_validator("on_done", "on_failed")
+    @field_validator("on_done", "on_failed", "on_folder_done")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         from urllib.parse import urlsplit
@@ -430,3 +432,36 @@ class PromptingConfig(_Section):
         if not v:
             raise ValueError('must be a Hugging Face id (owner/name), a local folder, or "tiny"')
         return v
+
+
+class QueueConfig(_Section):
+    """Which ready job goes next, and when new jobs are taken at all (docs/service.md)."""
+
+    # "fair": the inbox's top-level folders (and the inbox itself) take turns, one job each;
+    # "arrival": strictly in the order jobs became ready.
+    order: Literal["fair", "arrival"] = "fair"
+    # Top-level folders of the inbox whose jobs go before all others, first listed first.
+    priority: list[str] = Field(default_factory=list)
+    # "HH:MM-HH:MM": new jobs start only inside this daily window (local time; it may span
+    # midnight); "" takes them at any hour.
+    active_hours: str = ""
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+                raise ValueError(
+                    f'{name!r} is not a top-level folder of the inbox; write its name alone ("urgent")'
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("names a folder twice")
+        return v
+
+    @field_validator("active_hours")
+    @classmethod
+    def _active_hours(cls, v: str) -> str:
+        from daemon.active_hours import parse_window
+
+        parse_window(v)  # raises ValueError naming the expected form
+        return v.strip()

@@ -768,3 +768,45 @@ def _page(lab: Lab) -> str:
         return (lab.folder("outputs") / "index.html").read_text()
     except OSError:
         return ""
+
+
+# --- the queue's controls ---------------------------------------------------------------------------
+
+
+def test_only_the_service_user_pauses_and_a_share_users_cancel_file_acts_only_in_its_own_folder(
+    lab: Lab, daemon: Daemon, guard: Guard
+) -> None:
+    state = os.fspath(lab.state)
+    tried = lab.attack(
+        """
+def create(path):
+    open(path, "x").close()
+result = [attempt(create, os.path.join(state, "paused.json")),
+          attempt(os.mkdir, os.path.join(state, "requests"))]
+""",
+        state=state,
+    )
+    assert tried == ["EACCES", "EACCES"]
+    paused = lab.i2vd("pause")
+    assert paused.returncode == 0, paused.stderr
+    try:
+        st = os.stat(lab.state / "paused.json")
+        assert (st.st_uid, st.st_mode & 0o777) == (lab.accounts.service.uid, 0o600)
+        lab.drop("team", "held", image(1), PROMPT)
+        wait_for("the pair to wait, paused", lambda: "team/held" in status(lab)["queue"], JOB_TIMEOUT, daemon)
+        assert status(lab)["paused"]["by"] == lab.accounts.service.name
+        # Another folder's request for the same name cancels nothing, and is removed.
+        lab.attack("os.makedirs(d, exist_ok=True)\nopen(os.path.join(d, 'held.cancel'), 'w').close()",
+                   d=os.fspath(lab.folder("inbox") / "other"))  # fmt: skip
+        other = lab.folder("inbox") / "other" / "held.cancel"
+        wait_for("the other folder's .cancel to be removed", lambda: not other.exists(), 60, daemon)
+        assert "team/held" in status(lab)["queue"] and failed_job(lab, "held", "team") is None
+        team = os.fspath(lab.folder("inbox") / "team")
+        lab.attack("open(os.path.join(d, 'held.cancel'), 'w').close()", d=team)
+        job = wait_for("the job cancelled", lambda: failed_job(lab, "held", "team"), 60, daemon)
+        error = (lab.folder("failed") / "team" / str(job) / "error.txt").read_text()
+        assert "cancelled with the file held.cancel" in error
+    finally:
+        resumed = lab.i2vd("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    guard.holds("after-the-queue")

@@ -24,6 +24,7 @@ FLOORS: list[list[str]] = [
         "daemon.sizing",
         "daemon.states",
         "daemon.messages",
+        "daemon.active_hours",
     ],  # the ground: no other floor
     ["daemon.folders"],  # the Maildir part: files and folders only
     ["daemon.engine", "daemon.encode"],  # frames from an image; files from frames

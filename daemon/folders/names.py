@@ -84,6 +84,16 @@ IMAGE, PROMPT, COMPANION, OTHER = "image", "prompt", "companion", "other"
 # NAME.last.EXT: the last frame of job NAME's clip (lower case, as the README writes it).
 LAST_MARK = ".last"
 
+# ``NAME.cancel``: a share user asks for the job NAME of the same folder to be cancelled. Never
+# part of a job, never failed as an orphan; the daemon removes it once it acted on it.
+CANCEL_EXT = ".cancel"
+
+
+def cancel_stem(filename: str) -> str | None:
+    """The NAME a ``NAME.cancel`` file asks to cancel; None for any other file."""
+    stem, ext = split_name(filename)
+    return stem if ext == CANCEL_EXT and stem != filename else None
+
 
 def split_name(filename: str) -> tuple[str, str]:
     """``'my.cat.PNG'`` -> ``('my.cat', '.png')``; the extension is lower-cased for matching."""

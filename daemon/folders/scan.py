@@ -271,6 +271,8 @@ class InboxScanner:
         self._pending_stale = False
         self._too_deep: set[str] = set()  # folders with subfolders not looked into
         self._too_many = False
+        # folder -> the NAMEs its ``NAME.cancel`` files ask to cancel (plain files only)
+        self._cancels: dict[str, frozenset[str]] = {}
 
     def ignored(self, filename: str) -> bool:
         return self._ignore_re.match(filename) is not None
@@ -279,6 +281,19 @@ class InboxScanner:
     def tracked(self) -> int:
         """Files held in memory (none for junk)."""
         return sum(len(f.files) for f in self._folders.values())
+
+    def cancel_files(self) -> list[tuple[str, str]]:
+        """(folder, NAME) of every ``NAME.cancel`` file seen, folders relative to the inbox."""
+        return [(rel, stem) for rel, stems in self._cancels.items() for stem in stems]
+
+    def waiting_folders(self) -> set[str]:
+        """The folders (relative to the inbox) holding groups seen but not ready yet."""
+        return {rel for rel, _ in self._waiting}
+
+    def has_group(self, rel: str, stem: str) -> bool:
+        """Whether the folder ``rel`` holds files of the group NAME (ready, waiting or incomplete)."""
+        f = self._folders.get(rel)
+        return f is not None and stem in f.groups
 
     def _check_inbox(self) -> bool:
         """Whether the inbox folder is there; logs once when it goes and once when it is back."""
@@ -383,6 +398,7 @@ class InboxScanner:
     def _list(self, f: _Folder, fd: int, now: float) -> None:
         present: set[str] = set()
         subdirs: dict[str, _Folder] = {}
+        cancels: set[str] = set()
         refused = False
         with os.scandir(fd) as it:
             for entry in it:
@@ -400,6 +416,8 @@ class InboxScanner:
                         refused = True
                     else:
                         subdirs[name] = child
+                elif is_file and (cancel := names.cancel_stem(name)) is not None:
+                    cancels.add(cancel)  # a request, not an input (a link is never one)
                 elif is_file:
                     # Symlinks, FIFOs and devices are never jobs: a link could point anywhere
                     # and opening a FIFO blocks.
@@ -413,6 +431,10 @@ class InboxScanner:
             if name not in subdirs:
                 self._forget(child, keep=False)
         f.subdirs = subdirs
+        if cancels:
+            self._cancels[f.rel] = frozenset(cancels)
+        else:
+            self._cancels.pop(f.rel, None)
         self._say_too_deep(f, refused)
         self._find_home(f)
 
@@ -523,6 +545,7 @@ class InboxScanner:
             f.settling, f.touched = set(), set()
             f.ident, f.home = None, f.rel
             self._too_deep.discard(f.rel)
+            self._cancels.pop(f.rel, None)
             if f is not top or not keep:
                 self._folders.pop(f.rel, None)
 

@@ -25,6 +25,33 @@ class JobFinished:
     error: str | None  # the text of error.txt when failed
 
 
+@dataclass(frozen=True)
+class FolderDone:
+    """A folder of the inbox has no job left waiting: its last one was just filed.
+
+    ``folder`` is the top-level folder of the inbox ("." for the inbox itself); the counts and
+    names are of the jobs taken from it since it last had nothing waiting.
+    """
+
+    folder: str
+    done: int
+    failed: int
+    first_job: str
+    last_job: str
+    finished_at: str  # ISO 8601, local time with offset
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "folder_done",
+            "folder": self.folder,
+            "done": self.done,
+            "failed": self.failed,
+            "first_job": self.first_job,
+            "last_job": self.last_job,
+            "finished_at": self.finished_at,
+        }
+
+
 class Listener(Protocol):
     def on_status(self, status: dict[str, Any]) -> None:
         """The status just written to status.json (state, current, queue, recent, ...)."""
@@ -34,3 +61,10 @@ class Listener(Protocol):
 
     def close(self) -> None:
         """The daemon is stopping: flush, join threads (bounded time)."""
+
+
+def tell_folder_done(listener: Listener, event: FolderDone) -> None:
+    """``on_folder_finished`` for the listeners that have one (it is optional)."""
+    handler = getattr(listener, "on_folder_finished", None)
+    if handler is not None:
+        handler(event)

@@ -8,8 +8,10 @@ process (tests) do not clash, and a plug-in registering its own metrics cannot c
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -106,6 +108,19 @@ class MetricsListener:
             "1 while new jobs wait because the disk is nearly full ([limits] min_free_mb), else 0.",
             registry=r,
         )
+        self.paused = Gauge(
+            "i2vd_paused",
+            "1 while i2vd pause holds new jobs back (the jobs in progress finish), else 0.",
+            registry=r,
+        )
+        self.paused_since = Gauge(
+            "i2vd_paused_since_timestamp_seconds", "Unix time i2vd pause was run (0: not paused).", registry=r
+        )
+        self.outside_hours = Gauge(
+            "i2vd_outside_active_hours",
+            "1 while new jobs wait for [queue] active_hours to open, else 0.",
+            registry=r,
+        )
         Info("i2vd_build", "The i2vd version.", registry=r).info({"version": __version__})
         self._gpu = gpu
         self._lock = threading.Lock()
@@ -125,11 +140,23 @@ class MetricsListener:
             self.eta.set(float(eta) if eta is not None else 0)
             self._workers(status)
             self.disk_full.set(1 if status.get("paused_reason") else 0)
+            self._held(status)
             for path, mb in (status.get("disk_free_mb") or {}).items():
                 self.disk_free.labels(path=str(path)).set(float(mb) * 1024 * 1024)
             self._sample_gpu()
         except Exception as e:  # a listener must never break the loop
             logs.get().warning("metrics update failed", error=str(e))
+
+    def _held(self, status: dict[str, Any]) -> None:
+        paused = status.get("paused")
+        self.paused.set(1 if paused else 0)
+        since = 0.0
+        if isinstance(paused, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                since = datetime.fromisoformat(str(paused.get("since"))).timestamp()
+        self.paused_since.set(since)
+        hours = status.get("active_hours")
+        self.outside_hours.set(1 if isinstance(hours, dict) and not hours.get("open") else 0)
 
     def _workers(self, status: dict[str, Any]) -> None:
         running = status.get("in_flight")

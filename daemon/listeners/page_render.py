@@ -110,6 +110,42 @@ def _paused(status: Mapping[str, Any]) -> str:
     )
 
 
+def _held(status: Mapping[str, Any]) -> str:
+    """Why no new clip starts on purpose: the operator paused the queue, or it is outside the
+    hours new clips are started in ([queue] active_hours)."""
+    out = []
+    paused = status.get("paused")
+    if isinstance(paused, Mapping):
+        out.append(
+            '<div class="warn">New clips are paused by the operator '
+            f"({_t(paused.get('by'))}, since {_t(paused.get('since'))}). Clips being made now finish; "
+            "your files wait in the inbox and start by themselves when the queue goes on.</div>"
+        )
+    hours = status.get("active_hours")
+    if isinstance(hours, Mapping) and not hours.get("open"):
+        out.append(
+            f'<div class="warn">New clips start only between {_t(hours.get("window"))}; the next '
+            f"start is at {_t(hours.get('opens_at'))}. Your files wait in the inbox until then.</div>"
+        )
+    return "".join(out)
+
+
+def _batches(status: Mapping[str, Any]) -> str:
+    """The folders whose last waiting job was just filed: a team's whole batch is made."""
+    raw = status.get("batches_done")
+    items = []
+    for b in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
+        if not isinstance(b, Mapping):
+            continue
+        folder = "the inbox" if b.get("folder") == "." else f"the folder {b.get('folder')}"
+        failed = f", {b.get('failed')} could not be made" if b.get("failed") else ""
+        items.append(
+            f"<li>Every clip from {_t(folder)} is finished: {_t(b.get('done'))} made{_t(failed)} "
+            f'<span class="muted small">({_t(b.get("finished_at"))})</span></li>'
+        )
+    return f'<div class="box"><ul class="batches">{"".join(items)}</ul></div>' if items else ""
+
+
 def _now_box(status: Mapping[str, Any]) -> str:
     """The job being made, with its progress; one box per job when several workers make clips."""
     running = status.get("in_flight")
@@ -167,13 +203,37 @@ def _queue_box(status: Mapping[str, Any]) -> tuple[int, str]:
             return noticed, f'<div class="box">{arriving}</div>'
         return 0, '<div class="box"><span class="muted">No files are waiting.</span></div>'
     items = []
+    ready_at = _ready_at(status)
     for pos, name in enumerate(queue[:QUEUE_SHOWN], 1):
         folder, _, stem = name.rpartition("/")
         where = f' <span class="muted small">in {_t(folder)}</span>' if folder and folder != "." else ""
-        items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}</span></li>')
+        when = ready_at.get(name)
+        when = f' <span class="muted small">· ready about {_t(when)}</span>' if when else ""
+        items.append(f'<li><span class="pos">{pos}</span><span>{_t(stem)}{where}{when}</span></li>')
     more = total - min(len(queue), QUEUE_SHOWN)
     tail = f'<p class="muted small">… and {more} more waiting.</p>' if more > 0 else ""
     return total + noticed, f'<div class="box"><ol class="queue">{"".join(items)}</ol>{tail}{arriving}</div>'
+
+
+def _ready_at(status: Mapping[str, Any]) -> dict[str, str]:
+    """When each listed waiting job's clip should be ready ("14:05"), from the status' estimates."""
+    raw = status.get("waiting")
+    out: dict[str, str] = {}
+    for entry in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("estimated_finish"), str):
+            when = _hh_mm(entry["estimated_finish"])
+            if when is not None:
+                out[str(entry.get("job"))] = when
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _hh_mm(iso: str) -> str | None:
+    # Cached: the same few hundred times come back in every status while a queue drains.
+    try:
+        return f"{datetime.fromisoformat(iso):%H:%M}"
+    except ValueError:
+        return None
 
 
 def _arriving_entries(status: Mapping[str, Any]) -> list[Sequence[Any]]:
@@ -277,6 +337,8 @@ def render(
         f'<span class="muted small">Updated {_t(_when(now))}:{now:%S} · this page refreshes itself '
         f"every {int(refresh)} seconds</span></p>",
         _paused(status),
+        _held(status),
+        _batches(status),
         "<h2>Being made now</h2>",
         _now_box(status),
         f"<h2>Waiting ({queued})</h2>",

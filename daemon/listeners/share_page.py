@@ -73,6 +73,9 @@ class SharePage:
             repr(status.get("queue")),
             repr(status.get("arriving")),
             status.get("paused_reason"),
+            repr(status.get("paused")),
+            repr(status.get("active_hours")),
+            repr(status.get("batches_done")),
         )
         with self._lock:
             self._status = dict(status)

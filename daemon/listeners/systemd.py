@@ -111,6 +111,12 @@ def status_line(status: dict[str, Any]) -> str:
     """The status.json content in one line: ``working on JOB, step 12/50, 3 queued``."""
     state = str(status.get("state", "unknown"))
     queued = f"{status.get('queue_length', 0)} queued"
+    paused = status.get("paused")
+    hours = status.get("active_hours")
+    if isinstance(paused, dict):
+        queued += f", paused by {paused.get('by')} since {paused.get('since')}"
+    elif isinstance(hours, dict) and not hours.get("open"):
+        queued += f", outside active hours {hours.get('window')}"
     current = status.get("current")
     if current and current.get("job"):
         total = current.get("total")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon import __version__, logs
 from daemon.folders import fsops, trust
-from daemon.listeners.events import JobFinished
+from daemon.listeners.events import FolderDone, JobFinished
 from daemon.logs import redact_url
 from daemon.states import Outcome
 
@@ -76,6 +76,7 @@ class WebhookSender:
         *,
         on_done: Sequence[str] = (),
         on_failed: Sequence[str] = (),
+        on_folder_done: Sequence[str] = (),
         timeout: float = 10.0,
         max_attempts: int = 10,
         backoff_seconds: float = 5.0,
@@ -84,6 +85,7 @@ class WebhookSender:
         self.spool = spool
         self.on_done = list(on_done)
         self.on_failed = list(on_failed)
+        self.on_folder_done = list(on_folder_done)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
@@ -102,12 +104,14 @@ class WebhookSender:
         """A sender for ``settings.webhooks``; None when no URL is configured and nothing is spooled."""
         cfg = settings.webhooks
         spool = settings.state_dir / "webhooks"
-        if not cfg.on_done and not cfg.on_failed and not any(spool.glob("*.json")):
+        urls = cfg.on_done or cfg.on_failed or cfg.on_folder_done
+        if not urls and not any(spool.glob("*.json")):
             return None
         return cls(
             spool,
             on_done=cfg.on_done,
             on_failed=cfg.on_failed,
+            on_folder_done=cfg.on_folder_done,
             timeout=cfg.timeout,
             max_attempts=cfg.max_attempts,
             backoff_seconds=cfg.backoff_seconds,
@@ -156,12 +160,20 @@ class WebhookSender:
         else:
             urls = self.on_failed
             payload = {"event": "failed", "job": event.job, "error": event.error, "folder": str(event.folder)}
+        self._spool(urls, event.outcome, event.job, payload)
+
+    def on_folder_finished(self, event: FolderDone) -> None:
+        """A folder's last waiting job was filed: one notice per ``on_folder_done`` URL."""
+        self.start()
+        self._spool(self.on_folder_done, "folder_done", event.last_job, event.to_json())
+
+    def _spool(self, urls: Sequence[str], kind: str, job: str, payload: Any) -> None:
         for url in urls:
             record = {
                 "id": uuid.uuid4().hex,
                 "url": url,
-                "event": event.outcome,
-                "job": event.job,
+                "event": kind,
+                "job": job,
                 "attempts": 0,
                 "created_at": time.time(),
                 "payload": payload,
@@ -247,7 +259,7 @@ class WebhookSender:
             record = held if held is not None else json.loads(trust.read_regular(path, _MAX_SPOOLED))
             url, event, payload = record["url"], record["event"], record["payload"]
             tried = int(record.get("attempts", 0))
-            if not isinstance(url, str) or event not in ("done", "failed"):
+            if not isinstance(url, str) or event not in self._urls:
                 raise ValueError("url or event is not one the daemon writes")
         except FileNotFoundError:
             return
@@ -257,7 +269,7 @@ class WebhookSender:
             self._log.error("unreadable webhook spool file set aside", file=str(path) + ".bad", error=str(e))
             return
         job = record.get("job")
-        if url not in (self.on_done if event == "done" else self.on_failed):
+        if url not in self._urls[event]:
             path.unlink(missing_ok=True)
             with self._cond:
                 self._held.pop(name, None)
@@ -302,6 +314,10 @@ class WebhookSender:
             error=error,
         )
         self._schedule(name, delay)
+
+    @property
+    def _urls(self) -> dict[str, list[str]]:
+        return {"done": self.on_done, "failed": self.on_failed, "folder_done": self.on_folder_done}
 
     def _post(self, url: str, event: str, delivery: str, payload: Any) -> str | None:
         """POST ``payload``; None on a 2xx answer, else what went wrong."""

@@ -63,6 +63,12 @@ class Flights:
     def names(self) -> list[str]:
         return list(self._flights)
 
+    def jobs(self) -> list[Job]:
+        return [f.prepared.job for f in self._flights.values()]
+
+    def prepared(self) -> list[Prepared]:
+        return [f.prepared for f in self._flights.values()]
+
     def submit(self, prepared: Prepared) -> None:
         """Hand a prepared job to the executor.
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from daemon import logs
+from daemon.active_hours import ActiveHours
 from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
@@ -42,11 +43,15 @@ from daemon.folders.watch import Watcher
 from daemon.job.finish import Result
 from daemon.job.prepare import draw_seed, prepare
 from daemon.listeners import systemd as notify
-from daemon.listeners.events import JobFinished, Listener
+from daemon.listeners.events import JobFinished, Listener, tell_folder_done
 from daemon.listeners.share_page import SharePage
 from daemon.messages import CRASH_LOOP_ERROR
 from daemon.prompting.writer import PromptModelError, PromptWriter, writer_for
+from daemon.service.batches import Batches
+from daemon.service.cancelling import Canceller
+from daemon.service.controls import Controls, Pause
 from daemon.service.disk_room import DiskRoom
+from daemon.service.estimates import Durations, Kind, plan
 from daemon.service.executor import Executor, StoppedWhileStarting, ThreadExecutor, WorkersUnfit
 from daemon.service.filing import Failed, Filer, fail_job
 from daemon.service.flights import Flights
@@ -55,6 +60,7 @@ from daemon.service.publishing import Publisher
 from daemon.service.scanning import InboxMonitor
 from daemon.service.status_file import build_status
 from daemon.service.stopping import Stopping
+from daemon.service.turns import Turns
 from daemon.sizing import resolution_to_short_side
 from daemon.states import DaemonState, Outcome
 
@@ -81,6 +87,7 @@ class Service:
         warm_up: bool = False,
         listeners: list[Listener] | None = None,
         reload: Callable[[], Settings] | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now().astimezone(),
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -120,6 +127,14 @@ class Service:
             clock=clock,
         )
         self._paused_shown: str | None = None
+        # Held by the operator (i2vd pause) or outside [queue] active_hours: no new job starts.
+        self.controls = Controls(self.folders.state)
+        self._wall = wall
+        self.hours = ActiveHours.of(settings.queue.active_hours, now=wall)
+        self._held_shown: tuple[Pause | None, str | None] = (None, None)
+        self.durations = Durations(self.folders.state)  # how long recent jobs took: the ETAs
+        self.batches = Batches(wall)  # when a folder's last waiting job is filed
+        self.batches_done: deque[dict[str, Any]] = deque(maxlen=5)
         self.publisher = Publisher(
             self.folders.state,
             self.listeners,
@@ -138,8 +153,9 @@ class Service:
             on_ready=self._work.set,
             on_change=self._want_status,
             each_round=self._explain_stop,
+            turns=Turns(settings.queue.order, settings.queue.priority),
         )
-        self.filer = Filer(
+        self.filer = filer = Filer(
             self.folders,
             lambda: self.settings,
             abort=self.abort,
@@ -147,6 +163,18 @@ class Service:
             finished=self._finished,
             size=settings.output.encode_queue,
             disk=self.disk,
+        )
+        self.canceller = Canceller(
+            self.folders,
+            self.controls,
+            lambda: self.monitor,
+            self.flights,
+            self.executor,
+            filer,
+            clock=clock,
+            pair_timeout=lambda: self.settings.watch.pair_timeout,
+            changed=self._want_status,
+            claimed=self.batches.claimed,
         )
 
     @property
@@ -199,6 +227,7 @@ class Service:
             self._lock.close()
             self._lock = None
             raise
+        self.durations.load()
         # What a kill -9 mid-write left beside status.json, the share page and the webhook spool;
         # claimed jobs' leftovers are recovery's.
         for folder in (self.folders.state, self.folders.outputs, self.folders.state / "webhooks"):
@@ -207,6 +236,8 @@ class Service:
         self.listeners.insert(0, SharePage(self.folders.outputs, self.folders.failed))
         self.filer.start()
         again, exhausted = recover(self.folders, self.settings.limits.max_attempts)
+        for job in [*exhausted, *again]:
+            self.batches.claimed(job)
         for job in exhausted:
             crashes = job.attempts - 1
             self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
@@ -274,6 +305,7 @@ class Service:
             self._watcher.stop()
             self._watcher = None
         self.filer.stop()
+        self.durations.save()
         self.executor.close()
         if self.writer is not None:
             self.writer.close()
@@ -315,10 +347,13 @@ class Service:
             self._reload()
         self._work.clear()
         self._collect()
+        self.canceller.step()
+        self._batches_done()
         self._enforce_stop()
         self.flights.enforce_cap(self.settings.limits.max_job_seconds)
         room = self._taking()  # looked at while busy too: status says the disk is full at once
-        if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room:
+        held = self._held()
+        if not self.stop.is_set() and len(self.flights) < self.executor.capacity and room and not held:
             job = self._next_job()
             if job is not None:
                 self._start(*job)
@@ -337,6 +372,33 @@ class Service:
             self._want_status()
         return reason is None
 
+    def _held(self) -> bool:
+        """Whether new jobs wait for the operator (``i2vd pause``) or for ``[queue] active_hours``
+        to open; says so in the log and the status when that changes."""
+        pause = self.controls.paused()
+        opens = self.hours.opens_at()
+        shown = (pause, self.hours.describe() if opens is not None else None)
+        if shown != self._held_shown:
+            was, self._held_shown = self._held_shown, shown
+            if pause is not None and was[0] is None:
+                self.log.warning(
+                    "paused: the jobs in progress finish, no new job starts until i2vd resume",
+                    since=pause.since,
+                    by=pause.by,
+                )
+            elif pause is None and was[0] is not None:
+                self.log.info("resumed: new jobs start again")
+            if shown[1] is not None and was[1] is None:
+                self.log.info(
+                    "outside [queue] active_hours: no new job starts until the window opens",
+                    active_hours=shown[1],
+                    opens_at=opens.isoformat(timespec="minutes") if opens else None,
+                )
+            elif shown[1] is None and was[1] is not None:
+                self.log.info("inside [queue] active_hours: new jobs start", active_hours=was[1])
+            self._want_status()
+        return pause is not None or opens is not None
+
     def run_once(self) -> list[Result]:
         """Process every job in the inbox, waiting while files are still being written, then stop.
 
@@ -351,6 +413,9 @@ class Service:
                 mark = self.monitor.started
                 if self.step() or self.flights or self._resume:
                     continue
+                if self._held_shown != (None, None):
+                    self.log.warning("paused, or outside [queue] active_hours: jobs stay in the inbox")
+                    break
                 seq, ready, waiting = self.monitor.last
                 if seq > mark and ready == 0 and waiting == 0 and self.monitor.queued()[1] == 0:
                     break
@@ -380,7 +445,10 @@ class Service:
             )
             new = new.model_copy(update={k: getattr(self.settings, k) for k in fixed if hasattr(new, k)})
         self.settings = new
-        self.monitor.replace(self._make_scanner(new), new.watch.poll_interval)
+        self.hours = ActiveHours.of(new.queue.active_hours, now=self._wall)
+        self.monitor.replace(
+            self._make_scanner(new), new.watch.poll_interval, Turns(new.queue.order, new.queue.priority)
+        )
         self.log.info("config reloaded")
 
     def _next_job(self) -> tuple[Job, datetime] | None:
@@ -391,6 +459,7 @@ class Service:
             wall = datetime.now().astimezone()
             job = claim(self.folders, group, wall, seed=draw_seed(self.settings))
             if job is not None:
+                self.batches.claimed(job)
                 if group.src_dir is not None:
                     self.log.info(
                         "retrying a failed job dragged back into the inbox",
@@ -436,6 +505,7 @@ class Service:
 
     def _status(self, state: str | None, now: float) -> dict[str, Any]:
         queue, ready = self.monitor.queued()
+        left, encode, waiting = self._estimates(queue, now)
         return build_status(
             state=state or (DaemonState.BUSY if self.flights else DaemonState.IDLE),
             model=self.executor.model.model_id,
@@ -460,7 +530,63 @@ class Service:
             now=now,
             paused_reason=self.disk.last,
             disk_free_mb=dict(self.disk.free),
+            paused=self._held_shown[0].as_status() if self._held_shown[0] else None,
+            active_hours=self._hours_status(),
+            left=left,
+            encode_seconds=encode,
+            waiting=waiting,
+            batches=list(self.batches_done),
         )
+
+    def _batches_done(self) -> None:
+        """Tell the webhooks and the page of each folder whose last waiting job was filed."""
+        for event in self.batches.step(self.monitor.waiting_in):
+            self.log.info(
+                "every job of a folder is filed",
+                folder=event.folder,
+                done=event.done,
+                failed=event.failed,
+                first_job=event.first_job,
+                last_job=event.last_job,
+            )
+            self.batches_done.appendleft(event.to_json())
+            self.publisher.tell(lambda listener, e=event: tell_folder_done(listener, e))
+            self._want_status()
+
+    def _kind(self, width: int, height: int, frames: int, steps: int) -> Kind:
+        return (width, height, frames, steps, self.executor.capacity)
+
+    def _estimates(
+        self, queue: list[str], now: float
+    ) -> tuple[dict[str, float], float, list[dict[str, Any]]]:
+        """What ``estimates.plan`` says of the jobs in flight and the listed waiting ones."""
+        hold: float | None = 0.0
+        if self._held_shown[0] is not None or self.disk.last:
+            hold = None  # nothing starts until someone acts: no start time is promised
+        elif self.hours.window is not None:
+            hold = self.hours.opens_in()
+        in_flight = [(p.job.name, self._kind(p.request.width, p.request.height, p.request.num_frames,
+                      p.request.steps)) for p in self.flights.prepared()]  # fmt: skip
+        return plan(
+            self.durations,
+            in_flight,
+            self.executor.board.snapshot(),
+            self.executor.capacity,
+            queue,
+            now=now,
+            wall=self._wall().timestamp(),
+            hold=hold,
+        )
+
+    def _hours_status(self) -> dict[str, Any] | None:
+        if self.hours.window is None:
+            return None
+        opens = self.hours.opens_at()
+        return {
+            "window": self.hours.describe(),
+            "open": opens is None,
+            "opens_at": opens.isoformat(timespec="seconds") if opens else None,
+        }
 
     def _where(self, base: Path, job: Job) -> str:
         """Where a job's files go, as people on the share see it (``outputs/team-a/cup_…``)."""
@@ -471,6 +597,14 @@ class Service:
     def _finished(self, result: Result, event: JobFinished) -> None:
         """Called on the filing thread once a job is filed."""
         self.results.append(result)
+        self.batches.filed(result.job, result.ok)
+        record = event.record
+        if result.ok and record is not None:
+            par, times = record.parameters, record.timings
+            sizes = (par.width, par.height, par.num_frames, par.steps)
+            if all(sizes) and times.generate_seconds is not None:
+                kind = self._kind(*sizes)  # type: ignore[arg-type]
+                self.durations.add(kind, times.generate_seconds, times.encode_seconds)
         if self._once is not None:
             self._once.append(result)
         self.publisher.tell(lambda listener: listener.on_job_finished(event))

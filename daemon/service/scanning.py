@@ -8,12 +8,13 @@ missing its partner) is shown to people at once, and its settle clock runs meanw
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from daemon import logs
 from daemon.folders.scan import Group, InboxScanner
+from daemon.service.turns import Turns, line_of
 
 # Ready groups listed by name in the status; a backlog of thousands is counted, not listed.
 QUEUE_SHOWN = 200
@@ -31,6 +32,7 @@ class InboxMonitor:
         on_ready: Callable[[], None],
         on_change: Callable[[], None],
         each_round: Callable[[], None] = lambda: None,
+        turns: Turns | None = None,
     ) -> None:
         self.scanner = scanner
         self.poll_interval = poll_interval
@@ -38,7 +40,7 @@ class InboxMonitor:
         self._on_ready = on_ready  # tells the loop there is work (only sets a flag)
         self._on_change = on_change  # publishes the status: what waits changed
         self._each_round = each_round
-        self._ready: deque[Group] = deque()
+        self._ready = turns if turns is not None else Turns()  # the ready groups, in taking order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,6 +49,8 @@ class InboxMonitor:
         # only on a scan begun after its last claim that saw nothing left.
         self.started = 0
         self.last: tuple[int, int, int] = (0, 0, 0)
+        self.cancel_files: list[tuple[str, str]] = []
+        self._arriving_in: set[str] = set()  # top-level folders with files not ready yet
         self.log = logs.get()
 
     def start(self) -> None:
@@ -61,22 +65,34 @@ class InboxMonitor:
             self._thread.join()
             self._thread = None
 
-    def replace(self, scanner: InboxScanner, poll_interval: float) -> None:
-        """A reloaded config: a new scanner from the next scan on."""
+    def replace(self, scanner: InboxScanner, poll_interval: float, turns: Turns | None = None) -> None:
+        """A reloaded config: a new scanner (and order) from the next scan on."""
         with self._lock:
             self.scanner = scanner
             self.poll_interval = poll_interval
+            if turns is not None:
+                self._ready = turns
             self._ready.clear()
         self.wake.set()
 
     def take(self) -> Group | None:
         with self._lock:
-            return self._ready.popleft() if self._ready else None
+            return self._ready.take()
+
+    def withdraw(self, match: Callable[[Group], bool]) -> list[Group]:
+        """Take the ready groups ``match`` picks out of the queue (they are being cancelled)."""
+        with self._lock:
+            return self._ready.withdraw(match)
+
+    def waiting_in(self, folder: str) -> bool:
+        """Whether the top-level ``folder`` has a job ready, or files that are not ready yet."""
+        with self._lock:
+            return self._ready.waiting_in(folder) or folder in self._arriving_in
 
     def queued(self) -> tuple[list[str], int]:
-        """(names of the first ready groups, how many are ready)."""
+        """(names of the first ready groups, in the order they will be taken; how many are ready)."""
         with self._lock:
-            names = [(g.rel_dir / g.name).as_posix() for g in list(self._ready)[:QUEUE_SHOWN]]
+            names = [(g.rel_dir / g.name).as_posix() for g in self._ready.upcoming(QUEUE_SHOWN)]
             return names, len(self._ready)
 
     def _run(self) -> None:
@@ -104,8 +120,11 @@ class InboxMonitor:
             if scanner is self.scanner:
                 # Replacing the list (not a walk per claim) keeps a backlog of thousands at one
                 # directory walk per poll interval, whatever the claim rate.
-                self._ready = deque(ready)
+                self._ready.load(ready)
         self.last = (seq, len(ready), scanner.waiting)
+        # (folder, NAME) of each NAME.cancel file in the inbox; replaced whole, read by the loop.
+        self.cancel_files = scanner.cancel_files()
+        self._arriving_in = {line_of(Path(rel)) for rel in scanner.waiting_folders()}
         if ready:
             self._on_ready()
         shown = (

@@ -37,18 +37,32 @@ def build_status(
     now: float,
     paused_reason: str | None = None,
     disk_free_mb: dict[str, int] | None = None,
+    paused: dict[str, str] | None = None,
+    active_hours: dict[str, Any] | None = None,
+    left: dict[str, float] | None = None,
+    encode_seconds: float = 0.0,
+    waiting: list[dict[str, Any]] | None = None,
+    batches: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What status.json holds (and listeners get): the state, every job in flight with its worker
     and progress, the workers, what waits and what is arriving, and the recent results."""
+    left = left or {}
+
+    def eta(job: str, step_eta: float | None) -> dict[str, float | None]:
+        # From its steps so far, else from recent jobs of its kind; ready once encoded too.
+        seconds = step_eta if step_eta is not None else left.get(job)
+        ready = None if seconds is None else round(seconds + encode_seconds, 1)
+        return {"eta_seconds": seconds, "ready_in_seconds": ready}
+
     running = [
-        {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, "eta_seconds": w.eta(now)}
+        {"job": w.job, "worker": w.name, "step": w.step, "total": w.total, **eta(w.job, w.eta(now))}
         for w in workers
         if w.job is not None
     ]
     started = {r["job"] for r in running}
     # Submitted but not started on a worker yet (a cluster's queue): shown as starting.
     running += [
-        {"job": name, "worker": None, "step": 0, "total": None, "eta_seconds": None}
+        {"job": name, "worker": None, "step": 0, "total": None, **eta(name, None)}
         for name in in_flight
         if name not in started
     ]
@@ -72,6 +86,11 @@ def build_status(
         "encoding": encoding,
         "queue": queue,
         "queue_length": queue_length,
+        # The listed waiting jobs in the order they will start: position, estimated start and
+        # ready time (ISO 8601; None until a job was measured, or while paused).
+        "waiting": waiting or [],
+        # Folders whose last waiting job was filed, newest first (the last few).
+        "batches_done": batches or [],
         # Seen but not ready: still being written, or waiting for the other file of its pair.
         "arriving": [list(p) for p in scanner.pending],
         "inbox_missing": scanner.missing,
@@ -80,6 +99,10 @@ def build_status(
         # Why no new job is taken although some wait (the disk nearly full); None: they are taken.
         "paused_reason": paused_reason,
         "disk_free_mb": disk_free_mb or {},
+        # `i2vd pause` in force: since when, by whom (None: not paused).
+        "paused": paused,
+        # [queue] active_hours: the window, whether it is open, when it opens next (None: no window).
+        "active_hours": active_hours,
     }
 
 
@@ -192,6 +215,14 @@ def render(status: dict[str, Any]) -> str:
     live = bool(status.get("running"))
     then = "" if live else " when last seen"
     lines = [_header(status)]
+    paused = status.get("paused")
+    if isinstance(paused, dict):
+        by, since = one_line(str(paused.get("by")), 40), one_line(str(paused.get("since")), 40)
+        lines.append(f"paused   since {since} by {by}{then}: no new job starts (i2vd resume goes on)")
+    hours = status.get("active_hours")
+    if isinstance(hours, dict) and not hours.get("open"):
+        window, opens = one_line(str(hours.get("window")), 20), one_line(str(hours.get("opens_at")), 40)
+        lines.append(f"hours    outside active hours {window}{then}: new jobs start at {opens}")
     if status.get("paused_reason"):
         lines.append(f"waiting  {one_line(str(status['paused_reason']), 200)}{then}")
     if status.get("inbox_missing"):
@@ -220,7 +251,10 @@ def render(status: dict[str, Any]) -> str:
         lines += _workers(status)
     queue = status.get("queue", [])
     queue = queue if isinstance(queue, list) else []
-    shown = ", ".join(one_line(str(q), 60) for q in queue[:10]) + (", …" if len(queue) > 10 else "")
+    ready_at = _ready_at(status) if live else {}
+    shown = ", ".join(one_line(str(q), 60) + ready_at.get(str(q), "") for q in queue[:10]) + (
+        ", …" if len(queue) > 10 else ""
+    )
     try:
         total = max(len(queue), int(status.get("queue_length") or 0))
     except (TypeError, ValueError):
@@ -235,6 +269,31 @@ def render(status: dict[str, Any]) -> str:
         error = f"  ({one_line(str(r['error']), 80)})" if r.get("error") else ""
         lines.append(f"  {r.get('outcome')!s:<7} {one_line(str(r.get('job')), 60)}{error}")
     return "\n".join(printable(line) for line in lines)
+
+
+def _clock_time(iso: Any) -> str | None:
+    """``HH:MM`` of an ISO 8601 time, with the date when it is not today; None if not one."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return None
+    now = datetime.now(when.tzinfo)
+    return f"{when:%H:%M}" if when.date() == now.date() else f"{when:%a %H:%M}"
+
+
+def _ready_at(status: dict[str, Any]) -> dict[str, str]:
+    """Each listed waiting job's " (#N, ready ~HH:MM)", from the status' estimates."""
+    out: dict[str, str] = {}
+    waiting = status.get("waiting")
+    for entry in waiting if isinstance(waiting, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        ready = _clock_time(entry.get("estimated_finish")) if entry.get("estimated_finish") else None
+        when = f", ready ~{ready}" if ready else ""
+        out[str(entry.get("job"))] = f" (#{entry.get('position')}{when})"
+    return out
 
 
 def _workers(status: dict[str, Any]) -> list[str]:
