@@ -24,19 +24,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from daemon.config_sections import (
     AdapterName,
-    ClusterConfig,
     GenerationConfig,
     LimitsConfig,
     LoraConfig,
-    MetricsConfig,
     ModelConfig,
     OutputConfig,
     PathsConfig,
-    PromptingConfig,
-    QueueConfig,
     WatchConfig,
-    WebhooksConfig,
 )
+from daemon.config_service import ClusterConfig, MetricsConfig, PromptingConfig, QueueConfig, WebhooksConfig
 from daemon.encode.builtin_recipes import BUILTIN_RECIPES, effective_recipes
 from daemon.encode.recipes import RecipeConfig, RecipeName
 

@@ -1,4 +1,4 @@
-"""Model families besides I2VGen-XL (daemon/families.py) on their tiny random-weight builds
+"""Model families besides I2VGen-XL (daemon/engine/families.py) on their tiny random-weight builds
 (daemon/engine/tiny/): detection, the per-family checks, frames, seeds, SVD's missing prompt."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import structlog
-from PIL import Image
 
 from daemon.config_sections import ModelConfig
 from daemon.engine.detect import detect_family, family_from_index
@@ -35,22 +35,8 @@ CASES = {
 
 
 def _request(width: int, height: int, num_frames: int, **changes: object) -> GenerationRequest:
-    rng = np.random.default_rng(7)
-    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-    fields: dict[str, object] = dict(
-        image=image,
-        width=width,
-        height=height,
-        prompt="a paper boat drifts",
-        negative_prompt="blurry",
-        num_frames=num_frames,
-        fps=8,
-        steps=2,
-        guidance_scale=3.0,
-        seed=1234,
-    )
-    fields.update(changes)
-    return GenerationRequest(**fields)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"num_frames": num_frames, "guidance_scale": 3.0, **changes}
+    return helpers.request(width, height, **fields)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ FLOORS: list[list[str]] = [
     ],  # the ground: no other floor
     ["daemon.folders"],  # the Maildir part: files and folders only
     ["daemon.engine", "daemon.encode"],  # frames from an image; files from frames
-    ["daemon.settings"],  # config.py and config_sections.py (they check values the two above know)
+    ["daemon.settings"],  # config, config_sections, config_service (they check values the two above know)
     ["daemon.prompting"],  # prompts written from the image by a vision-language model
     ["daemon.job"],  # one job, from its inbox files to its JOB.json
     ["daemon.listeners"],  # who hears of finished jobs
@@ -37,7 +37,11 @@ FLOORS: list[list[str]] = [
     ["daemon.cli"],  # the command line assembles everything
 ]
 # Modules that share a floor as one part, though they are files of the package's top.
-PARTS = {"daemon.config": "daemon.settings", "daemon.config_sections": "daemon.settings"}
+PARTS = {
+    "daemon.config": "daemon.settings",
+    "daemon.config_sections": "daemon.settings",
+    "daemon.config_service": "daemon.settings",
+}
 
 
 def _module_name(path: Path) -> str:

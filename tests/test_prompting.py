@@ -20,7 +20,7 @@ import pytest
 from helpers import digest, png_bytes, write_config
 from PIL import Image
 
-from daemon.config_sections import PromptingConfig
+from daemon.config_service import PromptingConfig
 from daemon.prompting import tiny
 from daemon.prompting.placement import place
 from daemon.prompting.styles import LTX, SHORT, WAN, instructions, style_for

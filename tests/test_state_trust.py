@@ -26,7 +26,7 @@ from helpers import png_bytes, write_config
 from structlog.testing import capture_logs
 
 from daemon import logs
-from daemon.cli import _check_trust
+from daemon.cli.common import check_trust
 from daemon.cluster import private
 from daemon.config import load_settings
 from daemon.engine.stub import StubGenerator
@@ -181,13 +181,13 @@ def test_a_config_with_webhook_secrets_readable_by_others_is_warned_about(tmp_pa
     config.chmod(0o644)
     settings = load_settings(config)
     with capture_logs() as logged:
-        _check_trust(config, settings, logs.get())
+        check_trust(config, settings, logs.get())
     [warning] = [e for e in logged if e["log_level"] == "warning"]
     assert "read by everyone" in warning["event"] and f"chmod 640 {config}" in warning["event"]
     config.chmod(0o640)
     os.chown(config, 0, os.getegid())
     with capture_logs() as logged:
-        _check_trust(config, settings, logs.get())
+        check_trust(config, settings, logs.get())
     assert not [e for e in logged if e["log_level"] == "warning"]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.engine import family_calls as calls
 from daemon.engine.family_spec import Family
 from daemon.engine.ltx2 import ltx2_kwargs
 
@@ -38,85 +39,6 @@ LTX2 = "ltx2"
 HUNYUAN15_I2V = "hunyuan15_i2v"
 
 
-def _i2vgenxl_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
-    return {"target_fps": req.fps}
-
-
-def _svd_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
-    # No text: SVD is conditioned on the image only. Guidance ramps from 1 to guidance_scale over the
-    # frames; fps is a conditioning input (the pipeline subtracts 1 itself).
-    return {
-        "min_guidance_scale": min(1.0, req.guidance_scale),
-        "max_guidance_scale": req.guidance_scale,
-        "fps": req.fps,
-    }
-
-
-def _ltx_kwargs(req: Any, _pipe: Any, _num_frames: int) -> dict[str, Any]:
-    # LTX-Video 0.9.1+ decodes with timestep conditioning; these are the values its authors publish
-    # (the pipeline ignores them for a VAE without it, such as 0.9.0's).
-    return {"frame_rate": req.fps, "decode_timestep": 0.05, "decode_noise_scale": 0.025}
-
-
-def _hunyuan_kwargs(req: Any, pipe: Any, num_frames: int) -> dict[str, Any]:
-    """HunyuanVideo-I2V's two published checkpoints take guidance and frames differently.
-
-    hunyuanvideo-community/HunyuanVideo-I2V ("token_replace") has guidance distilled into the model:
-    ``guidance_scale`` is an input of the transformer, one pass per step. HunyuanVideo-I2V-33ch
-    ("latent_concat") has none: guidance is classifier-free (``true_cfg_scale``, with the negative
-    prompt), and its pipeline drops the first 4 decoded frames, so it is asked for 4 more.
-    """
-    config = pipe.transformer.config if pipe is not None else None
-    if config is None or config.guidance_embeds:
-        return {"guidance_scale": req.guidance_scale, "true_cfg_scale": 1.0}
-    extra = 4 if config.image_condition_type == "latent_concat" else 0
-    return {"guidance_scale": 1.0, "true_cfg_scale": req.guidance_scale, "num_frames": num_frames + extra}
-
-
-def _ltx_conditions(first: Any, last: Any, num_frames: int) -> dict[str, Any]:
-    """LTX-Video's condition pipeline: the first frame at index 0, the last at the clip's last frame.
-
-    As ``conditions``, not ``image=[...]`` with ``frame_index=[...]``: given lists of images without a
-    list of videos, diffusers 0.42.1's LTXConditionPipeline keeps the first condition only.
-    """
-    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
-
-    return {
-        "image": None,
-        "conditions": [
-            LTXVideoCondition(image=first, frame_index=0),
-            LTXVideoCondition(image=last, frame_index=num_frames - 1),
-        ],
-    }
-
-
-# Width/height multiples: the VAE's spatial downsampling times the denoiser's levels or patch size.
-def _unet_multiple(pipe: Any) -> int:
-    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
-
-
-def _ltx_multiple(pipe: Any) -> int:
-    return pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
-
-
-def _wan_multiple(pipe: Any) -> int:
-    return pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
-
-
-def _patch_multiple(pipe: Any) -> int:
-    return pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
-
-
-def _cogvideox_size(pipe: Any) -> tuple[int, int] | None:
-    """CogVideoX 1.0 (CogVideoX-5b-I2V) has learned position embeddings for its training size, 720x480,
-    and nothing else fits them; CogVideoX 1.5 uses rotary positions and takes any size."""
-    config = pipe.transformer.config
-    if not getattr(config, "use_learned_positional_embeddings", False):
-        return None
-    scale = pipe.vae_scale_factor_spatial
-    return int(config.sample_width * scale), int(config.sample_height * scale)
-
-
 FAMILIES: dict[str, Family] = {
     # 50 steps, guidance 9.0: ali-vilab/i2vgen-xl's model card and diffusers' I2VGenXLPipeline defaults.
     I2VGENXL: Family(
@@ -132,8 +54,8 @@ FAMILIES: dict[str, Family] = {
         step_hook="step_callback",
         default_steps=50,
         default_guidance=9.0,
-        extra_kwargs=_i2vgenxl_kwargs,
-        multiple_of=_unet_multiple,
+        extra_kwargs=calls.i2vgenxl_kwargs,
+        multiple_of=calls.unet_multiple,
     ),
     # 25 steps, guidance ramped 1.0 -> 3.0 over the frames: diffusers'
     # StableVideoDiffusionPipeline defaults, as Stability AI's model card runs it.
@@ -150,8 +72,8 @@ FAMILIES: dict[str, Family] = {
         chunked_decode=True,
         default_steps=25,
         default_guidance=3.0,
-        extra_kwargs=_svd_kwargs,
-        multiple_of=_unet_multiple,
+        extra_kwargs=calls.svd_kwargs,
+        multiple_of=calls.unet_multiple,
     ),
     # 50 steps, guidance 3.0: diffusers' LTXImageToVideoPipeline defaults, Lightricks' published
     # values for LTX-Video 0.9.x (the distilled 0.9.6+ checkpoints publish 8 steps, guidance 1.0:
@@ -167,12 +89,12 @@ FAMILIES: dict[str, Family] = {
         default_steps=50,
         default_guidance=3.0,
         takes_lora=True,
-        extra_kwargs=_ltx_kwargs,
-        multiple_of=_ltx_multiple,
+        extra_kwargs=calls.ltx_kwargs,
+        multiple_of=calls.ltx_multiple,
         # A job with a last frame runs through LTXConditionPipeline on the same components.
         end_frame="conditions",
         end_frame_pipeline="LTXConditionPipeline",
-        end_frame_kwargs=_ltx_conditions,
+        end_frame_kwargs=calls.ltx_conditions,
     ),
     # 40 steps, guidance 5.0: the Wan 2.1 authors' generate.py for image-to-video (diffusers'
     # WanImageToVideoPipeline defaults to 50 steps at the same guidance).
@@ -188,7 +110,7 @@ FAMILIES: dict[str, Family] = {
         default_steps=40,
         default_guidance=5.0,
         takes_lora=True,
-        multiple_of=_wan_multiple,
+        multiple_of=calls.wan_multiple,
     ),
     # 50 steps, guidance 5.5, 81 frames at 16 fps, 720p: Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers as its
     # model card runs it (the pipeline's 50 steps; the authors' generate.py runs non-i2v tasks at 50).
@@ -203,7 +125,7 @@ FAMILIES: dict[str, Family] = {
         default_steps=50,
         default_guidance=5.5,
         takes_lora=True,
-        multiple_of=_wan_multiple,
+        multiple_of=calls.wan_multiple,
         end_frame="last_image",
         needs_end_frame=True,
     ),
@@ -221,7 +143,7 @@ FAMILIES: dict[str, Family] = {
         default_guidance=3.5,
         takes_lora=True,
         denoisers=("transformer", "transformer_2"),
-        multiple_of=_wan_multiple,
+        multiple_of=calls.wan_multiple,
         # No image encoder: the last frame joins the first in the VAE latent the experts see.
         end_frame="last_image",
     ),
@@ -238,7 +160,7 @@ FAMILIES: dict[str, Family] = {
         default_steps=50,
         default_guidance=5.0,
         takes_lora=True,
-        multiple_of=_wan_multiple,
+        multiple_of=calls.wan_multiple,
     ),
     # 50 steps, guidance 6.0 (distilled into the model), 129 frames at 720p: Tencent's published
     # HunyuanVideo-I2V settings, as diffusers' example runs hunyuanvideo-community/HunyuanVideo-I2V
@@ -254,8 +176,8 @@ FAMILIES: dict[str, Family] = {
         default_steps=50,
         default_guidance=6.0,
         takes_lora=True,
-        extra_kwargs=_hunyuan_kwargs,
-        multiple_of=_patch_multiple,
+        extra_kwargs=calls.hunyuan_kwargs,
+        multiple_of=calls.patch_multiple,
     ),
     # 50 steps (the pipeline's default and diffusers' example), guidance 6.0 (the guider diffusers'
     # conversion script writes for the 480p and 720p I2V checkpoints; the cfg-distilled ones ship 1.0:
@@ -274,7 +196,7 @@ FAMILIES: dict[str, Family] = {
         default_guidance=6.0,
         # diffusers 0.42.1 has no First Block Cache entry for its blocks.
         cache_methods=("pyramid", "taylorseer"),
-        multiple_of=_patch_multiple,
+        multiple_of=calls.patch_multiple,
     ),
     # CogVideoX compresses time 4x and its VAE decodes an odd number of latent frames back to
     # 4(n-1)+1 frames (an even count comes back doubled): so 8k+1 frames, 49 as published.
@@ -291,8 +213,8 @@ FAMILIES: dict[str, Family] = {
         default_steps=50,
         default_guidance=6.0,
         takes_lora=True,
-        multiple_of=_patch_multiple,
-        one_size=_cogvideox_size,
+        multiple_of=calls.patch_multiple,
+        one_size=calls.cogvideox_size,
     ),
     # 30 steps, guidance 3.0, 121 frames at 24 fps, 768x512: diffusers' LTX2ImageToVideoPipeline
     # defaults, as its example runs Lightricks/LTX-2 (the distilled checkpoints publish 8 steps at
@@ -314,7 +236,7 @@ FAMILIES: dict[str, Family] = {
         # Broadcast mixes up its guidance passes (batch 2, then 1) and fails every guided job.
         cache_methods=("taylorseer",),
         extra_kwargs=ltx2_kwargs,
-        multiple_of=_ltx_multiple,
+        multiple_of=calls.ltx_multiple,
     ),
 }
 

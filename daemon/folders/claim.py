@@ -14,8 +14,8 @@ from pathlib import Path
 
 from daemon import logs
 from daemon.folders import fsops, moves, names, safe_dirs
+from daemon.folders.group import Group, Signature, signature
 from daemon.folders.jobs import RETURNING, Folders, Job, reserve, write_record
-from daemon.folders.scan import Group, Signature, signature
 
 
 class Changed(Exception):

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from daemon.folders import fsops, names, trust
-from daemon.folders.scan import Signature
+from daemon.folders.group import Signature
 
 RECORD = "claim.json"
 # Present while a claim is being undone or a job put back into the inbox: recovery finishes

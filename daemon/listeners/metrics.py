@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__, logs
-from daemon.config_sections import parse_address
+from daemon.config_service import parse_address
 from daemon.listeners.events import JobFinished
 from daemon.states import UP, Outcome
 

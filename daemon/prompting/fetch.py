@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.config_sections import PromptingConfig
+from daemon.config_service import PromptingConfig
 from daemon.engine.fetch import _offline, _reason
 from daemon.prompting import tiny
 

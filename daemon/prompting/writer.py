@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from daemon import logs
-from daemon.config_sections import PromptingConfig
+from daemon.config_service import PromptingConfig
 from daemon.prompting import tiny
 from daemon.prompting.placement import Placement, place
 from daemon.prompting.styles import instructions, style_for

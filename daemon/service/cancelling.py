@@ -30,9 +30,9 @@ from pathlib import Path
 from daemon import logs
 from daemon.folders import safe_dirs
 from daemon.folders.claim import claim
+from daemon.folders.group import Group
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.names import CANCEL_EXT
-from daemon.folders.scan import Group
 from daemon.service.controls import Controls
 from daemon.service.executor import Executor
 from daemon.service.filing import Failed, Filer

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from daemon.folders.scan import Group
+from daemon.folders.group import Group
 
 # How many lines remember when they were served; past this, lines with no job ready forget.
 _REMEMBERED = 4096
