@@ -124,7 +124,8 @@ def configure(
             *([_journal_priority] if journal and not plain else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level.upper()),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (print() makes two: the text, then the newline).
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     _route_library_logs()

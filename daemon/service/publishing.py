@@ -2,9 +2,9 @@
 
 Apart from the loop because it is a policy of its own: a change people see (a job started, a
 file arrived) is published within ``STATUS_EVERY`` seconds, changes in between together, so a
-backlog moving at many jobs a second does not write the status and render the share page
-several times per job; progress at most once a second; and at least every 30 s, so that
-``i2vd status`` can tell the daemon lives. A status.json that cannot be written (a full disk,
+backlog moving at many jobs a second writes the status and renders the share page twice a
+second, not several times per job; progress at most once a second; and at least every 30 s,
+so that ``i2vd status`` can tell the daemon lives. A status.json that cannot be written (a full disk,
 which share users can cause) is logged once per reason and tried again every ``RETRY_EVERY``
 seconds; the listeners still hear.
 """

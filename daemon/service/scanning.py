@@ -20,6 +20,13 @@ from daemon.service.turns import Turns, line_of
 QUEUE_SHOWN = 200
 
 
+def label(group: Group) -> str:
+    """``REL/NAME`` as the status lists it; without pathlib, as it is built for every listed group
+    at every status."""
+    rel = str(group.rel_dir)
+    return group.name if rel == "." else f"{rel}/{group.name}"
+
+
 class InboxMonitor:
     """Owns the scanner and the ready list; the loop takes groups with ``take``."""
 
@@ -92,7 +99,7 @@ class InboxMonitor:
     def queued(self) -> tuple[list[str], int]:
         """(names of the first ready groups, in the order they will be taken; how many are ready)."""
         with self._lock:
-            names = [(g.rel_dir / g.name).as_posix() for g in self._ready.upcoming(QUEUE_SHOWN)]
+            names = [label(g) for g in self._ready.upcoming(QUEUE_SHOWN)]
             return names, len(self._ready)
 
     def _run(self) -> None:
@@ -128,7 +135,7 @@ class InboxMonitor:
         if ready:
             self._on_ready()
         shown = (
-            [(g.rel_dir / g.name).as_posix() for g in ready[:QUEUE_SHOWN]],
+            [label(g) for g in ready[:QUEUE_SHOWN]],
             scanner.pending,
             scanner.missing,
         )
