@@ -6,12 +6,12 @@ scripts/setup.sh test
 
 # Real parts the tests drive, from Debian when we are allowed to install (CI runs as root);
 # without them only the tests that need them skip, each saying why:
-#   chromium        tests/test_page.py opens outputs/index.html headless
-#   systemd         tests/test_systemd.py runs systemd-analyze verify on the units
-#   samba smbclient tests/test_samba.py uploads through a private smbd on loopback
+#   chromium        tests/listeners/test_page.py opens outputs/index.html headless
+#   systemd         tests/e2e/test_systemd.py runs systemd-analyze verify on the units
+#   samba smbclient tests/e2e/test_samba.py uploads through a private smbd on loopback
 #   ffmpeg          the encode tests run against Debian's ffmpeg as well as the pinned one
 #   debootstrap systemd-container
-#                   tests/test_systemd_boot.py installs the service in a Debian booted by nspawn
+#                   tests/e2e/test_systemd_boot.py installs the service in a Debian booted by nspawn
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)

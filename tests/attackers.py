@@ -1,6 +1,6 @@
 """Real users for the attack tests: the daemon's own unprivileged account and a share user.
 
-tests/test_attacks.py runs the daemon as a service account and every attack as a second
+tests/e2e/test_attacks.py runs the daemon as a service account and every attack as a second
 account that is only in the share group, as docs/security.md lays them out. Both are made here
 with ``groupadd``/``useradd`` (so root is needed) and removed afterwards; neither is ever root,
 because root passes every permission check and would prove nothing.

@@ -1,7 +1,7 @@
 """A real systemd for tests: a Debian root booted by ``systemd-nspawn``, commands run inside with nsenter.
 
 The service is managed only through systemd, and hardened units fail at run time in ways
-``systemd-analyze verify`` cannot see, so tests/test_systemd_boot.py installs and drives i2vd
+``systemd-analyze verify`` cannot see, so tests/e2e/test_systemd_boot.py installs and drives i2vd
 under a real PID 1. Nothing here imitates systemd: ``DebianRoot`` builds a minimal Debian with
 ``debootstrap`` from Debian's archive (once, cached under ``CACHE`` by a version key), and
 ``Container`` boots a throw-away copy of it (an overlay whose upper layer is deleted afterwards).

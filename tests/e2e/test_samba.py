@@ -21,9 +21,9 @@ import pytest
 from helpers import digest
 from PIL import Image
 from sambahelper import SambaServer, SambaUnavailable
-from test_hotfolder import Running, entries, filed, settings_for, wait_for
 
 from daemon.config import Settings
+from tests.folders.test_hotfolder import Running, entries, filed, settings_for, wait_for
 
 # Drives a private smbd: seconds each (`pytest -m 'not slow'` leaves it out).
 pytestmark = pytest.mark.slow

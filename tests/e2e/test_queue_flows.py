@@ -310,7 +310,7 @@ def test_when_a_folders_last_job_is_filed_a_webhook_and_the_page_say_the_batch_i
 ) -> None:
     import json
 
-    from test_webhooks import Receiver
+    from tests.listeners.test_webhooks import Receiver
 
     hook = Receiver().start()
     try:

@@ -30,7 +30,7 @@ pytest.importorskip("ray")
 
 from tests.rayhelper import alive, wait_for  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "cluster.md"
 UNITS = {
     "head": ROOT / "systemd" / "i2vd-ray-head.service",

@@ -234,7 +234,7 @@ def test_speed_options_change_the_engine_not_the_clip(tiny: DiffusersGenerator, 
     gen = _tiny_with(
         tiny_model_dir, attention="eager", channels_last=True, vae_slicing=True, decode_chunk_size=1
     )
-    # Each wrapped in BatchSplit, which only splits very large batches (tests/test_batch_split.py).
+    # Each wrapped in BatchSplit, which only splits very large batches (tests/engine/test_batch_split.py).
     assert {type(p.inner) for p in gen._pipe.unet.attn_processors.values()} == {AttnProcessor}
     convs = [m for m in gen._pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
@@ -289,7 +289,7 @@ def test_fetch_model_builds_tiny_checks_folders_and_refuses_when_offline(
 
 
 def test_generation_benchmark_smoke_mode_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_generate.py"
     bench = runpy.run_path(str(path), run_name="bench_generate")
     argv = ["--tiny", "--device", "cpu", "--resolution", "64p", "--frames", "2", "--steps", "1"]
     assert bench["main"](argv) == 0

@@ -157,7 +157,7 @@ def test_detection_edge_cases(tmp_path: Path, cache: Path, generators: dict[str,
         family_from_index({"_class_name": "StableDiffusionPipeline"})
     with pytest.raises(ValueError, match=r"model\.family"):
         detect_family(str(tmp_path), family="sora")
-    # tiny-wan-flf2v makes clips between two frames only: tests/test_last_frame.py covers it.
+    # tiny-wan-flf2v makes clips between two frames only: tests/job/test_last_frame.py covers it.
     assert set(BUILDS) - {"tiny"} == set(CASES) | {"tiny-wan-flf2v"}
 
 

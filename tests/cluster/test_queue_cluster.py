@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 from daemon.cluster.ray_executor import RayExecutor  # noqa: E402
 from daemon.service import controls  # noqa: E402
 from daemon.service.loop import Service  # noqa: E402
-from tests.test_cluster import FAKE_GPUS, no_ray_left, no_ray_token_in_this_process, settings_for  # noqa: E402
+from tests.cluster.test_cluster import FAKE_GPUS, no_ray_left, no_ray_token_in_this_process, settings_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 __all__ = ["no_ray_left", "no_ray_token_in_this_process"]  # autouse fixtures, shared

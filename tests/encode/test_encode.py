@@ -23,7 +23,7 @@ from daemon.encode.recipes import RecipeConfig
 from daemon.encode.validate import validate_recipe
 from daemon.errors import EncodeError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FPS = 8
 FRAMES = 16
 HEIGHT, WIDTH = 128, 96  # Portrait like most jobs; small so the suite stays quick.

@@ -26,7 +26,7 @@ from daemon.listeners.page_entries import Entry, load_recent
 from daemon.listeners.page_render import render
 from daemon.listeners.share_page import PAGE, SharePage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 HOSTILE_PROMPT = "<script>alert(1)</script>"
 # Spaces, quotes, angle brackets, '#', unicode: all legal in a share's file names.

@@ -160,7 +160,7 @@ def test_the_documented_way_to_try_adapters_without_a_gpu(tmp_path: Path, tiny_f
     # pick it in a prompt file; the job says it ran with it.
     made = subprocess.run(
         [sys.executable, "scripts/tiny_lora.py", "tiny-wan", str(tmp_path / "loras" / "try.safetensors")],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         check=False,
@@ -397,7 +397,7 @@ def test_generation_benchmark_runs_an_adapter_and_int8_on_a_tiny_wan22(
 ) -> None:
     import runpy
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_generate.py"
     bench = runpy.run_path(str(path), run_name="bench_generate")
     argv = [
         "--model",

@@ -397,9 +397,9 @@ def test_a_link_put_in_place_of_the_page_is_never_written_through_on_a_full_disk
 
 def test_webhook_notices_are_still_sent_when_the_spool_cannot_be_written(small_disk: Path) -> None:
     from structlog.testing import capture_logs
-    from test_webhooks import Receiver, done_event, wait_until
 
     from daemon.listeners.webhooks import WebhookSender
+    from tests.listeners.test_webhooks import Receiver, done_event, wait_until
 
     spool = small_disk / ".i2vd" / "webhooks"
     spool.mkdir(parents=True)

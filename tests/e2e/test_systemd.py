@@ -12,7 +12,7 @@ import pytest
 
 from daemon.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 INSTALLED_BINARY = "/opt/i2vd/.venv/bin/i2vd"
 # verify checks that ExecStart's program exists: point it at this venv's console script.
@@ -103,7 +103,7 @@ def test_unit_settings(name: str) -> None:
     assert "/srv/i2vd" in d["ReadWritePaths"]
     assert "MemoryDenyWriteExecute" not in d and "PrivateDevices" not in d  # both break CUDA
     # One capability, CAP_LEASE: leases on share users' files tell a stalled upload from a
-    # finished one (tests/test_systemd_boot.py proves it under a real systemd).
+    # finished one (tests/e2e/test_systemd_boot.py proves it under a real systemd).
     assert d["CapabilityBoundingSet"] == ["CAP_LEASE"] and d["AmbientCapabilities"] == ["CAP_LEASE"]
     assert d["NoNewPrivileges"] == ["yes"] and d["ProtectHome"] == ["yes"]
 

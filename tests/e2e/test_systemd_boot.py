@@ -41,7 +41,7 @@ from tests.nspawnhelper import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "/root/i2vd"  # where the operator cloned the project, inside the container
 FOLDERS = "/srv/i2vd"
 USER = "alice"  # a share user in the share group, as docs/service.md has them
