@@ -95,3 +95,11 @@ def random_lora(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         return made[model_id, seed]
 
     return get
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tier a test is in by its folder: ``-m e2e`` runs the real ``i2vd`` flows only."""
+    e2e = Path(__file__).resolve().parent / "e2e"
+    for item in items:
+        if e2e in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
