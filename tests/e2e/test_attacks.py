@@ -799,11 +799,11 @@ result = [attempt(create, os.path.join(state, "paused.json")),
         lab.attack("os.makedirs(d, exist_ok=True)\nopen(os.path.join(d, 'held.cancel'), 'w').close()",
                    d=os.fspath(lab.folder("inbox") / "other"))  # fmt: skip
         other = lab.folder("inbox") / "other" / "held.cancel"
-        wait_for("the other folder's .cancel to be removed", lambda: not other.exists(), 60, daemon)
+        wait_for("the other folder's .cancel to be removed", lambda: not other.exists(), JOB_TIMEOUT, daemon)
         assert "team/held" in status(lab)["queue"] and failed_job(lab, "held", "team") is None
         team = os.fspath(lab.folder("inbox") / "team")
         lab.attack("open(os.path.join(d, 'held.cancel'), 'w').close()", d=team)
-        job = wait_for("the job cancelled", lambda: failed_job(lab, "held", "team"), 60, daemon)
+        job = wait_for("the job cancelled", lambda: failed_job(lab, "held", "team"), JOB_TIMEOUT, daemon)
         error = (lab.folder("failed") / "team" / str(job) / "error.txt").read_text()
         assert "cancelled with the file held.cancel" in error
     finally:
