@@ -2,55 +2,22 @@
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from daemon import logs
-from daemon.config import Settings
 from daemon.folders.claim import claim
-from daemon.folders.jobs import Folders, Job
+from daemon.folders.jobs import Job
 from daemon.folders.names import job_files
 from daemon.job.finish import Result
 from daemon.job.prepare import draw_seed, prepare
-from daemon.listeners.events import JobFinished, Listener
-from daemon.prompting.writer import PromptWriter
-from daemon.service.batches import Batches
-from daemon.service.disk_room import DiskRoom
-from daemon.service.estimates import Durations, Kind
-from daemon.service.executor import Executor
-from daemon.service.filing import Filer, fail_job
-from daemon.service.flights import Flights
-from daemon.service.publishing import Publisher
-from daemon.service.scanning import InboxMonitor
+from daemon.listeners.events import JobFinished
+from daemon.service.filing import fail_job
+from daemon.service.parts import ServiceParts
 
 
-class JobFlow:
-    """Starting and finishing jobs; mixed into ``loop.Service``, which sets the attributes below."""
-
-    settings: Settings
-    clock: Callable[[], float]
-    log: Any
-    folders: Folders
-    executor: Executor
-    listeners: list[Listener]
-    monitor: InboxMonitor
-    filer: Filer
-    flights: Flights
-    publisher: Publisher
-    batches: Batches
-    durations: Durations
-    disk: DiskRoom
-    results: deque[Result]
-    writer: PromptWriter | None
-    stop: threading.Event
-    _resume: deque[Job]
-    _once: list[Result] | None
-    _want_status: Callable[[], None]
-    _kind: Callable[[int, int, int, int], Kind]
+class JobFlow(ServiceParts):
+    """Starting and finishing jobs; mixed into ``loop.Service`` (its parts: ``ServiceParts``)."""
 
     def _next_job(self) -> tuple[Job, datetime] | None:
         if self._resume:

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable
-from typing import IO, Any
-
-from daemon.config import Settings
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
 from daemon.folders import fsops
-from daemon.folders.jobs import Folders, Job
 from daemon.folders.recover import recover
 from daemon.folders.trust import Untrusted
 from daemon.folders.watch import Watcher
 from daemon.listeners import systemd as notify
-from daemon.listeners.events import Listener
 from daemon.listeners.share_page import SharePage
 from daemon.messages import CRASH_LOOP_ERROR
-from daemon.prompting.writer import PromptModelError, PromptWriter, writer_for
-from daemon.service.batches import Batches
-from daemon.service.disk_room import DiskRoom
-from daemon.service.estimates import Durations
-from daemon.service.executor import Executor, StoppedWhileStarting, WorkersUnfit
-from daemon.service.filing import Failed, Filer
-from daemon.service.flights import Flights
+from daemon.prompting.writer import PromptModelError, writer_for
+from daemon.service.executor import StoppedWhileStarting, WorkersUnfit
+from daemon.service.filing import Failed
 from daemon.service.lock import take_lock
-from daemon.service.publishing import Publisher
-from daemon.service.scanning import InboxMonitor
+from daemon.service.parts import ServiceParts
 from daemon.sizing import resolution_to_short_side
 from daemon.states import DaemonState
 
@@ -37,33 +24,8 @@ class StartupError(Exception):
     """The daemon cannot work with this configuration (e.g. a recipe ffmpeg rejects)."""
 
 
-class Lifecycle:
-    """Setting up and tearing down; mixed into ``loop.Service``, which sets the attributes below."""
-
-    settings: Settings
-    clock: Callable[[], float]
-    log: Any
-    folders: Folders
-    executor: Executor
-    listeners: list[Listener]
-    monitor: InboxMonitor
-    filer: Filer
-    flights: Flights
-    publisher: Publisher
-    batches: Batches
-    durations: Durations
-    disk: DiskRoom
-    started: threading.Event
-    wake: threading.Event
-    writer: PromptWriter | None
-    batches_done: deque[dict[str, Any]]
-    _lock: IO[str] | None
-    _warm_up: bool
-    _watch: bool
-    _watcher: Watcher | None
-    _resume: deque[Job]
-    _taking: Callable[[], bool]
-    publish_status: Callable[..., None]
+class Lifecycle(ServiceParts):
+    """Setting up and tearing down; mixed into ``loop.Service`` (its parts: ``ServiceParts``)."""
 
     def setup(self) -> None:
         """Take the folders, check ffmpeg and recipes, start the workers, finish what a crash left.

@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from daemon.active_hours import ActiveHours
-from daemon.config import Settings
-from daemon.folders.jobs import Folders, Job
-from daemon.job.finish import Result
-from daemon.listeners.events import Listener, tell_folder_done
-from daemon.service.batches import Batches
-from daemon.service.controls import Pause
-from daemon.service.disk_room import DiskRoom
-from daemon.service.estimates import Durations, Kind, plan
-from daemon.service.executor import Executor
-from daemon.service.filing import Filer
-from daemon.service.flights import Flights
-from daemon.service.publishing import Publisher
-from daemon.service.scanning import InboxMonitor
+from daemon.listeners.events import tell_folder_done
+from daemon.service.estimates import Kind, plan
+from daemon.service.parts import ServiceParts
 from daemon.service.status_file import build_status
 from daemon.states import DaemonState, Outcome
 
 
-class StatusReport:
-    """Building the status; mixed into ``loop.Service``, which sets the attributes below."""
-
-    settings: Settings
-    clock: Callable[[], float]
-    log: Any
-    folders: Folders
-    executor: Executor
-    listeners: list[Listener]
-    monitor: InboxMonitor
-    filer: Filer
-    flights: Flights
-    publisher: Publisher
-    batches: Batches
-    durations: Durations
-    disk: DiskRoom
-    results: deque[Result]
-    batches_done: deque[dict[str, Any]]
-    hours: ActiveHours
-    _resume: deque[Job]
-    _held_shown: tuple[Pause | None, str | None]
-    _wall: Callable[[], datetime]
-    _want_status: Callable[[], None]
+class StatusReport(ServiceParts):
+    """Building the status; mixed into ``loop.Service`` (its parts: ``ServiceParts``)."""
 
     def publish_status(self, state: str | None = None) -> None:
         self.publisher.publish(state)
