@@ -75,7 +75,10 @@ class Lifecycle(ServiceParts):
             crashes = job.attempts - 1
             self.log.error("job failed after repeated crashes", job=job.name, attempts=crashes)
             self.filer.file_now(Failed(job, CRASH_LOOP_ERROR.format(crashes=crashes)))
-        self._taking()  # says at once, in the log and the first status, when the disk is full
+        # Say at once, in the log and the first status, when the disk is full, the operator has
+        # paused (a pause lasts across restarts) or the active hours are closed.
+        self._taking()
+        self._held()
         self._resume.extend(again)
         for job in again:
             self.log.warning("resuming job interrupted by a crash", job=job.name, attempt=job.attempts)

@@ -792,19 +792,19 @@ result = [attempt(create, os.path.join(state, "paused.json")),
     try:
         st = os.stat(lab.state / "paused.json")
         assert (st.st_uid, st.st_mode & 0o777) == (lab.accounts.service.uid, 0o600)
-        lab.drop("team", "held", image(1), PROMPT)
-        wait_for("the pair to wait, paused", lambda: "team/held" in status(lab)["queue"], JOB_TIMEOUT, daemon)
+        lab.drop("crew", "held", image(1), PROMPT)
+        wait_for("the pair to wait, paused", lambda: "crew/held" in status(lab)["queue"], JOB_TIMEOUT, daemon)
         assert status(lab)["paused"]["by"] == lab.accounts.service.name
         # Another folder's request for the same name cancels nothing, and is removed.
         lab.attack("os.makedirs(d, exist_ok=True)\nopen(os.path.join(d, 'held.cancel'), 'w').close()",
                    d=os.fspath(lab.folder("inbox") / "other"))  # fmt: skip
         other = lab.folder("inbox") / "other" / "held.cancel"
         wait_for("the other folder's .cancel to be removed", lambda: not other.exists(), JOB_TIMEOUT, daemon)
-        assert "team/held" in status(lab)["queue"] and failed_job(lab, "held", "team") is None
-        team = os.fspath(lab.folder("inbox") / "team")
-        lab.attack("open(os.path.join(d, 'held.cancel'), 'w').close()", d=team)
-        job = wait_for("the job cancelled", lambda: failed_job(lab, "held", "team"), JOB_TIMEOUT, daemon)
-        error = (lab.folder("failed") / "team" / str(job) / "error.txt").read_text()
+        assert "crew/held" in status(lab)["queue"] and failed_job(lab, "held", "crew") is None
+        crew = os.fspath(lab.folder("inbox") / "crew")
+        lab.attack("open(os.path.join(d, 'held.cancel'), 'w').close()", d=crew)
+        job = wait_for("the job cancelled", lambda: failed_job(lab, "held", "crew"), JOB_TIMEOUT, daemon)
+        error = (lab.folder("failed") / "crew" / str(job) / "error.txt").read_text()
         assert "cancelled with the file held.cancel" in error
     finally:
         resumed = lab.i2vd("resume")

@@ -127,7 +127,9 @@ def test_pause_lets_the_job_in_progress_finish_holds_the_rest_across_a_restart_a
     stop.append(daemon)
     lines = Lines(daemon)
     wait_for(lambda: lines.find("paused"), 60, "the restarted daemon to say it is paused")
-    assert status(share)["paused"] == paused
+    # The restarted daemon's first status (not the last one's "stopped") already says paused.
+    fresh = wait_for(lambda: (s := status(share)).get("state") != "stopped" and s, 60, "a fresh status")
+    assert fresh["paused"] == paused
     assert {p.name: digest(p) for p in inbox.glob("second.*")} == second
 
     r = i2vd(share, "resume")
