@@ -152,65 +152,69 @@ def timed(target: Any, name: str, totals: dict[str, float], cpu: dict[str, float
     return lambda: setattr(target, name, original)
 
 
-def coordinator_cost(jobs: int, workers: int) -> dict[str, Any]:
+def coordinator_cost(jobs: int, workers: int, base: Path) -> dict[str, Any]:
+    """One run in a new folder under ``base``, left there: ``main`` removes them all after the
+    last run. Removed at once, one run's few thousand files would slow the next run's file
+    creation (ext4 skips inodes freed in the last minutes when it allocates new ones, at a
+    cost per inode skipped), and the figure would tell the order of the runs, not the code."""
     from daemon.cluster.ray_executor import RayExecutor
-    from daemon.service import filing, loop, publishing
+    from daemon.service import filing, job_flow, publishing
     from daemon.service.flights import Flights
     from daemon.service.loop import Service
 
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        root = Path(tmp)
-        shipped = tomllib.loads((ROOT / "config.example.toml").read_text())["watch"]["poll_interval"]
-        cfg = settings(root, "stub:0", workers, ["poster", "h264"], poll=shipped)
-        drop(cfg.paths.inbox, jobs)
-        clock = Clock()
-        executor = RayExecutor(cfg, ray_options={"num_cpus": 2, "num_gpus": 8})
-        wall: dict[str, float] = defaultdict(float)
-        thread_cpu: dict[str, float] = defaultdict(float)
-        # The phases of a job in the coordinator, each on the thread that runs it: claim, prepare
-        # and the hand-over to Ray (submit; _outcome, the result back) on the loop; publishing the
-        # worker's files and moving the inputs (_file) on the filing thread; status.json and the
-        # share page when due (publish).
-        undo = [
-            timed(loop, "claim", wall, thread_cpu),
-            timed(loop, "prepare", wall, thread_cpu),
-            timed(Flights, "submit", wall, thread_cpu),
-            timed(Flights, "_outcome", wall, thread_cpu),
-            timed(filing.Filer, "_file", wall, thread_cpu),
-            timed(publishing.Publisher, "publish", wall, thread_cpu),
-        ]
-        service = Service(cfg, executor, watch=True, listeners=[clock])  # type: ignore[list-item]
-        cpu: list[float] = []
-        original_setup = service.setup
+    root = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=base))
+    shipped = tomllib.loads((ROOT / "config.example.toml").read_text())["watch"]["poll_interval"]
+    cfg = settings(root, "stub:0", workers, ["poster", "h264"], poll=shipped)
+    drop(cfg.paths.inbox, jobs)
+    clock = Clock()
+    executor = RayExecutor(cfg, ray_options={"num_cpus": 2, "num_gpus": 8})
+    wall: dict[str, float] = defaultdict(float)
+    thread_cpu: dict[str, float] = defaultdict(float)
+    # The phases of a job in the coordinator, each on the thread that runs it: claim, prepare
+    # and the hand-over to Ray (submit; _outcome, the result back) on the loop; publishing the
+    # worker's files and moving the inputs (_file) on the filing thread; status.json and the
+    # share page when due (publish).
+    undo = [
+        timed(job_flow, "claim", wall, thread_cpu),
+        timed(job_flow, "prepare", wall, thread_cpu),
+        timed(Flights, "submit", wall, thread_cpu),
+        timed(Flights, "_outcome", wall, thread_cpu),
+        timed(filing.Filer, "_file", wall, thread_cpu),
+        timed(publishing.Publisher, "publish", wall, thread_cpu),
+    ]
+    service = Service(cfg, executor, watch=True, listeners=[clock])  # type: ignore[list-item]
+    cpu: list[float] = []
+    original_setup = service.setup
 
-        def setup() -> None:
-            original_setup()
-            cpu.append(time.process_time())  # after Ray and the workers started
+    def setup() -> None:
+        original_setup()
+        cpu.append(time.process_time())  # after Ray and the workers started
 
-        service.setup = setup  # type: ignore[method-assign]
-        try:
-            results = service.run_once()
-        finally:
-            for u in undo:
-                u()
-        cpu_after = time.process_time()
-        assert len(results) == jobs and all(r.ok for r in results)
-        assert clock.first_running is not None
-        elapsed = max(clock.finished) - clock.first_running
-        total_cpu = cpu_after - cpu[0]
-        return {
-            "jobs": jobs,
-            "rate": jobs / elapsed,
-            "cpu_ms_per_job": 1000 * total_cpu / jobs,
-            # The rest: Ray's own threads, the inbox scanner, the log.
-            "other_cpu_ms_per_job": 1000 * (total_cpu - sum(thread_cpu.values())) / jobs,
-            "phases": {k: (1000 * wall[k] / jobs, 1000 * thread_cpu[k] / jobs) for k in wall},
-        }
+    service.setup = setup  # type: ignore[method-assign]
+    try:
+        results = service.run_once()
+    finally:
+        for u in undo:
+            u()
+    cpu_after = time.process_time()
+    assert len(results) == jobs and all(r.ok for r in results)
+    assert clock.first_running is not None
+    elapsed = max(clock.finished) - clock.first_running
+    total_cpu = cpu_after - cpu[0]
+    return {
+        "jobs": jobs,
+        "rate": jobs / elapsed,
+        "cpu_ms_per_job": 1000 * total_cpu / jobs,
+        # The rest: Ray's own threads, the inbox scanner, the log.
+        "other_cpu_ms_per_job": 1000 * (total_cpu - sum(thread_cpu.values())) / jobs,
+        "phases": {k: (1000 * wall[k] / jobs, 1000 * thread_cpu[k] / jobs) for k in wall},
+    }
 
 
-def coordinator_cost_apart(quick: bool) -> dict[str, Any]:
+def coordinator_cost_apart(quick: bool, base: Path) -> dict[str, Any]:
     """``coordinator_cost`` in a fresh process (``--cost-json``): its figures."""
-    command = [sys.executable, __file__, "--only", "cost", "--cost-json", *(["--quick"] if quick else [])]
+    command = [sys.executable, __file__, "--only", "cost", "--cost-json", str(base)]
+    command += ["--quick"] if quick else []
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -275,7 +279,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="stub seconds a job (S)")
     parser.add_argument("--only", choices=["scaling", "cost", "ray"], default=None)
     parser.add_argument("--repeat", type=int, default=1, help="runs of the cost figure (the median is shown)")
-    parser.add_argument("--cost-json", action="store_true", help=argparse.SUPPRESS)  # one run, as JSON
+    # One run of the cost figure, in a folder under this one, printed as JSON.
+    parser.add_argument("--cost-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     seconds = args.seconds or (1.0 if args.quick else 2.0)
     sizes = [1, 2] if args.quick else [1, 2, 4, 8]
@@ -304,10 +309,14 @@ def main() -> None:
         logs.configure(json_lines=True)  # as under systemd: a terminal's coloured lines cost more
         jobs = 60 if args.quick else 200
         if args.cost_json:
-            print(json.dumps(coordinator_cost(jobs, workers=8)))
+            print(json.dumps(coordinator_cost(jobs, workers=8, base=args.cost_json)))
             return
-        runs = [coordinator_cost(jobs, workers=8)]
-        runs += [coordinator_cost_apart(args.quick) for _ in range(args.repeat - 1)]
+        base = Path(tempfile.mkdtemp(prefix="bench-cost-"))
+        try:
+            runs = [coordinator_cost(jobs, workers=8, base=base)]
+            runs += [coordinator_cost_apart(args.quick, base) for _ in range(args.repeat - 1)]
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
         cpus = [r["cpu_ms_per_job"] for r in runs]
         r = sorted(runs, key=lambda r: r["cpu_ms_per_job"])[len(runs) // 2]  # the median run
         parts = ", ".join(f"{k} {w:.1f} ({c:.1f} CPU)" for k, (w, c) in r["phases"].items())

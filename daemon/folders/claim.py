@@ -96,7 +96,7 @@ def _claim_from(folders: Folders, group: Group, now: datetime, src_fd: int, seed
         seed=seed,
     )
     try:
-        write_record(job)
+        write_record(job, fresh=True)
         job.inputs.mkdir()
         inputs_fd = os.open(job.inputs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:

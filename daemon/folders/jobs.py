@@ -255,10 +255,18 @@ def _signature(value: object) -> Signature:
     return (value[0], value[1], value[2])
 
 
-def write_record(job: Job) -> None:
+def write_record(job: Job, *, fresh: bool = False) -> None:
+    """Write the claim record. ``fresh``: the first, into the folder ``reserve`` just made, before
+    anything moved there; written straight to its name (``fsops.write_unseen``), since recovery
+    drops a claim whose record a crash cut short while nothing was moved yet. A record rewritten
+    later replaces the old one atomically. The caller fsyncs the folder.
+    """
     # ASCII JSON: a file name that is not valid UTF-8 (kept by Python as surrogates) round-trips.
-    record = job.claim_record().to_dict()
-    fsops.write_atomic(job.dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
+    data = (json.dumps(job.claim_record().to_dict(), indent=2) + "\n").encode()
+    if fresh:
+        fsops.write_unseen(job.dir / RECORD, data)
+    else:
+        fsops.write_atomic(job.dir / RECORD, data)
 
 
 def job_stem(stem: str) -> str:

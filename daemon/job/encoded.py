@@ -2,8 +2,9 @@
 
 A worker runs the same one-pass encode as the filing thread (``encode_job``, every output read
 back before it counts), into a folder of its own, and sends the finished files as bytes with
-their SHA-256. The coordinator writes them into the claim's ``out`` folder atomically (temp
-name, fsync, rename) and checks each digest: a file damaged on the way is never published.
+their SHA-256. The coordinator checks each digest (a file damaged on the way is never
+published) and writes them into the claim's ``out`` folder, which no one sees until it is
+published whole (``fsops.write_unseen``).
 A clip's files are a few MB, where its raw frames are up to ~50 MB: the encode on the worker
 keeps the big payload off the network and the coordinator's CPU.
 """
@@ -58,7 +59,7 @@ class EncodedFiles:
         return sum(len(data) for data in self.files.values())
 
     def publish(self, out_dir: Path) -> EncodeResult:
-        """Write every file into ``out_dir`` atomically, after checking it arrived intact.
+        """Write every file into ``out_dir``, after checking it arrived intact.
 
         Each file is fsynced; the folder is not, here: the caller writes the job's record into it
         next (``finish.encode_and_record``), and that one fsync of the folder makes every name
@@ -70,7 +71,7 @@ class EncodedFiles:
             if hashlib.sha256(data).hexdigest() != self.digests.get(name):
                 raise TransferError(f"{name} arrived from the worker damaged (its SHA-256 differs)")
         for name, data in self.files.items():
-            fsops.write_atomic(out_dir / name, data, sync_folder=False)
+            fsops.write_unseen(out_dir / name, data)
         recipes = {name: r.moved_to(out_dir) for name, r in self.recipes.items()}
         return EncodeResult(
             master=out_dir / self.master,

@@ -86,8 +86,8 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     Steps:
     1. encode the master and all recipes from the frames in one ffmpeg pass;
     2. note any recipe that failed (the job still counts: its clip exists);
-    3. write ``JOB.json`` last, so its presence means the rest is there; its fsync of ``out/``
-       is the one that makes every file written there durable (each is fsynced on its own).
+    3. write ``JOB.json`` last, so its presence means the rest is there, then fsync ``out/``
+       once, which makes every name written there durable (each file is fsynced on its own).
     """
     job = gen.job
     record = describe(gen)
@@ -122,12 +122,13 @@ def encode_and_record(gen: Generated, settings: Settings, log: Any) -> Result:
     names = job_files(job.name)
     if recipe_errors:
         lines = [f"{name}: {err}" for name, err in recipe_errors.items()]
-        fsops.write_atomic(
+        fsops.write_unseen(
             job.out / names.recipe_errors,
             (
                 "The clip was made, but these extra versions of it failed:\n" + "\n".join(lines) + "\n"
             ).encode(),
-            sync_folder=False,  # with JOB.json's, next
         )
-    fsops.write_json_atomic(job.out / names.record, record.to_json())
+    # Straight to their names: out/ is seen only once published whole (``fsops.write_unseen``).
+    fsops.write_unseen(job.out / names.record, fsops.json_bytes(record.to_json()))
+    fsops.fsync_dir(job.out)  # once, for every name written there
     return Result(job, ok=True, recipe_errors=recipe_errors, record=record)

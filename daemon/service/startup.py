@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from daemon.encode.ffmpeg import FFmpegUnavailable, select_ffmpeg
 from daemon.encode.validate import recipe_errors
 from daemon.folders import fsops
@@ -101,6 +103,11 @@ class Lifecycle(ServiceParts):
             capacity=self.executor.capacity,
         )
         self.publish_status()
+        # Everything loaded so far (torch, diffusers, Ray, the model's Python objects) lives as
+        # long as the daemon: moved out of the garbage collector's sight, so that its full
+        # collections, run every few hundred jobs' worth of allocations, walk only what jobs make.
+        gc.collect()
+        gc.freeze()
         self.monitor.start()
         self.started.set()
         notify.ready()  # only now: model loaded, recipes checked, folders ready, crash recovered
