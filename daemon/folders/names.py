@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.messages import OLD_RETRY_ADVICE, RETRY_ADVICE
+from daemon.messages import OLD_RETRY_ADVICE, RERUN_ADVICE, RETRY_ADVICE
 
 ERROR_FILE = "error.txt"
 LOCK_FILE = "daemon.lock"
@@ -253,7 +253,7 @@ def own_file_kind(name: str, head: bytes | None) -> str | None:
     """
     if name == ERROR_FILE:
         text = (head or b"").decode("utf-8", "replace")
-        return "error" if any(a in text for a in (RETRY_ADVICE, *OLD_RETRY_ADVICE)) else None
+        return "error" if any(a in text for a in (RETRY_ADVICE, RERUN_ADVICE, *OLD_RETRY_ADVICE)) else None
     for kind, suffix in sorted(_OWN_SUFFIXES.items(), key=lambda ks: -len(ks[1])):  # longest first
         if name.endswith(suffix) and is_job_name(name[: -len(suffix)]):
             if kind != "record":

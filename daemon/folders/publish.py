@@ -17,7 +17,7 @@ from daemon import logs
 from daemon.folders import fsops, moves, names, safe_dirs
 from daemon.folders.jobs import RECORD, Folders, Job, JobState
 from daemon.folders.names import ERROR_FILE
-from daemon.messages import RETRY_ADVICE
+from daemon.messages import CANCELLED_ERROR, RERUN_ADVICE, RETRY_ADVICE
 
 # JOB-2, JOB-3, ... tried beside a JOB name someone on the share took; then the job stays claimed.
 MAX_CLASH = 1000
@@ -40,7 +40,9 @@ def finish_done(folders: Folders, job: Job) -> Path:
 
 
 def _error_text(reason: str) -> bytes:
-    text = reason.strip() + "\n\n" + RETRY_ADVICE + "\n"
+    # A cancelled job has nothing to fix: its error.txt says only how to have it made after all.
+    cancelled = reason.startswith(CANCELLED_ERROR.split("{", 1)[0])
+    text = reason.strip() + "\n\n" + (RERUN_ADVICE if cancelled else RETRY_ADVICE) + "\n"
     # A file name that is not valid UTF-8 may be quoted in the reason: escape it, never crash on it.
     return text.encode("utf-8", "backslashreplace")
 

@@ -33,13 +33,13 @@ from daemon.folders.claim import claim
 from daemon.folders.group import Group
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.names import CANCEL_EXT
+from daemon.messages import CANCELLED_ERROR
 from daemon.service.controls import Controls
 from daemon.service.executor import Executor
 from daemon.service.filing import Failed, Filer
 from daemon.service.flights import Flights
 from daemon.service.scanning import InboxMonitor
 
-CANCELLED_ERROR = "This clip was cancelled {how} before it was finished. Nothing is wrong with its files."
 # A request for a job still arriving waits this long beyond the pair timeout for it to be ready.
 _ARRIVING_GRACE = 60.0
 _MAX_WANTED = 256

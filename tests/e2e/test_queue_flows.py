@@ -188,6 +188,7 @@ def test_i2vd_cancel_fails_a_waiting_job_and_stops_a_running_one_keeping_their_f
     assert {p.name: digest(p) for p in folder.glob("second.*")} == second
     error = (folder / "error.txt").read_text()
     assert f"cancelled by {me()} (i2vd cancel)" in error and "drag this whole folder back" in error
+    assert "fix the problem" not in error, "a cancelled job has nothing to fix"
     assert (folder / f"{folder.name}.log").exists()
     assert str((status(share).get("current") or {}).get("job")) == running, "the running job goes on"
 

@@ -147,6 +147,16 @@ def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
     (returned / "cup.txt").write_text("tea")
     (returned / "error.txt").write_bytes(_error_text("The prompt file has a typo."))
     (returned / "cup_20261122_143005.log").write_text("log lines")
+    # A cancelled job dragged back: its error.txt ends differently (nothing to fix), and is ours too.
+    from daemon.messages import CANCELLED_ERROR
+
+    cancelled = tmp_path / "team" / "mug_20261122_143010"
+    cancelled.mkdir()
+    (cancelled / "mug.png").write_bytes(b"png")
+    (cancelled / "mug.txt").write_text("coffee")
+    text = _error_text(CANCELLED_ERROR.format(how="with the file mug.cancel"))
+    assert b"fix the problem" not in text and b"drag this whole folder back" in text
+    (cancelled / "error.txt").write_bytes(text)
     # A person's files that only look like ours: an error.png + error.txt pair, and a photo
     # named by a camera like a job folder, with its JSON prompt file.
     (tmp_path / "error.png").write_bytes(b"png")
@@ -161,7 +171,8 @@ def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
     scanner.scan()
     clock.t += 3
     groups = {(g.rel_dir.as_posix(), g.name): g for g in scanner.scan()}
-    assert sorted(groups) == [(".", "IMG_20250101_120000"), (".", "error"), ("team", "cup")]
+    assert sorted(groups) == [(".", "IMG_20250101_120000"), (".", "error"), ("team", "cup"), ("team", "mug")]
+    assert sorted(p.name for p in groups[("team", "mug")].files) == ["mug.png", "mug.txt"]
     cup = groups[("team", "cup")]
     assert cup.src_dir == Path("team/cup_20261122_143005")
     assert sorted(p.name for p in cup.files) == ["cup.png", "cup.txt"]
