@@ -114,6 +114,23 @@ def test_recover_finishes_a_job_whose_outputs_were_published(folders: Folders) -
     assert not job.dir.exists()
 
 
+def test_recover_drops_a_claim_whose_first_record_a_crash_cut_short(folders: Folders) -> None:
+    """The first record is written straight to its name (``fsops.write_unseen``), before anything
+    moves: cut short, it names nothing taken, and the pair is still in the inbox, untouched."""
+    group = drop(folders)
+    before = {p.name: digest(p) for p in folders.inbox.iterdir()}
+    job = claim(folders, group, WHEN)
+    assert job is not None
+    whole = (job.dir / RECORD).read_bytes()
+    release(folders, job)  # the pair back in the inbox, as before the claim
+    job.dir.mkdir(parents=True)
+    (job.dir / RECORD).write_bytes(whole[: len(whole) // 2])  # the kill came mid-write
+    again, exhausted = recover(folders, max_attempts=3)
+    assert not again and not exhausted
+    assert not job.dir.exists()
+    assert {p.name: digest(p) for p in folders.inbox.iterdir()} == before
+
+
 def test_recover_finishes_a_failure_already_explained(folders: Folders) -> None:
     job = claim(folders, drop(folders), WHEN)
     assert job is not None
