@@ -187,8 +187,8 @@ def write_unseen(path: Path, data: bytes) -> None:
     short (and before which nothing was moved).
 
     ``write_atomic``'s temporary name, rename and fsync of the folder would protect no reader
-    there, and cost a third of the coordinator's filing time in a backlog. The caller fsyncs
-    the folder once, after its last file. A file of that name is replaced (filing tried again),
+    there, and only cost: a rename and an fsync per file, several per job in a backlog. The
+    caller fsyncs the folder once, after its last file. A file of that name is replaced (filing tried again),
     never followed if it is a link.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
