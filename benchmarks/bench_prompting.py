@@ -138,7 +138,7 @@ def seconds_per_prompt(count: int, cache: Path) -> dict[str, Any]:
     from helpers import png_bytes
     from PIL import Image
 
-    from daemon.config_sections import PromptingConfig
+    from daemon.config_service import PromptingConfig
     from daemon.prompting.writer import PromptWriter
 
     writer = PromptWriter(PromptingConfig(model="tiny", when="always"), cache_dir=cache, max_chars=2000)
