@@ -205,6 +205,20 @@ def test_i2vd_cancel_fails_a_waiting_job_and_stops_a_running_one_keeping_their_f
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
 
+    # Made after all, as its error.txt says: the cancelled folder dragged back into the inbox.
+    cancelled = failed_job(share, "second", "team")
+    assert cancelled is not None
+    daemon = start(share, 1)
+    stop.append(daemon)
+    lines = Lines(daemon)
+    wait_for(lambda: lines.find("watching"), 60, "the daemon to start again")
+    cancelled.rename(inbox / "team" / cancelled.name)
+    made = wait_for(lambda: jobs_in(share / "done" / "team"), 60, "the dragged-back job to be made")
+    assert {p.name: digest(p) for p in made[0].iterdir()} == second, "only its own files, unchanged"
+    assert failed_job(share, "second", "team") is None
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+
 
 def test_a_share_users_cancel_file_cancels_only_its_own_folders_job_and_is_consumed(
     share: Path, stop: list[subprocess.Popen[str]]
