@@ -18,7 +18,7 @@ RERUN_ADVICE = (
     "(or move the image and its prompt file back there). The daemon ignores this error.txt and "
     "its .log file."
 )
-# How a cancelled job's explanation starts ({how}: with the file NAME.cancel, or by whom).
+# A cancelled job's explanation ({how}: with the file NAME.cancel, or by whom).
 CANCELLED_ERROR = "This clip was cancelled {how} before it was finished. Nothing is wrong with its files."
 # What error.txt files of earlier releases ended with; they may still sit in failed/.
 OLD_RETRY_ADVICE = ("To try again, fix the problem and move the files back into the inbox.",)

@@ -17,7 +17,7 @@ from daemon import logs
 from daemon.folders import fsops, moves, names, safe_dirs
 from daemon.folders.jobs import RECORD, Folders, Job, JobState
 from daemon.folders.names import ERROR_FILE
-from daemon.messages import CANCELLED_ERROR, RERUN_ADVICE, RETRY_ADVICE
+from daemon.messages import RETRY_ADVICE
 
 # JOB-2, JOB-3, ... tried beside a JOB name someone on the share took; then the job stays claimed.
 MAX_CLASH = 1000
@@ -39,28 +39,29 @@ def finish_done(folders: Folders, job: Job) -> Path:
     return target
 
 
-def _error_text(reason: str) -> bytes:
-    # A cancelled job has nothing to fix: its error.txt says only how to have it made after all.
-    cancelled = reason.startswith(CANCELLED_ERROR.split("{", 1)[0])
-    text = reason.strip() + "\n\n" + (RERUN_ADVICE if cancelled else RETRY_ADVICE) + "\n"
+def _error_text(reason: str, advice: str = RETRY_ADVICE) -> bytes:
+    text = reason.strip() + "\n\n" + advice + "\n"
     # A file name that is not valid UTF-8 may be quoted in the reason: escape it, never crash on it.
     return text.encode("utf-8", "backslashreplace")
 
 
-def error_text(reason: str) -> str:
-    """What ``error.txt`` says (and the share page and webhooks show) for a failure."""
-    return _error_text(reason).decode("utf-8")
+def error_text(reason: str, advice: str = RETRY_ADVICE) -> str:
+    """What ``error.txt`` says (and the share page and webhooks show) for a failure: the reason,
+    then ``advice``, how to try again (``RERUN_ADVICE`` for a cancelled job: nothing to fix)."""
+    return _error_text(reason, advice).decode("utf-8")
 
 
-def finish_failed(folders: Folders, job: Job, reason: str, log: Path | None = None) -> Path:
-    """Send a job's inputs to failed/ with an explanation; return that folder.
+def finish_failed(
+    folders: Folders, job: Job, reason: str, log: Path | None = None, advice: str = RETRY_ADVICE
+) -> Path:
+    """Send a job's inputs to failed/ with an explanation (``error_text``); return that folder.
 
     Steps:
     1. write ``error.txt`` (and a copy of the job's log) beside the inputs;
     2. rename ``inputs/`` to ``failed/REL/JOB``, so all appear at once;
     3. drop any partial outputs and remove the claim.
     """
-    fsops.write_atomic(job.inputs / ERROR_FILE, _error_text(reason))
+    fsops.write_atomic(job.inputs / ERROR_FILE, _error_text(reason, advice))
     if log is not None and log.exists() and log.name not in job.files:
         fsops.write_atomic(job.inputs / log.name, log.read_bytes())
     return settle_inputs(folders, job, JobState.FAILED)

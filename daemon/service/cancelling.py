@@ -33,7 +33,7 @@ from daemon.folders.claim import claim
 from daemon.folders.group import Group
 from daemon.folders.jobs import Folders, Job
 from daemon.folders.names import CANCEL_EXT
-from daemon.messages import CANCELLED_ERROR
+from daemon.messages import CANCELLED_ERROR, RERUN_ADVICE
 from daemon.service.controls import Controls
 from daemon.service.executor import Executor
 from daemon.service.filing import Failed, Filer
@@ -214,6 +214,6 @@ class Canceller:
         self._claimed(job)
         logs.open_job_log(job.name, job.out / f"{job.name}.log")
         self.log.bind(job=job.name).warning("job cancelled before it started", how=how)
-        self.filer.put(Failed(job, CANCELLED_ERROR.format(how=how)))
+        self.filer.put(Failed(job, CANCELLED_ERROR.format(how=how), RERUN_ADVICE))
         self._changed()
         return True

@@ -27,8 +27,9 @@ from daemon.folders.names import ERROR_FILE, job_files
 from daemon.folders.publish import error_text, finish_done, finish_failed
 from daemon.job.finish import Generated, Result, encode_and_record
 from daemon.listeners.events import JobFinished
-from daemon.messages import INTERNAL_ERROR
+from daemon.messages import INTERNAL_ERROR, RERUN_ADVICE, RETRY_ADVICE
 from daemon.service.disk_room import DiskRoom, NoRoom, room_problem
+from daemon.service.executor import JobStopped
 from daemon.states import Outcome
 
 
@@ -38,6 +39,7 @@ class Failed:
 
     job: Job
     error: str | None  # None: interrupted, its files go back to the inbox
+    advice: str = RETRY_ADVICE  # how error.txt ends: how to try again
 
 
 def fail_job(job: Job, error: BaseException, log: Any, folder: str) -> Failed:
@@ -45,11 +47,13 @@ def fail_job(job: Job, error: BaseException, log: Any, folder: str) -> Failed:
 
     1. a ``JobError`` is the user's problem: its message is their explanation, logged as a warning;
     2. anything else is the daemon's: logged with its traceback, and the user told so
-       (``INTERNAL_ERROR``).
+       (``INTERNAL_ERROR``);
+    3. a job stopped by a cancel (``JobStopped``) has nothing to fix: its error.txt ends with
+       how to have it made after all (``RERUN_ADVICE``).
     """
     if isinstance(error, JobError):
         log.warning("job failed", reason=str(error), folder=folder)
-        return Failed(job, str(error))
+        return Failed(job, str(error), RERUN_ADVICE if isinstance(error, JobStopped) else RETRY_ADVICE)
     log.error("internal error", error=repr(error), folder=folder, exc_info=error)
     return Failed(job, INTERNAL_ERROR)
 
@@ -192,10 +196,10 @@ class Filer:
                     "could not put the job back in the inbox; it stays claimed and resumes at next start"
                 )
             return
-        folder = finish_failed(self.folders, job, item.error, job.out / job_files(job.name).log)
+        folder = finish_failed(self.folders, job, item.error, job.out / job_files(job.name).log, item.advice)
         # The text written, not read back: the folder is the share users' from here on, and
         # its error.txt may already be a link to a file the page and webhooks must never show.
         self._finished(
             Result(job, ok=False, error=item.error),
-            JobFinished(job.name, Outcome.FAILED, folder, None, error_text(item.error)),
+            JobFinished(job.name, Outcome.FAILED, folder, None, error_text(item.error, item.advice)),
         )

@@ -148,13 +148,13 @@ def test_the_daemons_own_files_are_never_inputs_but_look_alikes_are(
     (returned / "error.txt").write_bytes(_error_text("The prompt file has a typo."))
     (returned / "cup_20261122_143005.log").write_text("log lines")
     # A cancelled job dragged back: its error.txt ends differently (nothing to fix), and is ours too.
-    from daemon.messages import CANCELLED_ERROR
+    from daemon.messages import CANCELLED_ERROR, RERUN_ADVICE
 
     cancelled = tmp_path / "team" / "mug_20261122_143010"
     cancelled.mkdir()
     (cancelled / "mug.png").write_bytes(b"png")
     (cancelled / "mug.txt").write_text("coffee")
-    text = _error_text(CANCELLED_ERROR.format(how="with the file mug.cancel"))
+    text = _error_text(CANCELLED_ERROR.format(how="with the file mug.cancel"), RERUN_ADVICE)
     assert b"fix the problem" not in text and b"drag this whole folder back" in text
     (cancelled / "error.txt").write_bytes(text)
     # A person's files that only look like ours: an error.png + error.txt pair, and a photo
